@@ -1,0 +1,24 @@
+"""Gradient accumulation for MindSpore in graph mode.
+
+Train with an effective batch of ``mini_steps x batch_size`` while holding one
+micro-batch in memory. One optimizer update equals one ordinary step on the
+concatenation of the window's micro-batches: gradients are averaged over the
+window's samples, never summed.
+"""
+
+from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
+from .checkpoint import (DEFAULT_CKPT_PATH, CheckpointError, load_network_checkpoint,
+                         save_network_checkpoint)
+from .device import DEVICE_TARGETS, resolve_device_target
+from .driver import GradientAccumulation, UpdateRecord
+from .schedule import REMAINDER_POLICIES, WindowSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear",
+    "GradientAccumulation", "UpdateRecord",
+    "WindowSchedule", "REMAINDER_POLICIES",
+    "DEFAULT_CKPT_PATH", "CheckpointError", "save_network_checkpoint", "load_network_checkpoint",
+    "DEVICE_TARGETS", "resolve_device_target",
+]

@@ -1,0 +1,148 @@
+"""The three graph-mode Cells of gradient accumulation.
+
+They follow MindSpore's tutorial "应用梯度累积算法" (r1.0) and share one
+:class:`AccumulationBuffer`:
+
+* :class:`TrainForwardBackward` - loss and gradients of one micro-batch, added
+  into ``grad_sum`` with ``AssignAdd``;
+* :class:`TrainOptim` - one optimizer update from ``grad_sum``;
+* :class:`TrainClear` - zero ``grad_sum`` and the window's counters.
+
+The normalisation rule (the tutorial's fault was to sum):
+each micro-batch adds ``w * (g - grad_sum)`` with ``w = b / (n + b)``, where
+``g`` is the gradient of the micro-batch's *mean* loss, ``b`` its number of
+samples and ``n`` the samples already in the window. After the window,
+``grad_sum`` is therefore ``sum_i b_i * g_i / sum_i b_i``: exactly the gradient
+of the mean loss over the concatenated window, weighted by samples, not by
+micro-batch count. This is the sample-weighted form of the running mean that
+optax's ``MultiSteps`` uses; the buffer keeps the tutorial's name ``grad_sum``.
+
+Two consequences worth having: the buffer never holds ``mini_steps`` times the
+gradient (no float32 overflow risk from summing), and a window of a single
+micro-batch gives ``w = 1`` and ``grad_sum = g`` to the bit, so ``mini_steps=1``
+is bit-identical to ``nn.TrainOneStepCell``.
+"""
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.common.initializer import initializer
+
+__all__ = ["AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear"]
+
+_accumulate = ops.MultitypeFuncGraph("accumulate")
+
+
+@_accumulate.register("Tensor", "Tensor", "Tensor")
+def _accumulate_tensor(weight, acc, grad):
+    """acc <- acc + weight * (grad - acc), in float32 whatever grad's dtype."""
+    return ops.assign_add(acc, weight * (ops.cast(grad, ms.float32) - acc))
+
+
+_zero = ops.MultitypeFuncGraph("zero")
+
+
+@_zero.register("Tensor")
+def _zero_tensor(acc):
+    # zeros_like is a transient of the graph, not a second persistent copy of
+    # every parameter (the tutorial kept one). Assigning zeros, rather than
+    # subtracting the buffer from itself, also clears inf and NaN.
+    return ops.assign(acc, ops.zeros_like(acc))
+
+
+class AccumulationBuffer:
+    """The state of one accumulation window, shared by the three Cells.
+
+    Attributes:
+        grad_sum: a ``ParameterTuple`` with one float32 buffer per trainable
+            weight, named ``grad_sum.<weight name>``; it holds the
+            sample-weighted mean gradient of the window so far.
+        window_samples: float32 scalar, samples added in this window.
+        window_micro_steps: int32 scalar, micro-batches added in this window.
+    """
+
+    def __init__(self, weights):
+        weights = tuple(weights)
+        if not weights:
+            raise ValueError("weights is empty: the network has no trainable parameters to accumulate")
+        # float32 whatever the network's compute type: a float16 buffer would
+        # lose the small gradients of late micro-batches.
+        self.grad_sum = ParameterTuple(
+            Parameter(initializer("zeros", w.shape, ms.float32), name="grad_sum." + w.name, requires_grad=False)
+            for w in weights)
+        self.window_samples = Parameter(Tensor(0.0, ms.float32), name="window_samples", requires_grad=False)
+        self.window_micro_steps = Parameter(Tensor(0, ms.int32), name="window_micro_steps", requires_grad=False)
+
+
+class TrainForwardBackward(nn.Cell):
+    """Forward and backward of one micro-batch; adds its gradient into ``grad_sum``.
+
+    Args:
+        network: the network with its loss (e.g. ``nn.WithLossCell``). Its
+            output must be the *mean* loss over the micro-batch.
+        weights: the parameters to differentiate, usually
+            ``optimizer.parameters``.
+        buffer: the window's :class:`AccumulationBuffer`.
+
+    Inputs: the network's inputs; the first one's leading dimension is the
+    number of samples in the micro-batch.
+
+    Returns: the micro-batch's loss.
+    """
+
+    def __init__(self, network, weights, buffer):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.network.set_grad()
+        self.weights = ParameterTuple(weights)
+        self.grad_sum = buffer.grad_sum
+        self.window_samples = buffer.window_samples
+        self.window_micro_steps = buffer.window_micro_steps
+        # The same gradient formulation as nn.TrainOneStepCell (no sens), so
+        # that one micro-batch gives the very same gradient bits.
+        self.grad = ops.GradOperation(get_by_list=True)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, *inputs):
+        loss = self.network(*inputs)
+        grads = self.grad(self.network, self.weights)(*inputs)
+        samples = ops.cast(ops.shape(inputs[0])[0], ms.float32)
+        window_samples = self.window_samples + samples
+        weight = samples / window_samples
+        loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, weight), self.grad_sum, grads))
+        loss = ops.depend(loss, ops.assign(self.window_samples, window_samples))
+        loss = ops.depend(loss, ops.assign_add(self.window_micro_steps, ops.ones((), ms.int32)))
+        return loss
+
+
+class TrainOptim(nn.Cell):
+    """Applies ``optimizer`` once to the window's gradient in ``grad_sum``.
+
+    ``grad_sum`` is already the mean over the window's samples, so no division
+    happens here. The buffer is left as it is: :class:`TrainClear` empties it.
+    """
+
+    def __init__(self, optimizer, buffer):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.grad_sum = buffer.grad_sum
+
+    def construct(self):
+        return self.optimizer(self.grad_sum)
+
+
+class TrainClear(nn.Cell):
+    """Zeroes ``grad_sum`` and the window's counters."""
+
+    def __init__(self, buffer):
+        super().__init__(auto_prefix=False)
+        self.grad_sum = buffer.grad_sum
+        self.window_samples = buffer.window_samples
+        self.window_micro_steps = buffer.window_micro_steps
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        # Return a scalar, not the cleared buffers: a tuple output would be
+        # copied back to the host on every update.
+        done = ops.depend(ops.ones((), ms.bool_), self.hyper_map(_zero, self.grad_sum))
+        done = ops.depend(done, ops.assign(self.window_samples, ops.zeros((), ms.float32)))
+        return ops.depend(done, ops.assign(self.window_micro_steps, ops.zeros((), ms.int32)))

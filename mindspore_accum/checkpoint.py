@@ -1,0 +1,132 @@
+"""Model checkpoints: the bare network's parameters, written atomically, loaded strictly.
+
+The checkpoint holds exactly what a fresh copy of the network needs and nothing
+of the training machinery: no ``grad_sum``, no optimizer moments, no wrapper
+prefixes. (The tutorial's checkpoint carried its accumulation buffers.)
+"""
+
+import logging
+import os
+
+import mindspore as ms
+import numpy as np
+
+__all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "save_network_checkpoint",
+           "load_network_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+#: Where :meth:`GradientAccumulation.train_process` writes by default, as in the tutorial.
+DEFAULT_CKPT_PATH = "gradient_accumulation.ckpt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written, read, or loaded into the given network."""
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_ckpt_path(path):
+    """Fails now, not after an hour of training, if ``path`` cannot be written.
+
+    Returns the path. Creates its directory if needed.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"ckpt_path must be a file path, got {path!r} ({type(path).__name__})")
+    path = os.fspath(path)
+    if not path.endswith(".ckpt"):
+        raise ValueError(f"ckpt_path must end with .ckpt (MindSpore's checkpoint suffix), got {path!r}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"ckpt_path {path!r} is a directory: give a file path such as {path}/model.ckpt")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"cannot create the checkpoint directory {directory!r}: {error.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(f"the checkpoint directory {directory!r} is not writable: choose another --ckpt_path")
+    return path
+
+
+def save_network_checkpoint(network, path):
+    """Writes ``network``'s parameters to ``path`` atomically.
+
+    The file is written under a temporary name in the same directory, flushed
+    to disk, then renamed over ``path``: a crash leaves either the old file or
+    the new one, never half of one. Parameters that are not finite are refused,
+    so a diverged run never replaces a good checkpoint.
+
+    Raises:
+        CheckpointError: a parameter is NaN or infinite, or the file cannot be written.
+    """
+    path = check_ckpt_path(path)
+    for param in network.get_parameters():
+        if not np.isfinite(param.asnumpy()).all():
+            raise CheckpointError(f"not writing {path!r}: parameter {param.name!r} is not finite "
+                                  f"(training diverged); the existing file, if any, is kept")
+    directory = os.path.dirname(os.path.abspath(path))
+    # The temporary name ends in .ckpt, else save_checkpoint would append it.
+    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+    try:
+        ms.save_checkpoint(network, tmp_path, crc_check=True)
+        with open(tmp_path, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp_path, path)
+    except OSError as error:
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror or error}") from None
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def load_network_checkpoint(network, path):
+    """Loads the checkpoint at ``path`` into ``network``, all of it or nothing.
+
+    Names and shapes are compared before anything is loaded, so a checkpoint of
+    another model is refused with the mismatched parameters named and the
+    network left untouched.
+
+    Raises:
+        CheckpointError: the file is missing, is not a MindSpore checkpoint, is
+            corrupt, or does not fit ``network``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist: pass the file written by train.py "
+                              f"with --ckpt_path")
+    try:
+        saved = ms.load_checkpoint(path, crc_check=True)
+    except Exception as error:  # MindSpore raises ValueError, RuntimeError or protobuf errors
+        raise CheckpointError(f"{path!r} is not a readable MindSpore checkpoint "
+                              f"(truncated or corrupt?): {_first_line(error)}") from None
+    expected = {param.name: param for param in network.get_parameters()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong_shape = [f"{name} {tuple(saved[name].shape)} in the file vs {tuple(expected[name].shape)} in the model"
+                   for name in sorted(set(expected) & set(saved))
+                   if tuple(saved[name].shape) != tuple(expected[name].shape)]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append("missing " + ", ".join(missing))
+        if unexpected:
+            problems.append("unexpected " + ", ".join(unexpected))
+        if wrong_shape:
+            problems.append("shape mismatch " + "; ".join(wrong_shape))
+        raise CheckpointError(f"checkpoint {path!r} does not fit {type(network).__name__}: "
+                              + "; ".join(problems))
+    not_loaded, _ = ms.load_param_into_net(network, saved, strict_load=True)
+    if not_loaded:
+        raise CheckpointError(f"checkpoint {path!r}: parameters not loaded: {', '.join(not_loaded)}")
+    logger.info("loaded checkpoint %s", path)
+    return network

@@ -1,0 +1,31 @@
+"""Argument checks shared by the Cells, the driver and the adapters.
+
+Every message names the argument, the bad value and the fix, in one line, so
+that the command-line scripts can print it as it is.
+"""
+
+import numbers
+
+__all__ = ["check_positive_int", "check_choice"]
+
+
+def check_positive_int(name, value, example=None):
+    """Returns ``value`` if it is an int >= 1 (``bool`` is refused); raises otherwise.
+
+    Raises:
+        TypeError: ``value`` is not an integer (e.g. 2.5, "4", True).
+        ValueError: ``value`` is an integer below 1.
+    """
+    example = f", e.g. {name}={example}" if example is not None else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number >= 1, got {value!r} ({type(value).__name__}){example}")
+    if value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}{example}")
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    """Returns ``value`` if it is one of ``choices``; raises ``ValueError`` naming them otherwise."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

@@ -1,0 +1,85 @@
+"""LeNet5 and its MNIST dataset, shaped like MindSpore's model-zoo LeNet."""
+
+import mindspore as ms
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as transforms
+import mindspore.dataset.vision as vision
+from mindspore import nn
+from mindspore.common.initializer import Normal
+
+from mindspore_accum.validation import check_positive_int
+
+from .mnist_files import prepare_mnist_split
+
+__all__ = ["LeNet5", "create_dataset", "MNIST_MEAN", "MNIST_STD"]
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class LeNet5(nn.Cell):
+    """LeNet-5 for 32x32 inputs, as in MindSpore's model zoo.
+
+    Args:
+        num_class: number of classes.
+        num_channel: number of input channels.
+    """
+
+    def __init__(self, num_class=10, num_channel=1):
+        super().__init__()
+        check_positive_int("num_class", num_class)
+        check_positive_int("num_channel", num_channel)
+        self.conv1 = nn.Conv2d(num_channel, 6, 5, pad_mode="valid")
+        self.conv2 = nn.Conv2d(6, 16, 5, pad_mode="valid")
+        self.fc1 = nn.Dense(16 * 5 * 5, 120, weight_init=Normal(0.02))
+        self.fc2 = nn.Dense(120, 84, weight_init=Normal(0.02))
+        self.fc3 = nn.Dense(84, num_class, weight_init=Normal(0.02))
+        self.relu = nn.ReLU()
+        self.max_pool2d = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.flatten = nn.Flatten()
+
+    def construct(self, x):
+        x = self.max_pool2d(self.relu(self.conv1(x)))
+        x = self.max_pool2d(self.relu(self.conv2(x)))
+        x = self.flatten(x)
+        x = self.relu(self.fc1(x))
+        x = self.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuffle=None,
+                   drop_remainder=True, num_parallel_workers=1):
+    """MNIST as 32x32, normalised, CHW float32 images and int32 labels, in batches.
+
+    Args:
+        data_path: a directory with the MNIST files (see
+            :func:`~model_zoo_adapters.mnist_files.prepare_mnist_split` for the
+            layouts accepted).
+        batch_size: samples per (micro-)batch.
+        train: the training split if True, else the test split.
+        num_samples: read only this many samples (a subset), or all if None.
+        shuffle: shuffle the samples; defaults to ``train``. Seeded by
+            ``mindspore.dataset.config.set_seed``.
+        drop_remainder: drop a last batch smaller than ``batch_size``.
+        num_parallel_workers: workers of the map operations.
+    """
+    batch_size = check_positive_int("batch_size", batch_size, example=32)
+    if num_samples is not None:
+        num_samples = check_positive_int("num_samples", num_samples)
+    split = "train" if train else "test"
+    directory = prepare_mnist_split(data_path, split)
+    mnist = ds.MnistDataset(directory, usage=split, num_samples=num_samples,
+                            shuffle=train if shuffle is None else shuffle)
+    size = mnist.get_dataset_size()
+    if drop_remainder and size < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {size} samples of the MNIST {split} split "
+                         f"in {data_path}: use a batch_size of at most {size}")
+    image_ops = [
+        vision.Resize((32, 32), interpolation=vision.Inter.LINEAR),
+        vision.Rescale(1.0 / 255.0, 0.0),
+        vision.Rescale(1.0 / MNIST_STD, -MNIST_MEAN / MNIST_STD),
+        vision.HWC2CHW(),
+    ]
+    mnist = mnist.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
+                      num_parallel_workers=num_parallel_workers)
+    mnist = mnist.map(operations=image_ops, input_columns="image", num_parallel_workers=num_parallel_workers)
+    return mnist.batch(batch_size, drop_remainder=drop_remainder)

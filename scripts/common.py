@@ -1,0 +1,85 @@
+"""What train.py and eval.py share: argument types, device setup, and clean failure.
+
+Bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ [WARNING] flood; must be set before the import
+
+import mindspore as ms  # noqa: E402
+import mindspore.dataset as ds  # noqa: E402
+
+from mindspore_accum import DEVICE_TARGETS, resolve_device_target  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def add_common_args(parser):
+    """Flags both scripts take, named as in MindSpore's model zoo."""
+    parser.add_argument("--data_path", default="data/mnist",
+                        help="directory with the MNIST files, raw or .gz (default: the shipped data/mnist)")
+    parser.add_argument("--ckpt_path", default="gradient_accumulation.ckpt", help="model checkpoint file")
+    parser.add_argument("--device_target", default="auto", choices=DEVICE_TARGETS,
+                        help="auto: GPU where this MindSpore can use one, else CPU")
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="samples per micro-batch")
+    parser.add_argument("--num_samples", type=positive_int, default=None,
+                        help="use only this many samples of the split (a quick run)")
+
+
+def setup_mindspore(device_target, seed=None):
+    """GRAPH_MODE on the resolved device; returns the device name."""
+    device = resolve_device_target(device_target)
+    ms.set_device(device)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if seed is not None:
+        ms.set_seed(seed)
+        ds.config.set_seed(seed)
+    return device
+
+
+def setup_logging():
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("mindspore_accum", "model_zoo_adapters"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def run(main):
+    """Runs ``main()``; bad input becomes one line on stderr and exit status 2."""
+    prog = os.path.basename(sys.argv[0])
+    try:
+        main()
+    except (ValueError, TypeError, OSError) as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"{prog}: error: {lines[0]}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)

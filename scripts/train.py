@@ -1,0 +1,50 @@
+"""Train LeNet5 on MNIST with gradient accumulation and write its checkpoint.
+
+    python scripts/train.py --data_path data/mnist --mini_steps 4
+"""
+
+import argparse
+
+from common import add_common_args, positive_float, positive_int, run, setup_logging, setup_mindspore
+from mindspore import nn
+
+from mindspore_accum import REMAINDER_POLICIES, GradientAccumulation
+from model_zoo_adapters.lenet import LeNet5, create_dataset
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--lr", type=positive_float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--remainder", choices=REMAINDER_POLICIES, default="flush",
+                        help="a partial window at the end of an epoch: apply it (flush) or discard it (drop)")
+    parser.add_argument("--log_every", type=positive_int, default=50, help="log every this many updates")
+    args = parser.parse_args()
+    setup_logging()
+
+    device = setup_mindspore(args.device_target, args.seed)
+    dataset = create_dataset(args.data_path, args.batch_size, train=True, num_samples=args.num_samples)
+    micro_batches = dataset.get_dataset_size()
+    # Derived numbers up front, so that a wrong setting shows before the run.
+    print(f"device: {device} (GRAPH_MODE), seed: {args.seed}")
+    print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
+          f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+    print(f"micro-batches per epoch: {micro_batches}, updates per epoch: "
+          f"{-(-micro_batches // args.mini_steps) if args.remainder == 'flush' else micro_batches // args.mini_steps}"
+          f", epochs: {args.epochs}")
+
+    network = LeNet5()
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    optimizer = nn.Momentum(network.trainable_params(), args.lr, args.momentum)
+    model = GradientAccumulation(network, loss_fn, optimizer)
+    model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder,
+                        ckpt_path=args.ckpt_path, log_every=args.log_every)
+    print(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates)")
+
+
+if __name__ == "__main__":
+    run(main)

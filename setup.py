@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mindspore-accum",
+    version="0.1.0",
+    description="Gradient accumulation for MindSpore in graph mode: a large effective batch at the memory "
+                "of one micro-batch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["mindspore_accum", "mindspore_accum.*",
+                                    "model_zoo_adapters", "model_zoo_adapters.*"]),
+    install_requires=[
+        # Verified with 2.10.0 only (set_device, device_context and the 2.x
+        # dataset API); the CPU wheel is also the GPU wheel's Python side.
+        "mindspore>=2.10,<2.11",
+        # MindSpore 2.10's wheel carries extension modules built against
+        # NumPy 1.x ("A module that was compiled using NumPy 1.x cannot be run
+        # in NumPy 2") and NumpySlicesDataset fails on 1-D columns with NumPy 2.
+        "numpy>=1.25,<2",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+)
