@@ -1,0 +1,41 @@
+"""Every test runs in GRAPH_MODE on the CPU, MindSpore's warning flood silenced."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GLOG_v", "3")
+
+import mindspore as ms  # noqa: E402
+import mindspore.dataset  # noqa: E402,F401
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers in tests/nets.py
+
+ms.set_device("CPU")
+ms.set_context(mode=ms.GRAPH_MODE)
+
+
+@pytest.fixture
+def repo():
+    return REPO
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Unpacked MNIST goes to a cache of the test session's own, not the user's home."""
+    monkeypatch.setenv("MINDSPORE_ACCUM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Initial weights and dataset shuffles are the same on every run.
+
+    MINDSPORE_ACCUM_TEST_SEED picks another draw, to check that a tolerance
+    holds beyond the one seed CI uses.
+    """
+    seed = int(os.environ.get("MINDSPORE_ACCUM_TEST_SEED", "0"))
+    ms.set_seed(seed)
+    ms.dataset.config.set_seed(seed)
+    return seed

@@ -1,0 +1,84 @@
+"""Small networks and data for the tests, and the reference training step."""
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal
+
+from model_zoo_adapters.lenet import LeNet5
+
+LOSS = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+
+class MLP(nn.Cell):
+    """Two dense layers on 8 features; no BatchNorm, so accumulation is exact."""
+
+    def __init__(self, batchnorm=False):
+        super().__init__()
+        self.fc1 = nn.Dense(8, 16, weight_init=Normal(0.5))
+        self.bn = nn.BatchNorm1d(16) if batchnorm else None
+        self.fc2 = nn.Dense(16, 4, weight_init=Normal(0.5))
+        self.relu = nn.ReLU()
+
+    def construct(self, x):
+        x = self.fc1(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.fc2(self.relu(x))
+
+
+class MeanOfInputs(nn.Cell):
+    """loss = mean(x) * w with one scalar weight, so d loss / d w = mean(x) exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(Tensor(np.ones((1,), np.float32)), name="w")
+
+    def construct(self, x, label):
+        return ops.reduce_mean(x) * self.w[0]
+
+
+NETWORKS = {
+    "mlp": (MLP, (8,), 4),
+    "lenet": (LeNet5, (1, 32, 32), 10),
+}
+OPTIMIZERS = {
+    "momentum": lambda params: nn.Momentum(params, learning_rate=0.1, momentum=0.9),
+    # Adam's first update is lr * g / (|g| + eps): where a gradient cancels to
+    # ~0 its slope is lr / (4 eps), which turns float32 reordering of the same
+    # sum into ~1e-5 at the default eps=1e-8. eps=1e-6 keeps the comparison
+    # about accumulation (worst excess over rtol measured here: 5e-8).
+    "adam": lambda params: nn.Adam(params, learning_rate=0.01, eps=1e-6),
+}
+
+
+def twin(network_cls, reference, **kwargs):
+    """A second network of ``network_cls`` holding a copy of ``reference``'s parameters."""
+    copy = network_cls(**kwargs)
+    for mine, theirs in zip(copy.get_parameters(), reference.get_parameters()):
+        assert mine.name == theirs.name
+        mine.set_data(theirs.data.copy())
+    return copy
+
+
+def micro_batches(sizes, feature_shape, num_classes, seed=0):
+    """A list of (data, label) Tensors, one per micro-batch size."""
+    rng = np.random.default_rng(seed)
+    return [(Tensor(rng.standard_normal((size, *feature_shape)).astype(np.float32)),
+             Tensor(rng.integers(0, num_classes, size).astype(np.int32))) for size in sizes]
+
+
+def concat(batches):
+    return tuple(Tensor(np.concatenate([b[i].asnumpy() for b in batches])) for i in range(len(batches[0])))
+
+
+def params_of(network):
+    return {p.name: p.asnumpy().copy() for p in network.get_parameters()}
+
+
+def reference_steps(network, optimizer, windows):
+    """One ordinary nn.TrainOneStepCell step per window, on the window's concatenated micro-batches."""
+    step = nn.TrainOneStepCell(nn.WithLossCell(network, LOSS), optimizer)
+    step.set_train()
+    for window in windows:
+        step(*concat(window))
+    return params_of(network)

@@ -1,0 +1,82 @@
+"""End of epoch: a partial window is applied with its true weight (or dropped), and nothing leaks."""
+
+import numpy as np
+import pytest
+from mindspore import dataset as ds
+from mindspore import nn
+
+from mindspore_accum import GradientAccumulation
+from nets import LOSS, MLP, params_of, reference_steps, twin
+
+SAMPLES, BATCH = 40, 4  # 10 micro-batches
+
+
+def arrays(seed=11):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((SAMPLES, 8)).astype(np.float32), rng.integers(0, 4, SAMPLES).astype(np.int32)
+
+
+def mnist_like_dataset(features, labels):
+    """A real mindspore.dataset pipeline, in order, batched like the training data."""
+    rows = lambda: ((features[i], labels[i]) for i in range(len(labels)))  # noqa: E731
+    return ds.GeneratorDataset(rows, ["data", "label"], shuffle=False).batch(BATCH)
+
+
+def windows_of(features, labels, boundaries):
+    """Reference windows: lists of (data, label) micro-batches between micro-batch boundaries."""
+    from mindspore import Tensor
+    batches = [(Tensor(features[i:i + BATCH]), Tensor(labels[i:i + BATCH])) for i in range(0, SAMPLES, BATCH)]
+    return [batches[start:stop] for start, stop in boundaries]
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_ten_micro_batches_with_mini_steps_4_give_three_updates(epochs):
+    features, labels = arrays()
+    accumulated = MLP()
+    reference = twin(MLP, accumulated)
+    model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
+    history = model.train_process(epochs, mnist_like_dataset(features, labels), mini_steps=4, ckpt_path=None)
+
+    assert [(r.epoch, r.update, r.micro_steps, r.samples) for r in history] == [
+        (epoch, update, steps, steps * BATCH) for epoch in range(1, epochs + 1)
+        for update, steps in ((1, 4), (2, 4), (3, 2))]
+    # The third update of each epoch is a plain step on the last 2 micro-batches, then the next epoch starts clean.
+    expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.1, 0.9),
+                               windows_of(features, labels, [(0, 4), (4, 8), (8, 10)]) * epochs)
+    actual = params_of(accumulated)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for buffer in model.buffer.grad_sum:
+        np.testing.assert_array_equal(buffer.asnumpy(), np.zeros(buffer.shape, np.float32), err_msg=buffer.name)
+    assert model.buffer.window_samples.asnumpy() == 0 and model.buffer.window_micro_steps.asnumpy() == 0
+    assert model.total_updates == 3 * epochs and model.total_micro_steps == 10 * epochs
+
+
+def test_drop_policy_discards_the_partial_window():
+    features, labels = arrays(seed=12)
+    accumulated = MLP()
+    reference = twin(MLP, accumulated)
+    model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
+    history = model.train_process(1, mnist_like_dataset(features, labels), mini_steps=4, remainder="drop",
+                                  ckpt_path=None)
+    assert [r.micro_steps for r in history] == [4, 4]
+    expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.1, 0.9),
+                               windows_of(features, labels, [(0, 4), (4, 8)]))
+    actual = params_of(accumulated)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for buffer in model.buffer.grad_sum:
+        assert not buffer.asnumpy().any(), f"{buffer.name} kept the dropped window"
+
+
+def test_logged_window_loss_is_the_loss_of_the_concatenated_window():
+    features, labels = arrays(seed=13)
+    network = MLP()
+    probe = twin(MLP, network)
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), learning_rate=0.0))
+    history = model.train_process(1, mnist_like_dataset(features, labels), mini_steps=4, ckpt_path=None)
+    loss_of = nn.WithLossCell(probe, LOSS)
+    from mindspore import Tensor
+    for record, (start, stop) in zip(history, [(0, 16), (16, 32), (32, 40)]):
+        expected = float(loss_of(Tensor(features[start:stop]), Tensor(labels[start:stop])).asnumpy())
+        assert record.loss == pytest.approx(expected, rel=1e-6), f"update {record.update}: {record.loss} vs {expected}"

@@ -1,0 +1,114 @@
+"""The MNIST loader: layouts, gzip, checks and clear refusals, against files written by hand."""
+
+import os
+
+import numpy as np
+import pytest
+
+from idx import digits, idx_bytes, write_split
+from model_zoo_adapters.lenet import MNIST_MEAN, MNIST_STD, create_dataset
+from model_zoo_adapters.mnist_files import MnistFormatError, prepare_mnist_split
+
+
+def first_batch(dataset):
+    return next(dataset.create_tuple_iterator(output_numpy=True))
+
+
+@pytest.mark.parametrize("layout", ["flat", "tutorial"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_layouts_and_gzip_load_the_same_images(tmp_path, layout, gz):
+    images, labels = digits(12, constant=200)
+    base = tmp_path if layout == "flat" else tmp_path / "train"
+    write_split(base, "train", images, labels, gz=gz)
+    data, label = first_batch(create_dataset(tmp_path, batch_size=12, train=True, shuffle=False))
+    assert data.shape == (12, 1, 32, 32) and data.dtype == np.float32
+    np.testing.assert_array_equal(label, labels.astype(np.int32))
+    # A constant image stays constant through the bilinear resize; then (v / 255 - mean) / std.
+    np.testing.assert_allclose(data, (200 / 255 - MNIST_MEAN) / MNIST_STD, rtol=1e-5)
+
+
+def test_test_split_and_a_subset(tmp_path):
+    write_split(tmp_path, "test", *digits(30, seed=1))
+    dataset = create_dataset(tmp_path, batch_size=8, train=False, num_samples=20, drop_remainder=False)
+    assert dataset.get_dataset_size() == 3  # 8 + 8 + 4
+
+
+def test_shipped_copy_passes_its_checksums(repo):
+    directory = prepare_mnist_split(repo / "data" / "mnist", "test")
+    assert (repo / "data" / "mnist" / "SHA256SUMS.raw").is_file()
+    assert sorted(os.listdir(directory)) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def test_a_corrupted_copy_with_checksums_is_refused_by_name(tmp_path):
+    images, labels = digits(10)
+    write_split(tmp_path, "train", images, labels, sums=True)
+    prepare_mnist_split(tmp_path, "train")  # intact: accepted
+    damaged = images.copy()
+    damaged[3, 5, 5] ^= 0xFF  # still a valid IDX file, only the checksum can tell
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(damaged))
+    with pytest.raises(MnistFormatError, match=r"train-images-idx3-ubyte: SHA-256 .* differs"):
+        prepare_mnist_split(tmp_path, "train")
+
+
+def test_data_without_checksums_still_loads(tmp_path):
+    write_split(tmp_path, "train", *digits(10), sums=False)
+    assert prepare_mnist_split(tmp_path, "train") == str(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("magic", r"train-images-idx3-ubyte: wrong magic number 0x00000801"),
+    ("truncated", r"train-images-idx3-ubyte: truncated IDX file: 7000 bytes, its header promises 7856"),
+    ("extra", r"train-images-idx3-ubyte: 3 bytes after the 7856"),
+    ("count", r"holds 10 images but .*train-labels-idx1-ubyte holds 9 labels"),
+    ("header", r"train-images-idx3-ubyte: truncated IDX file \(5 bytes"),
+])
+def test_damaged_idx_files_are_refused_by_name(tmp_path, damage, message):
+    images, labels = digits(10)
+    write_split(tmp_path, "train", images, labels)
+    image_file, label_file = tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"
+    data = image_file.read_bytes()
+    if damage == "magic":
+        image_file.write_bytes(idx_bytes(labels) + data[8:])
+    elif damage == "truncated":
+        image_file.write_bytes(data[:7000])
+    elif damage == "extra":
+        image_file.write_bytes(data + b"\0\0\0")
+    elif damage == "count":
+        label_file.write_bytes(idx_bytes(labels[:9]))
+    elif damage == "header":
+        image_file.write_bytes(data[:5])
+    with pytest.raises(MnistFormatError, match=message):
+        create_dataset(tmp_path, batch_size=2)
+
+
+def test_a_truncated_gzip_is_refused_by_name(tmp_path):
+    write_split(tmp_path, "train", *digits(10), gz=True)
+    gz_file = tmp_path / "train-labels-idx1-ubyte.gz"
+    gz_file.write_bytes(gz_file.read_bytes()[:20])
+    with pytest.raises(MnistFormatError, match=r"train-labels-idx1-ubyte.gz: not a readable gzip file"):
+        prepare_mnist_split(tmp_path, "train")
+
+
+def test_missing_and_empty_directories_name_the_path_and_the_files(tmp_path):
+    with pytest.raises(MnistFormatError, match=r"'.*nowhere' is not a directory"):
+        prepare_mnist_split(tmp_path / "nowhere", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MnistFormatError, match=r"has no MNIST train files: expected train-images-idx3-ubyte and "
+                                               r"train-labels-idx1-ubyte \(raw or .gz\)"):
+        prepare_mnist_split(tmp_path / "empty", "train")
+
+
+def test_batch_size_larger_than_the_data_is_refused(tmp_path):
+    write_split(tmp_path, "train", *digits(10))
+    with pytest.raises(ValueError, match=r"batch_size=32 is larger than the 10 samples"):
+        create_dataset(tmp_path, batch_size=32)
+
+
+def test_unpacking_is_cached_by_content(tmp_path):
+    images_a, labels_a = digits(10, seed=1)
+    write_split(tmp_path / "a", "train", images_a, labels_a, gz=True)
+    write_split(tmp_path / "b", "train", *digits(10, seed=2), gz=True)
+    first, again, other = (prepare_mnist_split(tmp_path / d, "train") for d in ("a", "a", "b"))
+    assert first == again and first != other
+    with open(os.path.join(first, "train-images-idx3-ubyte"), "rb") as unpacked:
+        assert unpacked.read() == idx_bytes(images_a)
