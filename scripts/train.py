@@ -8,7 +8,7 @@ import argparse
 from common import add_common_args, positive_float, positive_int, run, setup_logging, setup_mindspore
 from mindspore import nn
 
-from mindspore_accum import REMAINDER_POLICIES, GradientAccumulation
+from mindspore_accum import REMAINDER_POLICIES, GradientAccumulation, WindowSchedule
 from model_zoo_adapters.lenet import LeNet5, create_dataset
 
 
@@ -33,9 +33,8 @@ def main():
     print(f"device: {device} (GRAPH_MODE), seed: {args.seed}")
     print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
           f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
-    print(f"micro-batches per epoch: {micro_batches}, updates per epoch: "
-          f"{-(-micro_batches // args.mini_steps) if args.remainder == 'flush' else micro_batches // args.mini_steps}"
-          f", epochs: {args.epochs}")
+    updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
+    print(f"micro-batches per epoch: {micro_batches}, updates per epoch: {updates}, epochs: {args.epochs}")
 
     network = LeNet5()
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")

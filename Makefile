@@ -1,0 +1,28 @@
+# The README's two commands: `make mnist` (the main job) and `make test`.
+# Each sets up its own virtual environment in .venv on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: mnist test bench clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Train LeNet5 on the shipped MNIST with mini_steps 4, then evaluate the checkpoint.
+mnist: $(VENV)/.installed
+	$(PY) scripts/train.py --data_path data/mnist --mini_steps 4
+	$(PY) scripts/eval.py --data_path data/mnist --ckpt_path gradient_accumulation.ckpt
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt

@@ -1,0 +1,89 @@
+"""scripts/train.py and scripts/eval.py as a user runs them: bad input is one line and exit status 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from idx import digits, write_split
+from mindspore_accum import save_network_checkpoint
+from model_zoo_adapters.lenet import LeNet5
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+def run_script(name, *args, cwd):
+    env = dict(os.environ, GLOG_v="3")
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, name), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_refused(result, *fragments):
+    """Exit 2, no traceback, and one line on stderr that names what was wrong."""
+    assert result.returncode == 2, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) >= 1 and "error:" in lines[-1], result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_mnist")
+    write_split(directory, "train", *digits(64, seed=1))
+    write_split(directory, "test", *digits(20, seed=2))
+    return directory
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2.5", "True", "four"])
+def test_bad_mini_steps(tmp_path, tiny_mnist, value):
+    result = run_script("train.py", "--data_path", tiny_mnist, "--mini_steps", value, cwd=tmp_path)
+    assert_refused(result, "--mini_steps", repr(value), "whole number >= 1")
+
+
+def test_missing_data_directory(tmp_path):
+    result = run_script("train.py", "--data_path", tmp_path / "no_such_dir", cwd=tmp_path)
+    assert_refused(result, "no_such_dir", "is not a directory")
+
+
+def test_empty_data_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_script("train.py", "--data_path", tmp_path / "empty", cwd=tmp_path)
+    assert_refused(result, "empty", "expected train-images-idx3-ubyte and train-labels-idx1-ubyte")
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_damaged_idx_file(tmp_path, damage):
+    image_file, _ = write_split(tmp_path / "data", "train", *digits(40))
+    data = image_file.read_bytes()
+    image_file.write_bytes(b"\x00\x00\x08\x01" + data[4:] if damage == "corrupt" else data[:1000])
+    result = run_script("train.py", "--data_path", tmp_path / "data", cwd=tmp_path)
+    assert_refused(result, "train-images-idx3-ubyte", "wrong magic number" if damage == "corrupt" else "truncated")
+
+
+def test_checkpoint_that_does_not_fit_the_model(tmp_path, tiny_mnist):
+    save_network_checkpoint(LeNet5(num_class=5), str(tmp_path / "other.ckpt"))
+    result = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", tmp_path / "other.ckpt", cwd=tmp_path)
+    assert_refused(result, "other.ckpt", "does not fit LeNet5", "fc3.bias (5,) in the file vs (10,) in the model")
+
+
+def test_missing_checkpoint(tmp_path, tiny_mnist):
+    result = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", tmp_path / "none.ckpt", cwd=tmp_path)
+    assert_refused(result, "none.ckpt", "does not exist")
+
+
+def test_train_then_eval_on_a_tiny_set(tmp_path, tiny_mnist):
+    """The scripts' plumbing, in seconds; the real-MNIST run is in test_end_to_end.py."""
+    trained = run_script("train.py", "--data_path", tiny_mnist, "--epochs", 1, "--batch_size", 8, "--mini_steps", 3,
+                         cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "effective batch: 24 = 8 x 3" in trained.stdout
+    assert "micro-batches per epoch: 8, updates per epoch: 3" in trained.stdout
+    assert "epoch: 1 step: 3 loss is" in trained.stdout  # the flushed partial window is the third update
+    assert (tmp_path / "gradient_accumulation.ckpt").is_file()
+    evaluated = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", "gradient_accumulation.ckpt",
+                           cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.strip().splitlines()[-1].startswith("{'Accuracy': ")
