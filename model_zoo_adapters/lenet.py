@@ -9,6 +9,7 @@ from mindspore.common.initializer import Normal
 
 from mindspore_accum.validation import check_positive_int
 
+from .conv import make_conv2d
 from .mnist_files import prepare_mnist_split
 
 __all__ = ["LeNet5", "create_dataset", "MNIST_MEAN", "MNIST_STD"]
@@ -22,14 +23,18 @@ class LeNet5(nn.Cell):
     Args:
         num_class: number of classes.
         num_channel: number of input channels.
+        conv_impl: ``"auto"`` (im2col where it is faster on the CPU, else
+            native), ``"native"`` (``nn.Conv2d``) or ``"im2col"``; see
+            :func:`~model_zoo_adapters.conv.make_conv2d`. The parameters are the
+            same either way, so checkpoints move between them.
     """
 
-    def __init__(self, num_class=10, num_channel=1):
+    def __init__(self, num_class=10, num_channel=1, conv_impl="auto"):
         super().__init__()
         check_positive_int("num_class", num_class)
         check_positive_int("num_channel", num_channel)
-        self.conv1 = nn.Conv2d(num_channel, 6, 5, pad_mode="valid")
-        self.conv2 = nn.Conv2d(6, 16, 5, pad_mode="valid")
+        self.conv1 = make_conv2d(num_channel, 6, 5, conv_impl, pad_mode="valid")
+        self.conv2 = make_conv2d(6, 16, 5, conv_impl, pad_mode="valid")
         self.fc1 = nn.Dense(16 * 5 * 5, 120, weight_init=Normal(0.02))
         self.fc2 = nn.Dense(120, 84, weight_init=Normal(0.02))
         self.fc3 = nn.Dense(84, num_class, weight_init=Normal(0.02))

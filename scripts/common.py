@@ -14,6 +14,7 @@ import mindspore as ms  # noqa: E402
 import mindspore.dataset as ds  # noqa: E402
 
 from mindspore_accum import DEVICE_TARGETS, resolve_device_target  # noqa: E402
+from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -45,6 +46,9 @@ def add_common_args(parser):
     parser.add_argument("--ckpt_path", default="gradient_accumulation.ckpt", help="model checkpoint file")
     parser.add_argument("--device_target", default="auto", choices=DEVICE_TARGETS,
                         help="auto: GPU where this MindSpore can use one, else CPU")
+    parser.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS,
+                        help="convolutions: auto (im2col where faster on the CPU, native on GPU/Ascend), "
+                             "native (nn.Conv2d) or im2col; checkpoints are the same either way")
     parser.add_argument("--batch_size", type=positive_int, default=32, help="samples per micro-batch")
     parser.add_argument("--num_samples", type=positive_int, default=None,
                         help="use only this many samples of the split (a quick run)")

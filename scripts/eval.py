@@ -19,7 +19,7 @@ def main():
     setup_logging()
 
     setup_mindspore(args.device_target)
-    network = load_network_checkpoint(LeNet5(), args.ckpt_path)
+    network = load_network_checkpoint(LeNet5(conv_impl=args.conv_impl), args.ckpt_path)
     dataset = create_dataset(args.data_path, args.batch_size, train=False, num_samples=args.num_samples,
                              drop_remainder=False)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")

@@ -30,13 +30,13 @@ def main():
     dataset = create_dataset(args.data_path, args.batch_size, train=True, num_samples=args.num_samples)
     micro_batches = dataset.get_dataset_size()
     # Derived numbers up front, so that a wrong setting shows before the run.
-    print(f"device: {device} (GRAPH_MODE), seed: {args.seed}")
+    print(f"device: {device} (GRAPH_MODE), conv_impl: {args.conv_impl}, seed: {args.seed}")
     print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
           f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
     print(f"micro-batches per epoch: {micro_batches}, updates per epoch: {updates}, epochs: {args.epochs}")
 
-    network = LeNet5()
+    network = LeNet5(conv_impl=args.conv_impl)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     optimizer = nn.Momentum(network.trainable_params(), args.lr, args.momentum)
     model = GradientAccumulation(network, loss_fn, optimizer)
