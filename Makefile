@@ -23,6 +23,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/cpu_conv.py
 
 clean:
 	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt

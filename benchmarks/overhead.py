@@ -5,8 +5,8 @@ so the data pipeline is not measured. The accumulation side is timed per
 window of ``mini_steps`` micro-batches - every TrainForwardBackward plus the
 one TrainOptim and TrainClear - and divided by ``mini_steps``, so its figure is
 the full cost of a micro-step, update included. The two are timed in
-alternating rounds and the ratio is the median of the per-round ratios: the
-machine is noisy, a ratio within one run is not.
+alternating rounds, in alternating order, and the ratio is the median of the
+per-round ratios: the machine is noisy, a ratio within one run is not.
 
     python benchmarks/overhead.py [--rounds 7] [--windows 10] [--mini_steps 4]
 """
@@ -34,7 +34,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--mini_steps", type=int, default=4)
     parser.add_argument("--windows", type=int, default=10, help="windows per round")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--conv_impl", default="auto", choices=("auto", "native", "im2col"))
     args = parser.parse_args()
 
     ms.set_device("CPU")
@@ -45,7 +46,7 @@ def main():
     batches = list(dataset.create_tuple_iterator())
 
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-    plain_net, accum_net = LeNet5(), LeNet5()
+    plain_net, accum_net = LeNet5(conv_impl=args.conv_impl), LeNet5(conv_impl=args.conv_impl)
     plain = nn.TrainOneStepCell(nn.WithLossCell(plain_net, loss_fn),
                                 nn.Momentum(plain_net.trainable_params(), 0.01, 0.9))
     plain.set_train()
@@ -61,18 +62,19 @@ def main():
             for data, label in batches[start:start + args.mini_steps]:
                 accum.train_forward_backward(data, label).asnumpy()  # as the driver: the loss is read each step
             accum.train_optim()
-            accum.train_clear().asnumpy()
+            accum.train_clear()
 
     run_plain(), run_accumulated()  # compile both, warm the caches
     plain_ms, accum_ms = [], []
-    for _ in range(args.rounds):
-        for times, run in ((plain_ms, run_plain), (accum_ms, run_accumulated)):
+    for round_index in range(args.rounds):
+        order = ((plain_ms, run_plain), (accum_ms, run_accumulated))
+        for times, run in order if round_index % 2 == 0 else order[::-1]:  # alternate: no first-mover bias
             start = time.perf_counter()
             run()
             times.append((time.perf_counter() - start) * 1000 / micro_steps)
     ratios = [a / p for a, p in zip(accum_ms, plain_ms)]
 
-    print(f"LeNet5, MNIST batch {args.batch_size}, CPU GRAPH_MODE, {args.rounds} rounds x {micro_steps} micro-steps"
+    print(f"LeNet5 (conv_impl {args.conv_impl}), MNIST batch {args.batch_size}, CPU GRAPH_MODE, {args.rounds} rounds x {micro_steps} micro-steps"
           f" (mini_steps {args.mini_steps})")
     print(f"{'path':<48} {'ms / micro-step (median)':>24}")
     print(f"{'nn.TrainOneStepCell':<48} {statistics.median(plain_ms):>24.2f}")
