@@ -119,10 +119,11 @@ class GradientAccumulation:
         history = []
         for epoch_index, batches in enumerate(epochs, start=1):
             window_losses, window_samples = [], []
-            updates_in_epoch = 0
+            updates_in_epoch = micro_steps_in_epoch = 0
             for inputs in batches:
                 loss = self.train_forward_backward(*inputs)
                 self.total_micro_steps += 1
+                micro_steps_in_epoch += 1
                 window_losses.append(float(loss.asnumpy()))
                 window_samples.append(_batch_size(inputs))
                 if schedule.is_window_full(len(window_losses)):
@@ -137,10 +138,13 @@ class GradientAccumulation:
                 logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')",
                             epoch_index, len(window_losses))
                 self.train_clear()
+            if micro_steps_in_epoch == 0:
+                raise ValueError(f"train_dataset gave no micro-batches in epoch {epoch_index}: pass a mindspore "
+                                 f"dataset or a re-iterable such as a list, not an empty or one-shot iterator")
             if updates_in_epoch == 0:
-                logger.warning("epoch: %d made no optimizer update: the dataset gave %d micro-batches, "
-                               "fewer than mini_steps=%d, and remainder='drop'",
-                               epoch_index, len(window_losses), schedule.mini_steps)
+                logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
+                               "mini_steps=%d and remainder='drop'", epoch_index, micro_steps_in_epoch,
+                               schedule.mini_steps)
 
         if ckpt_path is not None:
             save_network_checkpoint(self.network, ckpt_path)

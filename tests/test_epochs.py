@@ -80,3 +80,16 @@ def test_logged_window_loss_is_the_loss_of_the_concatenated_window():
     for record, (start, stop) in zip(history, [(0, 16), (16, 32), (32, 40)]):
         expected = float(loss_of(Tensor(features[start:stop]), Tensor(labels[start:stop])).asnumpy())
         assert record.loss == pytest.approx(expected, rel=1e-6), f"update {record.update}: {record.loss} vs {expected}"
+
+
+def test_an_exhausted_one_shot_iterator_is_refused_in_the_epoch_it_runs_dry():
+    features, labels = arrays(seed=14)
+    network = MLP()
+    before = params_of(network)
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1))
+    from mindspore import Tensor
+    one_shot = iter([(Tensor(features[:4]), Tensor(labels[:4]))])
+    with pytest.raises(ValueError, match=r"no micro-batches in epoch 2: pass a mindspore dataset or a re-iterable"):
+        model.train_process(2, one_shot, mini_steps=1, ckpt_path=None)
+    assert model.total_updates == 1  # epoch 1 trained on its one micro-batch, then epoch 2 found nothing
+    assert any(not np.array_equal(v, before[n]) for n, v in params_of(network).items())
