@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[progress,plot,test]'
 	touch $@
 
 # Train LeNet5 on the shipped MNIST with mini_steps 4, then evaluate the checkpoint.

@@ -20,6 +20,10 @@ setup(
         "numpy>=1.25,<2",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # The progress bar (scripts/train.py); the library runs without it.
+        "progress": ["tqdm>=4.60"],
+        # scripts/plot.py and plot_grad_flow; imported only there, never by training.
+        "plot": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "tqdm>=4.60", "matplotlib>=3.5"],
     },
 )

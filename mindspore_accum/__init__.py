@@ -6,18 +6,21 @@ concatenation of the window's micro-batches: gradients are averaged over the
 window's samples, never summed.
 """
 
+from .callbacks import Callback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import (DEFAULT_CKPT_PATH, CheckpointError, load_network_checkpoint,
                          save_network_checkpoint)
 from .device import DEVICE_TARGETS, resolve_device_target
-from .driver import GradientAccumulation, UpdateRecord
+from .driver import GradientAccumulation, UpdateRecord, current_learning_rate
+from .grad_flow import plot_grad_flow
 from .schedule import REMAINDER_POLICIES, WindowSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear",
-    "GradientAccumulation", "UpdateRecord",
+    "GradientAccumulation", "UpdateRecord", "current_learning_rate",
+    "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver", "plot_grad_flow",
     "WindowSchedule", "REMAINDER_POLICIES",
     "DEFAULT_CKPT_PATH", "CheckpointError", "save_network_checkpoint", "load_network_checkpoint",
     "DEVICE_TARGETS", "resolve_device_target",

@@ -3,14 +3,15 @@
 import dataclasses
 import logging
 
-from mindspore import nn
+import numpy as np
+from mindspore import Parameter, nn
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, save_network_checkpoint
 from .schedule import WindowSchedule
 from .validation import check_positive_int
 
-__all__ = ["GradientAccumulation", "UpdateRecord"]
+__all__ = ["GradientAccumulation", "UpdateRecord", "current_learning_rate"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ class UpdateRecord:
         samples: samples in the window.
         loss: the window's loss, a mean over its samples - the loss of one step
             on the concatenated window.
+        lr: the learning rate this update used, or None if it cannot be read.
+        total_updates: updates applied by the driver so far, this one included.
+        samples_seen: samples consumed by the driver so far, this window included.
     """
 
     epoch: int
@@ -34,6 +38,21 @@ class UpdateRecord:
     micro_steps: int
     samples: int
     loss: float
+    lr: float = None
+    total_updates: int = 0
+    samples_seen: int = 0
+
+
+def current_learning_rate(optimizer):
+    """The learning rate the optimizer's next update uses, as a float; None for a schedule Cell."""
+    rate = optimizer.learning_rate
+    if not isinstance(rate, Parameter):
+        return None
+    values = rate.asnumpy().reshape(-1)
+    if values.size == 1:
+        return float(values[0])
+    step = int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0])
+    return float(values[min(step, values.size - 1)])
 
 
 def _batch_size(inputs):
@@ -84,9 +103,11 @@ class GradientAccumulation:
         self.total_updates = 0
         #: Micro-batches run through forward and backward, over all calls.
         self.total_micro_steps = 0
+        #: Samples in those micro-batches.
+        self.total_samples = 0
 
     def train_process(self, epoch, train_dataset, mini_steps=4, *, remainder="flush",
-                      ckpt_path=DEFAULT_CKPT_PATH, log_every=1):
+                      ckpt_path=DEFAULT_CKPT_PATH, log_every=1, callbacks=()):
         """Trains for ``epoch`` epochs and saves the checkpoint.
 
         Args:
@@ -98,14 +119,20 @@ class GradientAccumulation:
                 epoch with its true weighting; ``"drop"`` discards it.
             ckpt_path: where the bare network's checkpoint is written at the
                 end, atomically; ``None`` skips it.
-            log_every: log one line every this many updates.
+            log_every: log one line every this many updates; None logs none
+                (a progress bar shows them instead).
+            callbacks: :class:`~mindspore_accum.callbacks.Callback` objects,
+                told of every epoch, micro-step and update.
 
         Returns:
             A list of :class:`UpdateRecord`, one per optimizer update.
         """
         schedule = WindowSchedule(mini_steps, remainder)
         epoch = check_positive_int("epoch", epoch, example=10)
-        log_every = check_positive_int("log_every", log_every)
+        if log_every is not None:
+            log_every = check_positive_int("log_every", log_every)
+        callbacks = tuple(callbacks)
+        micro_batches = train_dataset.get_dataset_size() if hasattr(train_dataset, "get_dataset_size") else None
         if ckpt_path is not None:
             ckpt_path = check_ckpt_path(ckpt_path)
         if hasattr(train_dataset, "create_tuple_iterator"):
@@ -114,26 +141,35 @@ class GradientAccumulation:
         else:
             epochs = (train_dataset for _ in range(epoch))
 
-        self.network_with_loss.set_train(True)
         self.train_clear()  # a window left by an interrupted earlier call must not leak in
         history = []
         for epoch_index, batches in enumerate(epochs, start=1):
+            # Every epoch: an evaluation callback may have switched the network to eval mode.
+            self.network_with_loss.set_train(True)
+            for callback in callbacks:
+                callback.epoch_begin(epoch_index, micro_batches, schedule)
             window_losses, window_samples = [], []
             updates_in_epoch = micro_steps_in_epoch = 0
+            epoch_records = []
             for inputs in batches:
                 loss = self.train_forward_backward(*inputs)
                 self.total_micro_steps += 1
                 micro_steps_in_epoch += 1
                 window_losses.append(float(loss.asnumpy()))
                 window_samples.append(_batch_size(inputs))
+                self.total_samples += window_samples[-1]
+                for callback in callbacks:
+                    callback.micro_step(epoch_index, micro_steps_in_epoch, window_losses[-1], window_samples[-1])
                 if schedule.is_window_full(len(window_losses)):
                     updates_in_epoch += 1
-                    history.append(self._apply(epoch_index, updates_in_epoch, window_losses, window_samples,
-                                               log=updates_in_epoch % log_every == 0))
+                    epoch_records.append(self._apply(epoch_index, updates_in_epoch, window_losses, window_samples,
+                                                     log_every is not None and updates_in_epoch % log_every == 0,
+                                                     callbacks))
                     window_losses, window_samples = [], []
             if schedule.flush_at_epoch_end(len(window_losses)):
                 updates_in_epoch += 1
-                history.append(self._apply(epoch_index, updates_in_epoch, window_losses, window_samples, log=True))
+                epoch_records.append(self._apply(epoch_index, updates_in_epoch, window_losses, window_samples,
+                                                 log_every is not None, callbacks))
             elif window_losses:
                 logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')",
                             epoch_index, len(window_losses))
@@ -145,19 +181,31 @@ class GradientAccumulation:
                 logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
                                "mini_steps=%d and remainder='drop'", epoch_index, micro_steps_in_epoch,
                                schedule.mini_steps)
+            history.extend(epoch_records)
+            for callback in callbacks:
+                callback.epoch_end(epoch_index, epoch_records)
 
         if ckpt_path is not None:
             save_network_checkpoint(self.network, ckpt_path)
         return history
 
-    def _apply(self, epoch_index, update, window_losses, window_samples, log):
-        """One optimizer update from the buffer, then an empty buffer."""
+    def _apply(self, epoch_index, update, window_losses, window_samples, log, callbacks):
+        """One optimizer update from the buffer, then an empty buffer.
+
+        Callbacks see the update between the two, while ``grad_sum`` still
+        holds the window's gradient.
+        """
+        lr = current_learning_rate(self.optimizer)  # before the update moves a dynamic rate on
         self.train_optim()
-        self.train_clear()
         self.total_updates += 1
         samples = sum(window_samples)
         # Sample-weighted, so that it is the loss of the concatenated window.
         loss = sum(l * n for l, n in zip(window_losses, window_samples)) / samples
+        record = UpdateRecord(epoch_index, update, len(window_losses), samples, loss, lr, self.total_updates,
+                              self.total_samples)
+        for callback in callbacks:
+            callback.update(record, self)
+        self.train_clear()
         if log:
             logger.info("epoch: %d step: %d loss is %.6f", epoch_index, update, loss)
-        return UpdateRecord(epoch_index, update, len(window_losses), samples, loss)
+        return record

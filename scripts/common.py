@@ -12,6 +12,9 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ [WARNING] flood; must be
 
 import mindspore as ms  # noqa: E402
 import mindspore.dataset as ds  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import Model, nn  # noqa: E402
+from mindspore.train import ConfusionMatrix  # noqa: E402
 
 from mindspore_accum import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
@@ -63,6 +66,18 @@ def setup_mindspore(device_target, seed=None):
         ms.set_seed(seed)
         ds.config.set_seed(seed)
     return device
+
+
+def evaluate(network, dataset, num_classes=None):
+    """Mean loss and accuracy of ``network`` on ``dataset``; with ``num_classes``, the confusion matrix too."""
+    metrics = {"Loss": nn.Loss(), "Accuracy": nn.Accuracy()}
+    if num_classes:
+        metrics["ConfusionMatrix"] = ConfusionMatrix(num_classes)
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    result = Model(network, loss_fn, metrics=metrics).eval(dataset, dataset_sink_mode=False)
+    if num_classes:
+        result["ConfusionMatrix"] = np.asarray(result["ConfusionMatrix"]).astype(np.int64)
+    return result
 
 
 def setup_logging():

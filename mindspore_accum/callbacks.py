@@ -1,0 +1,162 @@
+"""What the driver tells the outside: progress, a metrics log, gradient-flow pictures.
+
+:meth:`GradientAccumulation.train_process` calls each callback's methods;
+subclass :class:`Callback` and override the ones you need. ``update`` runs
+after ``TrainOptim`` and before ``TrainClear``, so ``driver.buffer.grad_sum``
+still holds the window's gradient.
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+__all__ = ["Callback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
+
+logger = logging.getLogger(__name__)
+
+
+class Callback:
+    """No-op hooks; override what you need."""
+
+    def epoch_begin(self, epoch, micro_batches, schedule):
+        """``micro_batches`` is the epoch's size if the dataset knows it, else None."""
+
+    def micro_step(self, epoch, micro_step, loss, samples):
+        """After each micro-batch's forward and backward."""
+
+    def update(self, record, driver):
+        """After each optimizer update, before the buffer is cleared."""
+
+    def epoch_end(self, epoch, records):
+        """With the epoch's :class:`~mindspore_accum.driver.UpdateRecord` list."""
+
+
+class MetricsLog(Callback):
+    """Writes ``metrics.jsonl``: one JSON object a line, flushed as it goes.
+
+    Records (the ``kind`` field tells them apart):
+
+    * ``"update"``: ``epoch``, ``update`` (in the epoch), ``total_updates``,
+      ``micro_batches``, ``samples``, ``samples_seen``, ``loss`` (the window's),
+      ``lr``;
+    * ``"epoch"``: ``epoch``, ``updates``, ``train_loss`` (the sample-weighted
+      mean of the epoch's window losses), and whatever ``evaluate(epoch)``
+      returns, e.g. ``test_loss`` and ``test_accuracy``.
+
+    Args:
+        path: the file; it is replaced at the start of training.
+        evaluate: optional ``callable(epoch) -> dict`` run at each epoch's end.
+    """
+
+    def __init__(self, path, evaluate=None):
+        self.path = os.fspath(path)
+        self.evaluate = evaluate
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8")
+
+    def _write(self, record):
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def update(self, record, driver):
+        self._write({"kind": "update", "epoch": record.epoch, "update": record.update,
+                     "total_updates": record.total_updates, "micro_batches": record.micro_steps,
+                     "samples": record.samples, "samples_seen": record.samples_seen, "loss": record.loss,
+                     "lr": record.lr})
+
+    def epoch_end(self, epoch, records):
+        samples = sum(r.samples for r in records)
+        entry = {"kind": "epoch", "epoch": epoch, "updates": len(records),
+                 "train_loss": sum(r.loss * r.samples for r in records) / samples if samples else None}
+        if self.evaluate is not None:
+            entry.update(self.evaluate(epoch))
+        self._write(entry)
+
+    def close(self):
+        self._file.close()
+
+
+class ProgressBar(Callback):
+    """A ``tqdm`` bar per epoch over micro-batches, or plain lines where there is no terminal.
+
+    The bar shows the last window's loss, the learning rate, images per second
+    and the update count. When ``stream`` is not a terminal (a CI log, a file)
+    or ``enabled`` is False, no bar is drawn - no carriage returns - and the
+    driver's periodic log lines are the progress.
+
+    Args:
+        stream: where the bar goes (default ``sys.stderr``).
+        enabled: False to never draw a bar.
+    """
+
+    def __init__(self, stream=None, enabled=True):
+        self.stream = stream if stream is not None else sys.stderr
+        self.active = bool(enabled) and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._bar = None
+        self._postfix = {}
+
+    def epoch_begin(self, epoch, micro_batches, schedule):
+        if not self.active:
+            return
+        from tqdm import tqdm  # only where a bar is drawn
+        # A terminal that reports no size (0 x 0) makes tqdm draw nothing; get_terminal_size falls back to 80 x 24.
+        size = shutil.get_terminal_size()
+        self._bar = tqdm(total=micro_batches, desc=f"epoch {epoch}", unit="batch", file=self.stream,
+                         ncols=size.columns, nrows=size.lines, leave=True)
+        self._start, self._samples = time.perf_counter(), 0
+
+    def micro_step(self, epoch, micro_step, loss, samples):
+        if self._bar is None:
+            return
+        self._samples += samples
+        self._postfix["img/s"] = f"{self._samples / max(time.perf_counter() - self._start, 1e-9):.0f}"
+        self._bar.set_postfix(self._postfix, refresh=False)
+        self._bar.update(1)
+
+    def update(self, record, driver):
+        if self._bar is None:
+            return
+        self._postfix.update(loss=f"{record.loss:.4f}", update=record.total_updates)
+        if record.lr is not None:
+            self._postfix["lr"] = f"{record.lr:.3g}"
+
+    def epoch_end(self, epoch, records):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    @property
+    def replaces_log_lines(self):
+        """True when the bar shows progress, so per-update log lines would only interleave with it."""
+        return self.active
+
+
+class GradFlowSaver(Callback):
+    """Saves a gradient-flow PNG (see :func:`~mindspore_accum.grad_flow.plot_grad_flow`) every ``every`` updates.
+
+    The gradients are the window's, read from ``grad_sum`` before it is cleared.
+    Files: ``<directory>/grad_flow_<update>.png``.
+    """
+
+    def __init__(self, directory, every):
+        from .validation import check_positive_int
+        self.every = check_positive_int("grad_flow_every", every)
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.saved = []
+
+    def update(self, record, driver):
+        if record.total_updates % self.every:
+            return
+        from .grad_flow import plot_grad_flow
+        prefix = "grad_sum."
+        named = [(p.name[len(prefix):] if p.name.startswith(prefix) else p.name, p.asnumpy())
+                 for p in driver.buffer.grad_sum]
+        path = os.path.join(self.directory, f"grad_flow_{record.total_updates:06d}.png")
+        plot_grad_flow(named, path, title=f"gradient flow, update {record.total_updates}")
+        self.saved.append(path)
+        logger.info("saved %s", path)

@@ -1,0 +1,91 @@
+"""Plot a training run's metrics.jsonl: the loss curve and the test accuracy.
+
+    python scripts/plot.py --metrics metrics.jsonl --out plots
+
+Writes loss.png (the window loss per update, with the per-epoch train and test
+losses at each epoch's last update) and, when the run evaluated every epoch,
+accuracy.png (test accuracy per epoch).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; training never imports matplotlib
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(path):
+    updates, epochs = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+            (updates if record.get("kind") == "update" else epochs).append(record)
+    if not updates:
+        raise ValueError(f"{path} has no update records: is it a metrics.jsonl written by train.py?")
+    return updates, epochs
+
+
+def plot_loss(updates, epochs, path):
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    axes.plot([u["total_updates"] for u in updates], [u["loss"] for u in updates], lw=0.8, alpha=0.6,
+              label="window loss (per update)")
+    last_update = {}
+    for u in updates:
+        last_update[u["epoch"]] = u["total_updates"]
+    at = [last_update[e["epoch"]] for e in epochs]
+    axes.plot(at, [e["train_loss"] for e in epochs], "o-", label="train loss (epoch mean)")
+    if any("test_loss" in e for e in epochs):
+        axes.plot(at, [e.get("test_loss") for e in epochs], "s-", label="test loss")
+    axes.set_xlabel("optimizer update")
+    axes.set_ylabel("loss")
+    axes.set_yscale("log")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_accuracy(epochs, path):
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot([e["epoch"] for e in epochs], [e["test_accuracy"] for e in epochs], "o-")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("test accuracy")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metrics", default="metrics.jsonl", help="the metrics.jsonl written by train.py")
+    parser.add_argument("--out", default="plots", help="directory for the PNG files")
+    args = parser.parse_args()
+    try:
+        updates, epochs = read_metrics(args.metrics)
+        os.makedirs(args.out, exist_ok=True)
+    except (OSError, ValueError) as error:
+        print(f"plot.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    written = [os.path.join(args.out, "loss.png")]
+    plot_loss(updates, epochs, written[0])
+    with_accuracy = [e for e in epochs if "test_accuracy" in e]
+    if with_accuracy:
+        written.append(os.path.join(args.out, "accuracy.png"))
+        plot_accuracy(with_accuracy, written[-1])
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
