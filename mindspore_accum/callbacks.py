@@ -13,6 +13,8 @@ import shutil
 import sys
 import time
 
+from .validation import check_positive_int
+
 __all__ = ["Callback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
 
 logger = logging.getLogger(__name__)
@@ -143,7 +145,6 @@ class GradFlowSaver(Callback):
     """
 
     def __init__(self, directory, every):
-        from .validation import check_positive_int
         self.every = check_positive_int("grad_flow_every", every)
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)

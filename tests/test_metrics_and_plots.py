@@ -1,5 +1,6 @@
 """What people see: metrics.jsonl, progress, plots, gradient flow and per-class evaluation."""
 
+import ast
 import json
 import math
 import os
@@ -173,7 +174,7 @@ def test_eval_per_class_and_a_checkpoint_directory(trained_run):
     result = run_script("eval.py", "--data_path", data, "--ckpt_path", out, "--per_class", cwd=out)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    accuracy = eval(lines[-1], {})["Accuracy"]  # the tutorial's {'Accuracy': ...} line
+    accuracy = ast.literal_eval(lines[-1])["Accuracy"]  # the tutorial's {'Accuracy': ...} line
     start = lines.index("confusion matrix (rows: true class, columns: predicted):")
     matrix = np.array([[int(v) for v in line.split()] for line in lines[start + 1:start + 11]])
     assert matrix.shape == (10, 10) and matrix.sum() == 30
