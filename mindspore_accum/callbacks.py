@@ -23,8 +23,12 @@ logger = logging.getLogger(__name__)
 class Callback:
     """No-op hooks; override what you need."""
 
-    def epoch_begin(self, epoch, micro_batches, schedule):
-        """``micro_batches`` is the epoch's size if the dataset knows it, else None."""
+    def epoch_begin(self, epoch, micro_batches, schedule, start=0):
+        """``micro_batches`` is the epoch's size if the dataset knows it, else None.
+
+        ``start`` is the micro-batches of the epoch already consumed: non-zero
+        only in the first epoch of a resumed run.
+        """
 
     def micro_step(self, epoch, micro_step, loss, samples):
         """After each micro-batch's forward and backward."""
@@ -49,16 +53,18 @@ class MetricsLog(Callback):
       returns, e.g. ``test_loss`` and ``test_accuracy``.
 
     Args:
-        path: the file; it is replaced at the start of training.
+        path: the file; it is replaced at the start of training, or appended
+            to with ``append`` (a resumed run).
         evaluate: optional ``callable(epoch) -> dict`` run at each epoch's end.
+        append: keep the records already in the file.
     """
 
-    def __init__(self, path, evaluate=None):
+    def __init__(self, path, evaluate=None, append=False):
         self.path = os.fspath(path)
         self.evaluate = evaluate
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")
+        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def _write(self, record):
         self._file.write(json.dumps(record) + "\n")
@@ -101,14 +107,14 @@ class ProgressBar(Callback):
         self._bar = None
         self._postfix = {}
 
-    def epoch_begin(self, epoch, micro_batches, schedule):
+    def epoch_begin(self, epoch, micro_batches, schedule, start=0):
         if not self.active:
             return
         from tqdm import tqdm  # only where a bar is drawn
         # A terminal that reports no size (0 x 0) makes tqdm draw nothing; get_terminal_size falls back to 80 x 24.
         size = shutil.get_terminal_size()
         self._bar = tqdm(total=micro_batches, desc=f"epoch {epoch}", unit="batch", file=self.stream,
-                         ncols=size.columns, nrows=size.lines, leave=True)
+                         ncols=size.columns, nrows=size.lines, leave=True, initial=start)
         self._start, self._samples = time.perf_counter(), 0
 
     def micro_step(self, epoch, micro_step, loss, samples):

@@ -24,7 +24,7 @@ is bit-identical to ``nn.TrainOneStepCell``.
 """
 
 import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
 from mindspore.common.initializer import initializer
 
 __all__ = ["AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear"]
@@ -72,6 +72,10 @@ class AccumulationBuffer:
         self.window_samples = Parameter(Tensor(0.0, ms.float32), name="window_samples", requires_grad=False)
         self.window_micro_steps = Parameter(Tensor(0, ms.int32), name="window_micro_steps", requires_grad=False)
 
+    def parameters(self):
+        """Every tensor of the buffer: ``grad_sum`` then the two counters."""
+        return (*self.grad_sum, self.window_samples, self.window_micro_steps)
+
 
 class TrainForwardBackward(nn.Cell):
     """Forward and backward of one micro-batch; adds its gradient into ``grad_sum``.
@@ -115,10 +119,16 @@ class TrainForwardBackward(nn.Cell):
 
 
 class TrainOptim(nn.Cell):
-    """Applies ``optimizer`` once to the window's gradient in ``grad_sum``.
+    """Applies ``optimizer`` once to the window's gradient in ``grad_sum``, if it is finite.
 
     ``grad_sum`` is already the mean over the window's samples, so no division
-    happens here. The buffer is left as it is: :class:`TrainClear` empties it.
+    happens here. The check runs once per window, on the accumulated gradient
+    (``mindspore.amp.all_finite``): a NaN or inf from any micro-batch reaches
+    it, while a finite loss can hide one (a ReLU maps NaN to 0 on the way
+    forward, not on the way back). The buffer is left as it is:
+    :class:`TrainClear` empties it.
+
+    Returns: a bool scalar, True if the update was applied.
     """
 
     def __init__(self, optimizer, buffer):
@@ -127,7 +137,10 @@ class TrainOptim(nn.Cell):
         self.grad_sum = buffer.grad_sum
 
     def construct(self):
-        return self.optimizer(self.grad_sum)
+        finite = amp.all_finite(self.grad_sum)
+        if finite:
+            finite = ops.depend(finite, self.optimizer(self.grad_sum))
+        return finite
 
 
 class TrainClear(nn.Cell):

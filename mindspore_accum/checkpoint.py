@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 
 __all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "save_network_checkpoint",
-           "load_network_checkpoint"]
+           "load_network_checkpoint", "write_checkpoint_atomically", "read_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +67,26 @@ def save_network_checkpoint(network, path):
         if not np.isfinite(param.asnumpy()).all():
             raise CheckpointError(f"not writing {path!r}: parameter {param.name!r} is not finite "
                                   f"(training diverged); the existing file, if any, is kept")
+    write_checkpoint_atomically(network, path)
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def write_checkpoint_atomically(save_obj, path, append_dict=None):
+    """``mindspore.save_checkpoint`` to ``path``, never leaving half a file behind.
+
+    The file is written under a temporary name in the same directory with a
+    CRC, flushed to disk, then renamed over ``path``; the rename is made
+    durable too. A crash leaves either the old file or the new one.
+
+    Raises:
+        CheckpointError: the file cannot be written.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     # The temporary name ends in .ckpt, else save_checkpoint would append it.
     tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
     try:
-        ms.save_checkpoint(network, tmp_path, crc_check=True)
+        ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
         with open(tmp_path, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, path)
@@ -85,8 +100,38 @@ def save_network_checkpoint(network, path):
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
-    logger.info("saved checkpoint %s", path)
-    return path
+
+
+def read_checkpoint(path, what="checkpoint", hint="pass the file written by train.py with --ckpt_path"):
+    """``mindspore.load_checkpoint`` with its CRC checked; every failure is a :class:`CheckpointError` naming the file.
+
+    The whole file is parsed before anything is returned, so a truncated or
+    corrupt file never reaches a network half-loaded.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path!r} does not exist: {hint}")
+    try:
+        return ms.load_checkpoint(path, crc_check=True)
+    except Exception as error:  # MindSpore raises ValueError, RuntimeError or protobuf errors
+        raise CheckpointError(f"{path!r} is not a readable MindSpore checkpoint "
+                              f"(truncated or corrupt?): {_first_line(error)}") from None
+
+
+def mismatches(expected, saved):
+    """What differs between two ``{name: shape}`` maps, as phrases; empty when they fit."""
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong_shape = [f"{name} {tuple(saved[name])} in the file vs {tuple(expected[name])} in the model"
+                   for name in sorted(set(expected) & set(saved)) if tuple(saved[name]) != tuple(expected[name])]
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(unexpected))
+    if wrong_shape:
+        problems.append("shape mismatch " + "; ".join(wrong_shape))
+    return problems
 
 
 def load_network_checkpoint(network, path):
@@ -101,30 +146,11 @@ def load_network_checkpoint(network, path):
             corrupt, or does not fit ``network``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist: pass the file written by train.py "
-                              f"with --ckpt_path")
-    try:
-        saved = ms.load_checkpoint(path, crc_check=True)
-    except Exception as error:  # MindSpore raises ValueError, RuntimeError or protobuf errors
-        raise CheckpointError(f"{path!r} is not a readable MindSpore checkpoint "
-                              f"(truncated or corrupt?): {_first_line(error)}") from None
-    expected = {param.name: param for param in network.get_parameters()}
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    wrong_shape = [f"{name} {tuple(saved[name].shape)} in the file vs {tuple(expected[name].shape)} in the model"
-                   for name in sorted(set(expected) & set(saved))
-                   if tuple(saved[name].shape) != tuple(expected[name].shape)]
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if missing:
-            problems.append("missing " + ", ".join(missing))
-        if unexpected:
-            problems.append("unexpected " + ", ".join(unexpected))
-        if wrong_shape:
-            problems.append("shape mismatch " + "; ".join(wrong_shape))
-        raise CheckpointError(f"checkpoint {path!r} does not fit {type(network).__name__}: "
-                              + "; ".join(problems))
+    saved = read_checkpoint(path)
+    problems = mismatches({param.name: param.shape for param in network.get_parameters()},
+                          {name: value.shape for name, value in saved.items()})
+    if problems:
+        raise CheckpointError(f"checkpoint {path!r} does not fit {type(network).__name__}: " + "; ".join(problems))
     not_loaded, _ = ms.load_param_into_net(network, saved, strict_load=True)
     if not_loaded:
         raise CheckpointError(f"checkpoint {path!r}: parameters not loaded: {', '.join(not_loaded)}")

@@ -1,17 +1,22 @@
 """The ``GradientAccumulation`` driver: runs the three Cells over a dataset."""
 
 import dataclasses
+import itertools
 import logging
+import math
 
 import numpy as np
 from mindspore import Parameter, nn
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, save_network_checkpoint
+from .interrupt import StopSignals, TrainingInterrupted
 from .schedule import WindowSchedule
+from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
+                             restore_training_state)
 from .validation import check_positive_int
 
-__all__ = ["GradientAccumulation", "UpdateRecord", "current_learning_rate"]
+__all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,14 @@ class UpdateRecord:
     lr: float = None
     total_updates: int = 0
     samples_seen: int = 0
+
+
+class NonFiniteError(ArithmeticError):
+    """Training diverged: a micro-batch's loss, or a window's gradient, was NaN or infinite.
+
+    The message gives the epoch and micro-batch, and the training state that
+    is kept (nothing is saved after the divergence).
+    """
 
 
 def current_learning_rate(optimizer):
@@ -105,13 +118,17 @@ class GradientAccumulation:
         self.total_micro_steps = 0
         #: Samples in those micro-batches.
         self.total_samples = 0
+        self._stop = StopSignals(enabled=False)
+        self._states = None
 
     def train_process(self, epoch, train_dataset, mini_steps=4, *, remainder="flush",
-                      ckpt_path=DEFAULT_CKPT_PATH, log_every=1, callbacks=()):
-        """Trains for ``epoch`` epochs and saves the checkpoint.
+                      ckpt_path=DEFAULT_CKPT_PATH, log_every=1, callbacks=(), state_dir=None, save_every=None,
+                      keep_checkpoints=5, resume=None, seed=None, handle_signals=True):
+        """Trains until ``epoch`` epochs are done and saves the checkpoint.
 
         Args:
-            epoch: number of passes over ``train_dataset``.
+            epoch: the number of passes over ``train_dataset`` - in all, counting
+                those before a ``resume``.
             train_dataset: a ``mindspore.dataset`` Dataset (or any re-iterable of
                 input tuples) yielding micro-batches; the last input is the label.
             mini_steps: micro-batches per optimizer update.
@@ -123,89 +140,207 @@ class GradientAccumulation:
                 (a progress bar shows them instead).
             callbacks: :class:`~mindspore_accum.callbacks.Callback` objects,
                 told of every epoch, micro-step and update.
+            state_dir: where training states are written (see
+                :mod:`~mindspore_accum.training_state`): at the end of every
+                epoch, every ``save_every`` updates, and on SIGINT/SIGTERM.
+                None writes none.
+            save_every: also write a state every this many updates.
+            keep_checkpoints: training states kept in ``state_dir``; older ones
+                are deleted.
+            resume: a training-state file (or a directory of them: the newest)
+                to continue from. The run's settings must match the state's.
+                A MindSpore dataset is positioned with ``set_init_step``, so the
+                micro-batches already consumed are skipped, not re-read.
+            seed: the seed the caller set, recorded in the state and checked on
+                resume; the driver itself draws no random numbers.
+            handle_signals: on SIGINT/SIGTERM, finish the micro-step, save the
+                state and raise :class:`~mindspore_accum.interrupt.TrainingInterrupted`.
 
         Returns:
-            A list of :class:`UpdateRecord`, one per optimizer update.
+            A list of :class:`UpdateRecord`, one per optimizer update of this call.
+
+        Raises:
+            NonFiniteError: a micro-batch's loss, or a window's accumulated
+                gradient, is NaN or infinite. No update is applied from it, and
+                the last saved state and the checkpoint are left as they were.
+            TrainingInterrupted: a signal stopped training (after saving).
         """
         schedule = WindowSchedule(mini_steps, remainder)
         epoch = check_positive_int("epoch", epoch, example=10)
         if log_every is not None:
             log_every = check_positive_int("log_every", log_every)
+        if save_every is not None:
+            save_every = check_positive_int("save_every", save_every)
+            if state_dir is None:
+                raise ValueError(f"save_every={save_every} needs a state_dir to save to: pass state_dir")
         callbacks = tuple(callbacks)
         micro_batches = train_dataset.get_dataset_size() if hasattr(train_dataset, "get_dataset_size") else None
         if ckpt_path is not None:
             ckpt_path = check_ckpt_path(ckpt_path)
-        if hasattr(train_dataset, "create_tuple_iterator"):
-            iterator = train_dataset.create_tuple_iterator(num_epochs=epoch)
-            epochs = (iterator for _ in range(epoch))
-        else:
-            epochs = (train_dataset for _ in range(epoch))
+        states = StateDirectory(state_dir, keep_checkpoints) if state_dir is not None else None
+        state = TrainingState(
+            model=type(self.network).__name__, optimizer=type(self.optimizer).__name__,
+            mini_steps=schedule.mini_steps, remainder=schedule.remainder,
+            batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
+            micro_batches_per_epoch=micro_batches, seed=seed)
+        if micro_batches is not None and micro_batches < schedule.mini_steps:
+            logger.warning("mini_steps=%d is larger than the %d micro-batches of an epoch: every update is a "
+                           "partial window of %d micro-batches%s", schedule.mini_steps, micro_batches,
+                           micro_batches, " (flushed at the epoch's end)" if schedule.remainder == "flush"
+                           else ", and remainder='drop' discards it: no update will happen")
 
-        self.train_clear()  # a window left by an interrupted earlier call must not leak in
+        if resume is not None:
+            resume = find_training_state(resume)
+            saved, _ = read_training_state(resume)
+            epochs_started = saved.epoch if saved.micro_batch or saved.epoch_done else saved.epoch - 1
+            if epochs_started > epoch:
+                raise ValueError(f"epoch={epoch} but the state {resume} is already at {saved.where()}: "
+                                 f"pass an epoch of at least {epochs_started} (epoch counts the epochs before "
+                                 f"the resume too)")
+            state = restore_training_state(self, resume, state)
+            self.total_updates, self.total_micro_steps = state.total_updates, state.total_micro_steps
+            self.total_samples = state.total_samples
+            if state.epoch_done:
+                state = dataclasses.replace(state, epoch=state.epoch + 1, micro_batch=0, epoch_done=False,
+                                            epoch_records=[])
+        else:
+            self.train_clear()  # a window left by an interrupted earlier call must not leak in
+
+        first_update = self.total_updates  # records before it were made by the run that saved the state
+        self._saved_at = None
         history = []
-        for epoch_index, batches in enumerate(epochs, start=1):
-            # Every epoch: an evaluation callback may have switched the network to eval mode.
-            self.network_with_loss.set_train(True)
-            for callback in callbacks:
-                callback.epoch_begin(epoch_index, micro_batches, schedule)
-            window_losses, window_samples = [], []
-            updates_in_epoch = micro_steps_in_epoch = 0
-            epoch_records = []
-            for inputs in batches:
-                loss = self.train_forward_backward(*inputs)
-                self.total_micro_steps += 1
-                micro_steps_in_epoch += 1
-                window_losses.append(float(loss.asnumpy()))
-                window_samples.append(_batch_size(inputs))
-                self.total_samples += window_samples[-1]
+        self._states = states
+        with StopSignals(handle_signals) as stop:
+            self._stop = stop
+            for batches in self._epochs(train_dataset, epoch, state, micro_batches):
+                epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
+                # Every epoch: an evaluation callback may have switched the network to eval mode.
+                self.network_with_loss.set_train(True)
                 for callback in callbacks:
-                    callback.micro_step(epoch_index, micro_steps_in_epoch, window_losses[-1], window_samples[-1])
-                if schedule.is_window_full(len(window_losses)):
-                    updates_in_epoch += 1
-                    epoch_records.append(self._apply(epoch_index, updates_in_epoch, window_losses, window_samples,
-                                                     log_every is not None and updates_in_epoch % log_every == 0,
-                                                     callbacks))
-                    window_losses, window_samples = [], []
-            if schedule.flush_at_epoch_end(len(window_losses)):
-                updates_in_epoch += 1
-                epoch_records.append(self._apply(epoch_index, updates_in_epoch, window_losses, window_samples,
-                                                 log_every is not None, callbacks))
-            elif window_losses:
-                logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')",
-                            epoch_index, len(window_losses))
-                self.train_clear()
-            if micro_steps_in_epoch == 0:
-                raise ValueError(f"train_dataset gave no micro-batches in epoch {epoch_index}: pass a mindspore "
-                                 f"dataset or a re-iterable such as a list, not an empty or one-shot iterator")
-            if updates_in_epoch == 0:
-                logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
-                               "mini_steps=%d and remainder='drop'", epoch_index, micro_steps_in_epoch,
-                               schedule.mini_steps)
-            history.extend(epoch_records)
-            for callback in callbacks:
-                callback.epoch_end(epoch_index, epoch_records)
+                    callback.epoch_begin(state.epoch, micro_batches, schedule, start=state.micro_batch)
+                for inputs in batches:
+                    loss = self.train_forward_backward(*inputs)
+                    stop.rearm()  # every graph run takes SIGINT over; take it back
+                    samples = _batch_size(inputs)
+                    loss = float(loss.asnumpy())
+                    state.micro_batch += 1
+                    if not math.isfinite(loss):
+                        self._diverged(f"loss is {loss}", state, epoch_records)
+                    self.total_micro_steps += 1
+                    self.total_samples += samples
+                    state.window_losses.append(loss)
+                    state.window_samples.append(samples)
+                    for callback in callbacks:
+                        callback.micro_step(state.epoch, state.micro_batch, loss, samples)
+                    if schedule.is_window_full(len(state.window_losses)):
+                        log = log_every is not None and (len(epoch_records) + 1) % log_every == 0
+                        epoch_records.append(self._apply(state, epoch_records, log, callbacks))
+                        if save_every is not None and self.total_updates % save_every == 0:
+                            self._save_state(states, state, epoch_records)
+                    if stop.signum is not None:
+                        self._interrupt(stop.signum, states, state, epoch_records)
+                if schedule.flush_at_epoch_end(len(state.window_losses)):
+                    epoch_records.append(self._apply(state, epoch_records, log_every is not None, callbacks))
+                elif state.window_losses:
+                    logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')",
+                                state.epoch, len(state.window_losses))
+                    state.window_losses, state.window_samples = [], []
+                    self.train_clear()
+                if state.micro_batch == 0:
+                    raise ValueError(f"train_dataset gave no micro-batches in epoch {state.epoch}: pass a "
+                                     f"mindspore dataset or a re-iterable such as a list, not an empty or "
+                                     f"one-shot iterator")
+                if not epoch_records:
+                    logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
+                                   "mini_steps=%d and remainder='drop'", state.epoch, state.micro_batch,
+                                   schedule.mini_steps)
+                history.extend(record for record in epoch_records if record.total_updates > first_update)
+                for callback in callbacks:
+                    callback.epoch_end(state.epoch, epoch_records)
+                stop.rearm()  # an evaluation callback runs graphs too
+                state.epoch_done = True
+                self._save_state(states, state, epoch_records)
+                if stop.signum is not None:
+                    self._interrupt(stop.signum, states, state, epoch_records)
+                state = dataclasses.replace(state, epoch=state.epoch + 1, micro_batch=0, epoch_done=False,
+                                            epoch_records=[])
 
         if ckpt_path is not None:
             save_network_checkpoint(self.network, ckpt_path)
         return history
 
-    def _apply(self, epoch_index, update, window_losses, window_samples, log, callbacks):
-        """One optimizer update from the buffer, then an empty buffer.
+    @staticmethod
+    def _epochs(train_dataset, epoch, state, micro_batches):
+        """The micro-batch iterables of epochs ``state.epoch .. epoch``, the first one skipping what was consumed."""
+        remaining = epoch - state.epoch + 1
+        if remaining <= 0:
+            return
+        if hasattr(train_dataset, "create_tuple_iterator"):
+            first = state.micro_batch
+            if first >= micro_batches:  # stopped after the epoch's last micro-batch, before its end ran
+                yield ()
+                remaining, first = remaining - 1, micro_batches
+                if not remaining:
+                    return
+            # MindSpore's own resume cursor: the pipeline restarts at that global
+            # micro-batch with the same shuffle order, without reading what it skips.
+            previous = train_dataset.get_init_step()
+            train_dataset.set_init_step((state.epoch - 1) * micro_batches + first)
+            try:
+                iterator = train_dataset.create_tuple_iterator(num_epochs=epoch)
+            finally:
+                train_dataset.set_init_step(previous)
+            for _ in range(remaining):
+                yield iterator
+        else:
+            yield itertools.islice(train_dataset, state.micro_batch, None)
+            for _ in range(remaining - 1):
+                yield train_dataset
+
+    def _save_state(self, states, state, epoch_records):
+        if states is None:
+            return None
+        state.total_updates, state.total_micro_steps = self.total_updates, self.total_micro_steps
+        state.total_samples = self.total_samples
+        state.epoch_records = [dataclasses.asdict(record) for record in epoch_records]
+        self._saved_at = (state.epoch, state.micro_batch, state.epoch_done)
+        return states.save(self, state)
+
+    def _interrupt(self, signum, states, state, epoch_records):
+        if states is not None and self._saved_at != (state.epoch, state.micro_batch, state.epoch_done):
+            self._save_state(states, state, epoch_records)
+        raise TrainingInterrupted(signum, states.last_path if states is not None else None, state.where())
+
+    def _diverged(self, what, state, epoch_records):
+        kept = self._states.last_path if self._states is not None else None
+        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {state.micro_batch} (in update "
+                             f"{len(epoch_records) + 1} of the epoch): training stopped, nothing saved; "
+                             + (f"the last good training state, {kept}, is kept" if kept else
+                                "no training state was saved before it")
+                             + "; lower the learning rate or check the data")
+
+    def _apply(self, state, epoch_records, log, callbacks):
+        """One optimizer update from the buffer, then an empty buffer and window.
 
         Callbacks see the update between the two, while ``grad_sum`` still
         holds the window's gradient.
         """
         lr = current_learning_rate(self.optimizer)  # before the update moves a dynamic rate on
-        self.train_optim()
+        applied = self.train_optim()
+        self._stop.rearm()
+        if not bool(applied.asnumpy()):
+            self._diverged("the window's accumulated gradient is not finite (NaN or inf)", state, epoch_records)
         self.total_updates += 1
-        samples = sum(window_samples)
+        samples = sum(state.window_samples)
         # Sample-weighted, so that it is the loss of the concatenated window.
-        loss = sum(l * n for l, n in zip(window_losses, window_samples)) / samples
-        record = UpdateRecord(epoch_index, update, len(window_losses), samples, loss, lr, self.total_updates,
-                              self.total_samples)
+        loss = sum(l * n for l, n in zip(state.window_losses, state.window_samples)) / samples
+        record = UpdateRecord(state.epoch, len(epoch_records) + 1, len(state.window_losses), samples, loss, lr,
+                              self.total_updates, self.total_samples)
         for callback in callbacks:
             callback.update(record, self)
         self.train_clear()
+        self._stop.rearm()
+        state.window_losses, state.window_samples = [], []
         if log:
-            logger.info("epoch: %d step: %d loss is %.6f", epoch_index, update, loss)
+            logger.info("epoch: %d step: %d loss is %.6f", state.epoch, record.update, loss)
         return record
