@@ -8,7 +8,7 @@ window's samples, never summed.
 
 from .callbacks import Callback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .checkpoint import (DEFAULT_CKPT_PATH, CheckpointError, load_network_checkpoint,
+from .checkpoint import (DEFAULT_CKPT_PATH, CheckpointError, check_ckpt_path, load_network_checkpoint,
                          save_network_checkpoint)
 from .device import DEVICE_TARGETS, resolve_device_target
 from .driver import GradientAccumulation, NonFiniteError, UpdateRecord, current_learning_rate
@@ -27,6 +27,6 @@ __all__ = [
     "find_training_state", "StopSignals", "TrainingInterrupted",
     "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver", "plot_grad_flow",
     "WindowSchedule", "REMAINDER_POLICIES",
-    "DEFAULT_CKPT_PATH", "CheckpointError", "save_network_checkpoint", "load_network_checkpoint",
+    "DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "save_network_checkpoint", "load_network_checkpoint",
     "DEVICE_TARGETS", "resolve_device_target",
 ]

@@ -4,7 +4,7 @@ A killed job on a shared GPU should lose nothing. While training,
 :class:`StopSignals` turns the first SIGINT or SIGTERM into a request: the
 micro-step in flight finishes, the driver saves the training state and raises
 :class:`TrainingInterrupted`, whose message says how to resume. A second
-SIGINT aborts at once, as users expect of a second Ctrl-C.
+signal aborts at once, as users expect of a second Ctrl-C.
 
 MindSpore 2.10 installs a C-level SIGINT handler of its own at every graph
 run (``GraphScheduler::Run`` calls ``RegisterGlobalSignalHandler``), and that
@@ -61,12 +61,15 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
-        if self.signum is None:
-            self.signum = signum
-            logger.warning("%s received: finishing the micro-step in flight, then saving the training state "
-                           "(Ctrl-C again to abort without saving)", signal.Signals(signum).name)
+        if self.signum is not None:
+            # The second signal: stop now, without saving. Any signal, not only SIGINT:
+            # MindSpore may deliver the second Ctrl-C as SIGTERM too.
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning("%s received%s: finishing the micro-step in flight, then saving the training state "
+                       "(Ctrl-C again to abort without saving)", signal.Signals(signum).name,
+                       " (a Ctrl-C during a MindSpore graph run arrives as SIGTERM)"
+                       if signum == signal.SIGTERM else "")
 
     def __enter__(self):
         if self.enabled:

@@ -95,7 +95,7 @@ def run(main):
     prog = os.path.basename(sys.argv[0])
     try:
         main()
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, ArithmeticError) as error:  # ArithmeticError: training diverged
         lines = str(error).strip().splitlines() or [type(error).__name__]
         print(f"{prog}: error: {lines[0]}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -2,18 +2,24 @@
 
     python scripts/train.py --data_path data/mnist --mini_steps 4
 
-Beside the checkpoint it writes metrics.jsonl (see the README for its format).
+Beside the checkpoint it writes metrics.jsonl (see the README for its format)
+and a directory of training states, <ckpt name>_state/, to resume from:
+
+    python scripts/train.py --data_path data/mnist --mini_steps 4 --resume gradient_accumulation_state
 """
 
 import argparse
 import os
+import shlex
+import sys
 
 from common import (add_common_args, evaluate, positive_float, positive_int, run, setup_logging,
                     setup_mindspore)
 from mindspore import nn
 
 from mindspore_accum import (REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation, MetricsLog, ProgressBar,
-                             WindowSchedule)
+                             TrainingInterrupted, WindowSchedule, check_ckpt_path, find_training_state,
+                             read_training_state)
 from model_zoo_adapters.lenet import LeNet5, create_dataset
 
 
@@ -21,10 +27,12 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
-    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--epochs", type=positive_int, default=10,
+                        help="epochs in all; a resumed run counts the epochs before the interruption")
     parser.add_argument("--lr", type=positive_float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seeds the initial weights and the shuffle (default 1, or the resumed state's)")
     parser.add_argument("--remainder", choices=REMAINDER_POLICIES, default="flush",
                         help="a partial window at the end of an epoch: apply it (flush) or discard it (drop)")
     parser.add_argument("--log_every", type=positive_int, default=50,
@@ -34,12 +42,45 @@ def parse_args():
                         help="test loss and accuracy on the test split after every epoch, into metrics.jsonl")
     parser.add_argument("--grad_flow_every", type=positive_int, default=None,
                         help="save a gradient-flow PNG every N updates, beside the checkpoint")
+    parser.add_argument("--save_every", type=positive_int, default=None,
+                        help="also save the training state every N updates (it is saved at every epoch's end, "
+                             "and on SIGINT/SIGTERM)")
+    parser.add_argument("--keep_checkpoints", type=positive_int, default=5,
+                        help="training states to keep; older ones are deleted")
+    parser.add_argument("--resume", default=None, metavar="PATH",
+                        help="continue from a training state file, or the newest in a state directory")
     return parser.parse_args()
+
+
+def state_dir_for(ckpt_path):
+    """Training states go beside the model checkpoint: model.ckpt -> model_state/."""
+    root, _ = os.path.splitext(os.path.abspath(ckpt_path))
+    return root + "_state"
+
+
+def resume_command(state_path):
+    """This very command line, resuming from ``state_path``."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            argv.append(arg)
+    return shlex.join(["python", sys.argv[0], *argv, "--resume", state_path])
 
 
 def main():
     args = parse_args()
     setup_logging()
+    check_ckpt_path(args.ckpt_path)  # now, not after an hour of training
+    resumed = None
+    if args.resume is not None:
+        args.resume = find_training_state(args.resume)
+        resumed, _ = read_training_state(args.resume)
+    if args.seed is None:
+        args.seed = resumed.seed if resumed is not None and resumed.seed is not None else 1
     device = setup_mindspore(args.device_target, args.seed)
     dataset = create_dataset(args.data_path, args.batch_size, train=True, num_samples=args.num_samples)
     micro_batches = dataset.get_dataset_size()
@@ -49,6 +90,12 @@ def main():
     print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
           f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     print(f"micro-batches per epoch: {micro_batches}, updates per epoch: {updates}, epochs: {args.epochs}")
+    state_dir = state_dir_for(args.ckpt_path)
+    print(f"training states: {state_dir} (every epoch"
+          + (f" and every {args.save_every} updates" if args.save_every else "")
+          + f", newest {args.keep_checkpoints} kept)")
+    if resumed is not None:
+        print(f"resuming from {args.resume}: {resumed.where()}")
 
     network = LeNet5(conv_impl=args.conv_impl)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
@@ -66,12 +113,19 @@ def main():
             return {"test_loss": result["Loss"], "test_accuracy": result["Accuracy"]}
 
     progress = ProgressBar(enabled=not args.no_progress)
-    callbacks = [progress, MetricsLog(os.path.join(out_dir, "metrics.jsonl"), evaluate_epoch)]
+    callbacks = [progress, MetricsLog(os.path.join(out_dir, "metrics.jsonl"), evaluate_epoch,
+                                      append=resumed is not None)]
     if args.grad_flow_every:
         callbacks.append(GradFlowSaver(os.path.join(out_dir, "grad_flow"), args.grad_flow_every))
-    model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder,
-                        ckpt_path=args.ckpt_path, log_every=None if progress.replaces_log_lines else args.log_every,
-                        callbacks=callbacks)
+    try:
+        model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder,
+                            ckpt_path=args.ckpt_path,
+                            log_every=None if progress.replaces_log_lines else args.log_every, callbacks=callbacks,
+                            state_dir=state_dir, save_every=args.save_every,
+                            keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed)
+    except TrainingInterrupted as stopped:
+        print(f"{stopped}\nresume with:\n  {resume_command(stopped.state_path)}", file=sys.stderr)
+        sys.exit(128 + stopped.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     print(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates), metrics: "
           f"{os.path.join(out_dir, 'metrics.jsonl')}")
 

@@ -39,3 +39,13 @@ def _seeded():
     ms.set_seed(seed)
     ms.dataset.config.set_seed(seed)
     return seed
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory):
+    """64 training and 20 test images in MNIST's IDX format: the scripts' plumbing in seconds."""
+    from idx import digits, write_split
+    directory = tmp_path_factory.mktemp("tiny_mnist")
+    write_split(directory, "train", *digits(64, seed=1))
+    write_split(directory, "test", *digits(20, seed=2))
+    return directory

@@ -10,7 +10,7 @@ with room, rather than pick a lucky seed.
 
 import ast
 
-from test_cli import run_script
+from cli import run_script
 
 
 def test_two_epochs_of_real_mnist_reach_97_percent(tmp_path, repo):

@@ -1,0 +1,23 @@
+"""Running scripts/*.py as a user does, and what a refusal must look like."""
+
+import os
+import subprocess
+import sys
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+def run_script(name, *args, cwd, timeout=600):
+    env = dict(os.environ, GLOG_v="3")
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, name), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_refused(result, *fragments):
+    """Exit 2, no traceback, and one line on stderr that names what was wrong."""
+    assert result.returncode == 2, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) >= 1 and "error:" in lines[-1], result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"

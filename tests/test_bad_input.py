@@ -1,0 +1,129 @@
+"""The issue's table of bad input, one test per row, through scripts/train.py and eval.py as a user runs them.
+
+Every refusal is one line on stderr naming the argument or file, exit status 2,
+no traceback; and nothing already saved is damaged.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from cli import assert_refused, run_script
+from idx import digits, write_split
+from mindspore_accum import load_network_checkpoint, read_training_state
+from model_zoo_adapters.lenet import LeNet5
+
+QUICK = ("--batch_size", 8, "--epochs", 1, "--no_progress")
+
+
+@pytest.mark.parametrize("damage, fragments", [
+    ("magic", ("train-images-idx3-ubyte", "wrong magic number")),
+    ("truncated", ("train-images-idx3-ubyte", "truncated")),
+    ("label count", ("holds 40 images but", "train-labels-idx1-ubyte holds 39 labels")),
+])
+def test_idx_file_with_a_wrong_magic_number_truncated_or_a_label_count_mismatch(tmp_path, damage, fragments):
+    images, labels = digits(40)
+    if damage == "label count":
+        labels = labels[:39]
+    image_file, _ = write_split(tmp_path / "data", "train", images, labels)
+    data = image_file.read_bytes()
+    if damage == "magic":
+        image_file.write_bytes(b"\x00\x00\x08\x01" + data[4:])
+    elif damage == "truncated":
+        image_file.write_bytes(data[:1000])
+    assert_refused(run_script("train.py", "--data_path", tmp_path / "data", cwd=tmp_path), *fragments)
+
+
+def test_batch_size_larger_than_the_dataset(tmp_path, tiny_mnist):
+    result = run_script("train.py", "--data_path", tiny_mnist, "--batch_size", 65, cwd=tmp_path)
+    assert_refused(result, "batch_size=65 is larger than the 64 samples", "use a batch_size of at most 64")
+
+
+def test_mini_steps_larger_than_an_epoch_warns_that_every_update_is_partial_and_trains(tmp_path, tiny_mnist):
+    result = run_script("train.py", "--data_path", tiny_mnist, "--batch_size", 32, "--mini_steps", 5, "--epochs", 1,
+                        "--no_progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("mini_steps=5 is larger than the 2 micro-batches of an epoch: every update is a partial window of 2 "
+            "micro-batches (flushed at the epoch's end)") in result.stdout, result.stdout
+    assert "epoch: 1 step: 1 loss is" in result.stdout  # it went on and made its one update
+    assert (tmp_path / "gradient_accumulation.ckpt").is_file()
+
+
+def test_a_checkpoint_directory_that_cannot_be_written_fails_before_training(tmp_path, tiny_mnist):
+    (tmp_path / "a_file").write_text("not a directory")
+    result = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--ckpt_path", tmp_path / "a_file" / "m.ckpt",
+                        cwd=tmp_path)
+    assert_refused(result, "cannot create the checkpoint directory", "a_file")
+    assert "step:" not in result.stdout and "saved" not in result.stdout, result.stdout  # nothing trained
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_mnist):
+    """A finished run: its model checkpoint and training states."""
+    directory = tmp_path_factory.mktemp("trained")
+    result = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--mini_steps", 2, "--ckpt_path",
+                        directory / "m.ckpt", cwd=directory)
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
+@pytest.mark.parametrize("script", ["eval.py", "train.py --resume"])
+@pytest.mark.parametrize("damage", ["not a checkpoint", "truncated"])
+def test_a_checkpoint_that_is_not_a_mindspore_checkpoint_or_is_truncated_is_refused_by_name(
+        tmp_path, tiny_mnist, trained, script, damage):
+    good = trained / ("m.ckpt" if script == "eval.py" else "m_state/state-1_8.ckpt")
+    data = good.read_bytes()
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"this is not a checkpoint\n" * 40 if damage == "not a checkpoint" else data[:len(data) * 2 // 3])
+    if script == "eval.py":
+        result = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", bad, cwd=tmp_path)
+    else:
+        result = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--mini_steps", 2, "--resume", bad,
+                            cwd=tmp_path)
+    assert_refused(result, str(bad), "is not a readable MindSpore checkpoint")
+
+
+def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_good_state(tmp_path, tiny_mnist):
+    args = ("--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 2, "--no_progress", "--log_every", 1)
+    good = run_script("train.py", *args, "--epochs", 1, cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    model_ckpt = (tmp_path / "gradient_accumulation.ckpt").read_bytes()
+    # lr 1e6 sends the weights to ~1e5 after one update: the next micro-batch's logits overflow.
+    result = run_script("train.py", *args, "--epochs", 2, "--lr", 1e6, "--save_every", 1, cwd=tmp_path)
+    assert_refused(result, "loss is inf at epoch 1, micro-batch 3 (in update 2 of the epoch): training stopped",
+                   "the last good training state", "state-1_2.ckpt, is kept")
+    state, tensors = read_training_state(tmp_path / "gradient_accumulation_state" / "state-1_2.ckpt")
+    assert state.total_updates == 1 and all(np.isfinite(t.asnumpy()).all() for t in tensors.values())
+    assert (tmp_path / "gradient_accumulation.ckpt").read_bytes() == model_ckpt, "the good checkpoint was replaced"
+    load_network_checkpoint(LeNet5(), str(tmp_path / "gradient_accumulation.ckpt"))
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--lr", "0", "argument --lr: must be a finite number > 0, got '0'"),
+    ("--lr", "-0.1", "argument --lr: must be a finite number > 0, got '-0.1'"),
+    ("--epochs", "0", "argument --epochs: must be a whole number >= 1, got '0'"),
+    ("--device_target", "TPU", "argument --device_target: invalid choice: 'TPU'"),
+    ("--save_every", "0", "argument --save_every: must be a whole number >= 1, got '0'"),
+    ("--keep_checkpoints", "-2", "argument --keep_checkpoints: must be a whole number >= 1, got '-2'"),
+])
+def test_lr_epochs_device_target_and_state_flags_out_of_range_are_refused(tmp_path, tiny_mnist, flag, value,
+                                                                          fragment):
+    result = run_script("train.py", "--data_path", tiny_mnist, f"{flag}={value}", cwd=tmp_path)
+    assert_refused(result, fragment)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (("--mini_steps", 3), "mini_steps=2 in the state vs 3 in this run"),
+    (("--batch_size", 16), "batch_size=8 in the state vs 16 in this run"),
+    (("--num_samples", 48), "micro_batches_per_epoch=8 in the state vs 6 in this run"),
+    (("--seed", 7), "seed=1 in the state vs 7 in this run"),
+])
+def test_resume_refuses_a_state_that_does_not_fit_naming_the_difference(tmp_path, tiny_mnist, trained, change,
+                                                                         fragment):
+    settings = {"--batch_size": 8, "--mini_steps": 2, "--epochs": 2, **dict([change])}
+    args = [item for pair in settings.items() for item in pair]
+    result = run_script("train.py", "--data_path", tiny_mnist, "--no_progress", *args, "--resume",
+                        trained / "m_state", cwd=tmp_path)
+    assert_refused(result, "cannot resume from", "state-1_8.ckpt", "does not fit this run", fragment)
+    assert not os.path.exists(tmp_path / "gradient_accumulation.ckpt")
