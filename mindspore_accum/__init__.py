@@ -11,9 +11,10 @@ from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOp
 from .checkpoint import (DEFAULT_CKPT_PATH, CheckpointError, check_ckpt_path, load_network_checkpoint,
                          save_network_checkpoint)
 from .device import DEVICE_TARGETS, resolve_device_target
-from .driver import GradientAccumulation, NonFiniteError, UpdateRecord, current_learning_rate
+from .driver import AMP_LEVELS, GradientAccumulation, NonFiniteError, UpdateRecord, current_learning_rate
 from .grad_flow import plot_grad_flow
 from .interrupt import StopSignals, TrainingInterrupted
+from .lr_schedule import LR_SCHEDULES, learning_rates
 from .schedule import REMAINDER_POLICIES, WindowSchedule
 from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
                              restore_training_state, save_training_state)
@@ -22,7 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear",
-    "GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate",
+    "GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS",
+    "LR_SCHEDULES", "learning_rates",
     "TrainingState", "StateDirectory", "save_training_state", "read_training_state", "restore_training_state",
     "find_training_state", "StopSignals", "TrainingInterrupted",
     "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver", "plot_grad_flow",

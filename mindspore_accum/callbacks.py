@@ -47,7 +47,8 @@ class MetricsLog(Callback):
 
     * ``"update"``: ``epoch``, ``update`` (in the epoch), ``total_updates``,
       ``micro_batches``, ``samples``, ``samples_seen``, ``loss`` (the window's),
-      ``lr``;
+      ``lr``, ``skipped`` (an overflowing window, not applied), ``loss_scale``
+      and ``skipped_updates`` (with loss scaling; else null and 0);
     * ``"epoch"``: ``epoch``, ``updates``, ``train_loss`` (the sample-weighted
       mean of the epoch's window losses), and whatever ``evaluate(epoch)``
       returns, e.g. ``test_loss`` and ``test_accuracy``.
@@ -74,7 +75,8 @@ class MetricsLog(Callback):
         self._write({"kind": "update", "epoch": record.epoch, "update": record.update,
                      "total_updates": record.total_updates, "micro_batches": record.micro_steps,
                      "samples": record.samples, "samples_seen": record.samples_seen, "loss": record.loss,
-                     "lr": record.lr})
+                     "lr": record.lr, "skipped": record.skipped, "loss_scale": record.loss_scale,
+                     "skipped_updates": driver.skipped_updates})
 
     def epoch_end(self, epoch, records):
         samples = sum(r.samples for r in records)
@@ -129,6 +131,8 @@ class ProgressBar(Callback):
         if self._bar is None:
             return
         self._postfix.update(loss=f"{record.loss:.4f}", update=record.total_updates)
+        if record.loss_scale is not None:
+            self._postfix.update(scale=f"{record.loss_scale:g}", skipped=driver.skipped_updates)
         if record.lr is not None:
             self._postfix["lr"] = f"{record.lr:.3g}"
 

@@ -86,14 +86,20 @@ class TrainForwardBackward(nn.Cell):
         weights: the parameters to differentiate, usually
             ``optimizer.parameters``.
         buffer: the window's :class:`AccumulationBuffer`.
+        loss_scaler: a ``mindspore.amp`` ``DynamicLossScaler`` or
+            ``StaticLossScaler``, or None. With one, the loss is scaled by its
+            ``scale_value`` on every micro-step (as the backward's sensitivity,
+            the way ``nn.TrainOneStepWithLossScaleCell`` does), so ``grad_sum``
+            holds the *scaled* mean gradient until :class:`TrainOptim`
+            unscales it.
 
     Inputs: the network's inputs; the first one's leading dimension is the
     number of samples in the micro-batch.
 
-    Returns: the micro-batch's loss.
+    Returns: the micro-batch's loss (unscaled).
     """
 
-    def __init__(self, network, weights, buffer):
+    def __init__(self, network, weights, buffer, loss_scaler=None):
         super().__init__(auto_prefix=False)
         self.network = network
         self.network.set_grad()
@@ -101,14 +107,20 @@ class TrainForwardBackward(nn.Cell):
         self.grad_sum = buffer.grad_sum
         self.window_samples = buffer.window_samples
         self.window_micro_steps = buffer.window_micro_steps
-        # The same gradient formulation as nn.TrainOneStepCell (no sens), so
-        # that one micro-batch gives the very same gradient bits.
-        self.grad = ops.GradOperation(get_by_list=True)
+        self.scaled = loss_scaler is not None
+        # Without a scaler: the same gradient formulation as nn.TrainOneStepCell
+        # (no sens), so that one micro-batch gives the very same gradient bits.
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=self.scaled)
+        self.scale_value = loss_scaler.scale_value if self.scaled else None
         self.hyper_map = ops.HyperMap()
 
     def construct(self, *inputs):
         loss = self.network(*inputs)
-        grads = self.grad(self.network, self.weights)(*inputs)
+        if self.scaled:
+            sens = ops.ones_like(loss) * ops.cast(self.scale_value, ops.dtype(loss))
+            grads = self.grad(self.network, self.weights)(*inputs, sens)
+        else:
+            grads = self.grad(self.network, self.weights)(*inputs)
         samples = ops.cast(ops.shape(inputs[0])[0], ms.float32)
         window_samples = self.window_samples + samples
         weight = samples / window_samples
@@ -118,28 +130,59 @@ class TrainForwardBackward(nn.Cell):
         return loss
 
 
+_unscale = ops.MultitypeFuncGraph("unscale")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_tensor(scale, acc):
+    return ops.assign(acc, acc / scale)
+
+
 class TrainOptim(nn.Cell):
     """Applies ``optimizer`` once to the window's gradient in ``grad_sum``, if it is finite.
 
+    In this order, once per window (never per micro-step):
+
+    1. ``amp.all_finite(grad_sum)``: a NaN or inf from any micro-batch reaches
+       the accumulated gradient, while a finite loss can hide one (a ReLU maps
+       NaN to 0 on the way forward, not on the way back).
+    2. If finite: unscale ``grad_sum`` in place (with a loss scaler), clip the
+       result by its global norm (``ops.clip_by_global_norm``, with
+       ``clip_grad_norm``), and apply the optimizer. If not, nothing is applied.
+    3. With a loss scaler: ``adjust(finite)``, which lowers the scale after an
+       overflow and may raise it after a run of good windows - after the
+       unscale, so the window is unscaled by the scale it was scaled with.
+
     ``grad_sum`` is already the mean over the window's samples, so no division
-    happens here. The check runs once per window, on the accumulated gradient
-    (``mindspore.amp.all_finite``): a NaN or inf from any micro-batch reaches
-    it, while a finite loss can hide one (a ReLU maps NaN to 0 on the way
-    forward, not on the way back). The buffer is left as it is:
-    :class:`TrainClear` empties it.
+    by ``mini_steps`` happens here. The buffer is left for :class:`TrainClear`.
+    Callbacks that read ``grad_sum`` after this Cell see the unscaled,
+    unclipped mean gradient.
 
     Returns: a bool scalar, True if the update was applied.
     """
 
-    def __init__(self, optimizer, buffer):
+    def __init__(self, optimizer, buffer, loss_scaler=None, clip_grad_norm=None):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
         self.grad_sum = buffer.grad_sum
+        self.scaled = loss_scaler is not None
+        self.loss_scaler = loss_scaler
+        self.scale_value = loss_scaler.scale_value if self.scaled else None
+        self.clip = clip_grad_norm is not None
+        self.clip_grad_norm = float(clip_grad_norm) if self.clip else 1.0
+        self.hyper_map = ops.HyperMap()
 
     def construct(self):
         finite = amp.all_finite(self.grad_sum)
         if finite:
-            finite = ops.depend(finite, self.optimizer(self.grad_sum))
+            if self.scaled:
+                finite = ops.depend(finite, self.hyper_map(ops.partial(_unscale, self.scale_value), self.grad_sum))
+            grads = self.grad_sum
+            if self.clip:
+                grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
+            finite = ops.depend(finite, self.optimizer(grads))
+        if self.scaled:
+            finite = ops.depend(finite, self.loss_scaler.adjust(finite))
         return finite
 
 

@@ -4,9 +4,10 @@ import dataclasses
 import itertools
 import logging
 import math
+import numbers
 
 import numpy as np
-from mindspore import Parameter, nn
+from mindspore import Parameter, amp, nn
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, save_network_checkpoint
@@ -14,9 +15,12 @@ from .interrupt import StopSignals, TrainingInterrupted
 from .schedule import WindowSchedule
 from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
                              restore_training_state)
-from .validation import check_positive_int
+from .validation import check_choice, check_positive_int
 
-__all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate"]
+__all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
+
+#: ``mindspore.amp.auto_mixed_precision`` levels.
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ class UpdateRecord:
         lr: the learning rate this update used, or None if it cannot be read.
         total_updates: updates applied by the driver so far, this one included.
         samples_seen: samples consumed by the driver so far, this window included.
+        skipped: True if the window's gradient overflowed and no update was
+            applied (dynamic loss scaling); ``update`` still counts it.
+        loss_scale: the loss scale after this window's adjustment, or None
+            without loss scaling.
     """
 
     epoch: int
@@ -46,6 +54,8 @@ class UpdateRecord:
     lr: float = None
     total_updates: int = 0
     samples_seen: int = 0
+    skipped: bool = False
+    loss_scale: float = None
 
 
 class NonFiniteError(ArithmeticError):
@@ -57,8 +67,14 @@ class NonFiniteError(ArithmeticError):
 
 
 def current_learning_rate(optimizer):
-    """The learning rate the optimizer's next update uses, as a float; None for a schedule Cell."""
+    """The learning rate the optimizer's next update uses, as a float; None for a ``LearningRateSchedule`` Cell.
+
+    A list of rates is read at the optimizer's ``global_step``, which counts
+    applied updates.
+    """
     rate = optimizer.learning_rate
+    if isinstance(rate, nn.Cell) and isinstance(getattr(rate, "learning_rate", None), Parameter):
+        rate = rate.learning_rate  # a list of rates (the optimizer wraps it in a Cell), indexed by global_step
     if not isinstance(rate, Parameter):
         return None
     values = rate.asnumpy().reshape(-1)
@@ -84,6 +100,19 @@ class GradientAccumulation:
         loss_fn: a loss Cell reducing to the *mean* over the micro-batch, such
             as ``nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")``.
         optimizer: a MindSpore optimizer over ``network``'s parameters.
+        amp_level: ``"O0"`` (float32), ``"O1"``, ``"O2"`` or ``"O3"``, applied
+            with ``mindspore.amp.auto_mixed_precision``. The parameters, the
+            checkpoint and the accumulation buffer stay float32.
+        loss_scaler: ``"auto"`` (a ``DynamicLossScaler(2**16, 2, 2000)`` -
+            MindSpore's ``DynamicLossScaleManager`` defaults - for O1 to O3,
+            none for O0), None, or a ``mindspore.amp.DynamicLossScaler`` /
+            ``StaticLossScaler``. The loss is scaled every micro-step; overflow
+            is checked once per window, on the accumulated gradient. With a
+            dynamic scaler an overflowing window is skipped (no update, buffer
+            cleared, scale lowered, :attr:`skipped_updates` + 1); otherwise a
+            non-finite window stops training (:class:`NonFiniteError`).
+        clip_grad_norm: clip the window's mean gradient to this global norm
+            (``ops.clip_by_global_norm``), once per update, after unscaling.
 
     Example::
 
@@ -91,7 +120,7 @@ class GradientAccumulation:
         model.train_process(10, ds_train, mini_steps=4)
     """
 
-    def __init__(self, network, loss_fn, optimizer):
+    def __init__(self, network, loss_fn, optimizer, *, amp_level="O0", loss_scaler="auto", clip_grad_norm=None):
         if not isinstance(network, nn.Cell):
             raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
         if not isinstance(loss_fn, nn.Cell):
@@ -104,14 +133,35 @@ class GradientAccumulation:
             # is a mean; a sum would weight micro-batches by their size twice.
             raise ValueError(f"loss_fn.reduction must be 'mean', got {reduction!r}: "
                              f"construct the loss with reduction='mean'")
+        self.amp_level = check_choice("amp_level", amp_level, AMP_LEVELS)
+        if isinstance(loss_scaler, str) and loss_scaler == "auto":
+            loss_scaler = None if amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
+        if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
+            raise TypeError(f"loss_scaler must be 'auto', None, or a mindspore.amp.DynamicLossScaler or "
+                            f"StaticLossScaler, got {loss_scaler!r}")
+        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or
+                                           not isinstance(clip_grad_norm, numbers.Real) or
+                                           not 0 < clip_grad_norm < float("inf")):
+            raise ValueError(f"clip_grad_norm must be a finite number > 0 (or None for no clipping), "
+                             f"got {clip_grad_norm!r}")
+        #: The network as given: its parameters are what checkpoints hold.
         self.network = network
-        self.network_with_loss = nn.WithLossCell(network, loss_fn)
+        #: Where ``amp_level`` put its casts; the same Parameter objects as ``network``.
+        self.compute_network = network if amp_level == "O0" else amp.auto_mixed_precision(network, amp_level)
+        self.network_with_loss = nn.WithLossCell(self.compute_network, loss_fn)
         self.optimizer = optimizer
+        self.loss_scaler = loss_scaler
+        self.clip_grad_norm = clip_grad_norm
         self.buffer = AccumulationBuffer(optimizer.parameters)
         self.train_forward_backward = TrainForwardBackward(self.network_with_loss, optimizer.parameters,
-                                                           self.buffer)
-        self.train_optim = TrainOptim(optimizer, self.buffer)
+                                                           self.buffer, loss_scaler)
+        self.train_optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm)
         self.train_clear = TrainClear(self.buffer)
+        # Only a dynamic scaler can answer an overflow (by lowering the scale);
+        # without one, a non-finite window means training has diverged.
+        self._skips_overflow = isinstance(loss_scaler, amp.DynamicLossScaler)
+        #: Windows skipped because their gradient overflowed (dynamic loss scaling only).
+        self.skipped_updates = 0
         #: Optimizer updates applied by this driver, over all calls.
         self.total_updates = 0
         #: Micro-batches run through forward and backward, over all calls.
@@ -182,7 +232,9 @@ class GradientAccumulation:
             model=type(self.network).__name__, optimizer=type(self.optimizer).__name__,
             mini_steps=schedule.mini_steps, remainder=schedule.remainder,
             batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
-            micro_batches_per_epoch=micro_batches, seed=seed)
+            micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
+            loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
+            clip_grad_norm=self.clip_grad_norm)
         if micro_batches is not None and micro_batches < schedule.mini_steps:
             logger.warning("mini_steps=%d is larger than the %d micro-batches of an epoch: every update is a "
                            "partial window of %d micro-batches%s", schedule.mini_steps, micro_batches,
@@ -199,7 +251,7 @@ class GradientAccumulation:
                                  f"the resume too)")
             state = restore_training_state(self, resume, state)
             self.total_updates, self.total_micro_steps = state.total_updates, state.total_micro_steps
-            self.total_samples = state.total_samples
+            self.total_samples, self.skipped_updates = state.total_samples, state.skipped_updates
             if state.epoch_done:
                 state = dataclasses.replace(state, epoch=state.epoch + 1, micro_batch=0, epoch_done=False,
                                             epoch_records=[])
@@ -224,7 +276,7 @@ class GradientAccumulation:
                     samples = _batch_size(inputs)
                     loss = float(loss.asnumpy())
                     state.micro_batch += 1
-                    if not math.isfinite(loss):
+                    if not math.isfinite(loss) and not self._skips_overflow:
                         self._diverged(f"loss is {loss}", state, epoch_records)
                     self.total_micro_steps += 1
                     self.total_samples += samples
@@ -301,7 +353,7 @@ class GradientAccumulation:
         if states is None:
             return None
         state.total_updates, state.total_micro_steps = self.total_updates, self.total_micro_steps
-        state.total_samples = self.total_samples
+        state.total_samples, state.skipped_updates = self.total_samples, self.skipped_updates
         state.epoch_records = [dataclasses.asdict(record) for record in epoch_records]
         self._saved_at = (state.epoch, state.micro_batch, state.epoch_done)
         return states.save(self, state)
@@ -326,21 +378,29 @@ class GradientAccumulation:
         holds the window's gradient.
         """
         lr = current_learning_rate(self.optimizer)  # before the update moves a dynamic rate on
-        applied = self.train_optim()
+        applied = bool(self.train_optim().asnumpy())
         self._stop.rearm()
-        if not bool(applied.asnumpy()):
+        if not applied and not self._skips_overflow:
             self._diverged("the window's accumulated gradient is not finite (NaN or inf)", state, epoch_records)
-        self.total_updates += 1
+        if applied:
+            self.total_updates += 1
+        else:
+            self.skipped_updates += 1
+        loss_scale = float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
         samples = sum(state.window_samples)
         # Sample-weighted, so that it is the loss of the concatenated window.
         loss = sum(l * n for l, n in zip(state.window_losses, state.window_samples)) / samples
         record = UpdateRecord(state.epoch, len(epoch_records) + 1, len(state.window_losses), samples, loss, lr,
-                              self.total_updates, self.total_samples)
+                              self.total_updates, self.total_samples, not applied, loss_scale)
+        if not applied:
+            logger.warning("epoch: %d step: %d gradient overflow: update skipped, loss scale lowered to %g "
+                           "(%d skipped so far)", state.epoch, record.update, loss_scale, self.skipped_updates)
         for callback in callbacks:
             callback.update(record, self)
         self.train_clear()
         self._stop.rearm()
         state.window_losses, state.window_samples = [], []
-        if log:
-            logger.info("epoch: %d step: %d loss is %.6f", state.epoch, record.update, loss)
+        if log and applied:
+            logger.info("epoch: %d step: %d loss is %.6f%s", state.epoch, record.update, loss,
+                        "" if loss_scale is None else f" (loss scale {loss_scale:g}, {self.skipped_updates} skipped)")
         return record

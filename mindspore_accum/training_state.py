@@ -7,6 +7,7 @@ A training-state checkpoint holds, beside it:
 * the optimizer's state - moments, step counter, learning rate - under
   ``optimizer/<name>``;
 * the accumulation buffer and the window's counters, under ``buffer/<name>``;
+* the loss scaler's scale and counter, under ``scaler/<name>``;
 * a JSON record, :class:`TrainingState`: the run's settings (model, optimizer,
   ``mini_steps``, batch size, seed, ...) and its position (epoch, micro-batches
   of the epoch consumed, the open window's losses, the epoch's updates so far).
@@ -41,7 +42,8 @@ STATE_PREFIX = "state-"
 
 #: Settings a resumed run must share with the run that saved the state: with
 #: any of them different, "continue exactly" has no meaning.
-_SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed")
+_SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
+             "amp_level", "loss_scaler", "clip_grad_norm")
 
 
 @dataclasses.dataclass
@@ -54,12 +56,15 @@ class TrainingState:
         batch_size: the dataset's micro-batch size, if it reports one.
         micro_batches_per_epoch: the dataset's size, if it reports one.
         seed: the seed the run was started with, if it was given.
+        amp_level, loss_scaler, clip_grad_norm: mixed precision (the scaler's
+            class name), and the clipping norm.
 
     Position:
         epoch: the 1-based epoch in progress (or just finished, with ``epoch_done``).
         micro_batch: micro-batches of that epoch consumed.
         epoch_done: True once the epoch's end (flush, callbacks) has run.
-        total_updates, total_micro_steps, total_samples: the driver's counters.
+        total_updates, total_micro_steps, total_samples, skipped_updates: the
+            driver's counters.
         window_losses, window_samples: the open window's micro-batch losses
             and sizes (the tensors are in the buffer); empty between windows.
         epoch_records: the epoch's updates so far, as dicts of
@@ -73,12 +78,16 @@ class TrainingState:
     batch_size: int = None
     micro_batches_per_epoch: int = None
     seed: int = None
+    amp_level: str = "O0"
+    loss_scaler: str = None
+    clip_grad_norm: float = None
     epoch: int = 1
     micro_batch: int = 0
     epoch_done: bool = False
     total_updates: int = 0
     total_micro_steps: int = 0
     total_samples: int = 0
+    skipped_updates: int = 0
     window_losses: list = dataclasses.field(default_factory=list)
     window_samples: list = dataclasses.field(default_factory=list)
     epoch_records: list = dataclasses.field(default_factory=list)
@@ -99,9 +108,12 @@ class TrainingState:
 def _state_tensors(driver):
     """``{file name: live Parameter}`` of everything a resumed run must get back."""
     tensors, seen = {}, set()
+    scaler = [getattr(driver.loss_scaler, name) for name in ("scale_value", "counter")
+              if isinstance(getattr(driver.loss_scaler, name, None), ms.Parameter)]
     for prefix, params in (("network/", driver.network.get_parameters()),
                            ("optimizer/", driver.optimizer.get_parameters()),
-                           ("buffer/", driver.buffer.parameters())):
+                           ("buffer/", driver.buffer.parameters()),
+                           ("scaler/", scaler)):
         for param in params:
             if id(param) in seen:  # the optimizer also lists the network's weights
                 continue

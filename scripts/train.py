@@ -13,13 +13,13 @@ import os
 import shlex
 import sys
 
-from common import (add_common_args, evaluate, positive_float, positive_int, run, setup_logging,
-                    setup_mindspore)
+from common import (add_common_args, evaluate, non_negative_int, positive_float, positive_int, run,
+                    setup_logging, setup_mindspore)
 from mindspore import nn
 
-from mindspore_accum import (REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation, MetricsLog, ProgressBar,
-                             TrainingInterrupted, WindowSchedule, check_ckpt_path, find_training_state,
-                             read_training_state)
+from mindspore_accum import (AMP_LEVELS, LR_SCHEDULES, REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation,
+                             MetricsLog, ProgressBar, TrainingInterrupted, WindowSchedule, check_ckpt_path,
+                             find_training_state, learning_rates, read_training_state)
 from model_zoo_adapters.lenet import LeNet5, create_dataset
 
 
@@ -31,6 +31,15 @@ def parse_args():
                         help="epochs in all; a resumed run counts the epochs before the interruption")
     parser.add_argument("--lr", type=positive_float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="constant",
+                        help="over optimizer updates, not micro-batches: constant, cosine (to 0), or step "
+                             "(/10 at half, /100 at three quarters)")
+    parser.add_argument("--warmup_steps", type=non_negative_int, default=0,
+                        help="optimizer updates of linear warm-up to --lr")
+    parser.add_argument("--amp_level", choices=AMP_LEVELS, default="O0",
+                        help="mixed precision (mindspore.amp.auto_mixed_precision); O1-O3 add dynamic loss scaling")
+    parser.add_argument("--clip_grad_norm", type=positive_float, default=None, metavar="MAX",
+                        help="clip the window's mean gradient to this global norm, once per update")
     parser.add_argument("--seed", type=int, default=None,
                         help="seeds the initial weights and the shuffle (default 1, or the resumed state's)")
     parser.add_argument("--remainder", choices=REMAINDER_POLICIES, default="flush",
@@ -90,6 +99,8 @@ def main():
     print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
           f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     print(f"micro-batches per epoch: {micro_batches}, updates per epoch: {updates}, epochs: {args.epochs}")
+    print(f"lr schedule: {args.lr_schedule} over {updates * args.epochs} updates, warm-up {args.warmup_steps}; "
+          f"amp_level: {args.amp_level}, clip_grad_norm: {args.clip_grad_norm}")
     state_dir = state_dir_for(args.ckpt_path)
     print(f"training states: {state_dir} (every epoch"
           + (f" and every {args.save_every} updates" if args.save_every else "")
@@ -99,8 +110,12 @@ def main():
 
     network = LeNet5(conv_impl=args.conv_impl)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-    optimizer = nn.Momentum(network.trainable_params(), args.lr, args.momentum)
-    model = GradientAccumulation(network, loss_fn, optimizer)
+    lr = args.lr
+    if args.lr_schedule != "constant" or args.warmup_steps:
+        lr = learning_rates(args.lr_schedule, args.lr, updates * args.epochs, args.warmup_steps)
+    optimizer = nn.Momentum(network.trainable_params(), lr, args.momentum)
+    model = GradientAccumulation(network, loss_fn, optimizer, amp_level=args.amp_level,
+                                 clip_grad_norm=args.clip_grad_norm)
 
     out_dir = os.path.dirname(os.path.abspath(args.ckpt_path))
     evaluate_epoch = None

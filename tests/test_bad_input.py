@@ -106,8 +106,13 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_good_sta
     ("--device_target", "TPU", "argument --device_target: invalid choice: 'TPU'"),
     ("--save_every", "0", "argument --save_every: must be a whole number >= 1, got '0'"),
     ("--keep_checkpoints", "-2", "argument --keep_checkpoints: must be a whole number >= 1, got '-2'"),
+    ("--amp_level", "O4", "argument --amp_level: invalid choice: 'O4' (choose from 'O0', 'O1', 'O2', 'O3')"),
+    ("--clip_grad_norm", "0", "argument --clip_grad_norm: must be a finite number > 0, got '0'"),
+    ("--clip_grad_norm", "-1", "argument --clip_grad_norm: must be a finite number > 0, got '-1'"),
+    ("--warmup_steps", "-1", "argument --warmup_steps: must be a whole number >= 0, got '-1'"),
+    ("--lr_schedule", "linear", "argument --lr_schedule: invalid choice: 'linear'"),
 ])
-def test_lr_epochs_device_target_and_state_flags_out_of_range_are_refused(tmp_path, tiny_mnist, flag, value,
+def test_lr_epochs_device_target_and_other_flags_out_of_range_are_refused(tmp_path, tiny_mnist, flag, value,
                                                                           fragment):
     result = run_script("train.py", "--data_path", tiny_mnist, f"{flag}={value}", cwd=tmp_path)
     assert_refused(result, fragment)

@@ -42,9 +42,12 @@ def shuffled_dataset(batch=BATCH):
 
 
 def driver(optimizer="adam", init_seed=0, network_cls=MLP):
+    """``optimizer`` is a key of OPTIMIZERS, with "-O2" for mixed precision and its dynamic loss scaler."""
     ms.set_seed(init_seed)  # a resumed run starts from other weights: the state must overwrite them all
     network = network_cls()
-    return GradientAccumulation(network, LOSS, OPTIMIZERS[optimizer](network.trainable_params()))
+    name, _, amp_level = optimizer.partition("-")
+    return GradientAccumulation(network, LOSS, OPTIMIZERS[name](network.trainable_params()),
+                                amp_level=amp_level or "O0")
 
 
 class SignalAt(Callback):
@@ -74,7 +77,7 @@ def summary(records):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     runs = {}
-    for name in OPTIMIZERS:
+    for name in (*OPTIMIZERS, "adam-O2"):
         model = driver(name)
         history = train(model, tmp_path_factory.mktemp("uninterrupted"))
         runs[name] = params_of(model.network), summary(history)
@@ -87,6 +90,7 @@ def uninterrupted(tmp_path_factory):
     ("adam", (2, 4), signal.SIGINT),       # just after an update: the buffer is empty
     ("adam", (2, 10), signal.SIGINT),      # after the epoch's last micro-batch, before its flush
     ("momentum", (1, "end"), signal.SIGTERM),  # after the epoch's end
+    ("adam-O2", (2, 6), signal.SIGINT),    # float16 compute: the loss scaler's state comes back too
 ])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, uninterrupted, optimizer, at, signum):
     expected_params, expected_history = uninterrupted[optimizer]

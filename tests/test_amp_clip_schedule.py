@@ -1,0 +1,177 @@
+"""Loss scaling, overflow, clipping and learning-rate schedules: each once per update, never per micro-step.
+
+References: a second driver trained on the window after an overflow alone;
+NumPy clipping of the same accumulated gradient (and, as the control,
+clipping per micro-step); the schedule's formula by hand; one
+``nn.TrainOneStepCell`` step of the same float16 network.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from mindspore import Tensor, amp, nn
+
+from mindspore_accum import (AccumulationBuffer, Callback, GradientAccumulation, TrainForwardBackward,
+                             WindowSchedule, learning_rates)
+from nets import LOSS, MLP, concat, micro_batches, params_of, twin
+
+BATCH, MINI_STEPS = 4, 4
+
+
+class Snapshots(Callback):
+    """After every update: the network's parameters and a copy of ``grad_sum`` (unscaled, unclipped)."""
+
+    def __init__(self):
+        self.params, self.grads, self.records = [], [], []
+
+    def update(self, record, driver):
+        self.params.append(params_of(driver.network))
+        self.grads.append([g.asnumpy().copy() for g in driver.buffer.grad_sum])
+        self.records.append(record)
+
+
+def windows(count, seed=0, poison=None):
+    """``count`` windows of MINI_STEPS micro-batches; ``poison`` = (window, micro-batch, value) writes one input."""
+    batches = micro_batches([BATCH] * (count * MINI_STEPS), (8,), 4, seed=seed)
+    if poison is not None:
+        window, micro_batch, value = poison
+        data, label = batches[window * MINI_STEPS + micro_batch]
+        poisoned = data.asnumpy().copy()
+        poisoned[0, 0] = value
+        batches[window * MINI_STEPS + micro_batch] = (Tensor(poisoned), label)
+    return batches
+
+
+@pytest.mark.parametrize("poison", [
+    1e5,     # finite in float32, inf once O2 casts it to float16: a true half-precision overflow
+    np.inf,
+    np.nan,
+])
+def test_overflow_in_one_micro_batch_skips_the_window_and_the_next_trains_normally(poison):
+    network = MLP()
+    reference = twin(MLP, network)
+    scaler = amp.DynamicLossScaler(2 ** 10, 2, 1000)
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level="O2",
+                                 loss_scaler=scaler)
+    snapshots = Snapshots()
+    history = model.train_process(1, windows(3, poison=(1, 2, poison)), mini_steps=MINI_STEPS, ckpt_path=None,
+                                  callbacks=[snapshots])
+
+    assert [r.skipped for r in history] == [False, True, False]
+    assert [r.loss_scale for r in history] == [1024.0, 512.0, 512.0], "the scale is lowered once, on the overflow"
+    assert model.skipped_updates == 1 and model.total_updates == 2
+    for name, value in snapshots.params[0].items():  # the overflowing window changed nothing, to the bit
+        np.testing.assert_array_equal(snapshots.params[1][name], value, err_msg=f"{name} after the skipped window")
+
+    # The next window, against a fresh driver that starts from the parameters after window 1, at scale 512,
+    # and trains on window 3 alone: nothing of window 2 may have stayed in the buffer.
+    for param in reference.get_parameters():
+        param.set_data(Tensor(snapshots.params[0][param.name]))
+    alone = GradientAccumulation(reference, LOSS, nn.SGD(reference.trainable_params(), 0.1), amp_level="O2",
+                                 loss_scaler=amp.DynamicLossScaler(512, 2, 1000))
+    alone.train_process(1, windows(3)[2 * MINI_STEPS:], mini_steps=MINI_STEPS, ckpt_path=None)
+    for name, value in params_of(reference).items():
+        np.testing.assert_array_equal(params_of(network)[name], value, err_msg=f"{name} after window 3")
+
+
+@pytest.mark.parametrize("scaler", [None, "static"])
+def test_clipping_is_once_per_update_on_the_unscaled_mean_gradient(scaler):
+    network = MLP()
+    initial = params_of(network)
+    lr, max_norm = 0.1, 0.05
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), lr), clip_grad_norm=max_norm,
+                                 loss_scaler=amp.StaticLossScaler(1024) if scaler else None)
+    snapshots = Snapshots()
+    batches = windows(1, seed=3)
+    model.train_process(1, batches, mini_steps=MINI_STEPS, ckpt_path=None, callbacks=[snapshots])
+
+    names = [p.name for p in network.trainable_params()]
+    grads = snapshots.grads[0]  # the window's mean gradient, unscaled, before clipping
+    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
+    assert norm > 2 * max_norm, f"the test needs clipping to bite: global norm {norm}"
+    for name, grad in zip(names, grads):
+        expected = initial[name] - lr * grad * (max_norm / norm)
+        np.testing.assert_allclose(params_of(network)[name], expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+    # Control: clipping each micro-batch's gradient, then averaging, is a different update.
+    per_micro_step = [np.zeros_like(g) for g in grads]
+    for data, label in batches:
+        probe = twin(MLP, MLP())
+        for param in probe.get_parameters():
+            param.set_data(Tensor(initial[param.name]))
+        buffer = AccumulationBuffer(probe.trainable_params())
+        TrainForwardBackward(nn.WithLossCell(probe, LOSS), probe.trainable_params(), buffer)(data, label)
+        g_i = [g.asnumpy() for g in buffer.grad_sum]
+        n_i = math.sqrt(sum(float(np.sum(g ** 2)) for g in g_i))
+        per_micro_step = [acc + g * min(1.0, max_norm / n_i) / MINI_STEPS for acc, g in zip(per_micro_step, g_i)]
+    wrong = {name: initial[name] - lr * g for name, g in zip(names, per_micro_step)}
+    assert max(np.max(np.abs(wrong[name] - params_of(network)[name])) for name in names) > 1e-4
+
+
+def test_schedule_counts_updates_so_mini_steps_1_and_4_read_the_same_rates():
+    epochs, updates_per_epoch = 2, 6
+    rates_read = {}
+    for mini_steps, micro_batch_count in ((1, 6), (4, 22)):  # 22 = 5 full windows and a flushed partial one
+        schedule = WindowSchedule(mini_steps)
+        assert schedule.updates_per_epoch(micro_batch_count) == updates_per_epoch
+        total = schedule.updates_per_epoch(micro_batch_count) * epochs
+        network = MLP()
+        rates = learning_rates("cosine", 0.1, total, warmup_updates=3)
+        model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), rates, 0.9))
+        history = model.train_process(epochs, micro_batches([BATCH] * micro_batch_count, (8,), 4), mini_steps,
+                                      ckpt_path=None)
+        rates_read[mini_steps] = [record.lr for record in history]
+
+    assert rates_read[1] == rates_read[4], rates_read
+    # By hand: warm-up 0.1 * i / 3 for updates 1-3, then half a cosine over the other 9 updates.
+    by_hand = [0.1 * i / 3 for i in (1, 2, 3)] + [0.05 * (1 + math.cos(math.pi * j / 9)) for j in range(9)]
+    np.testing.assert_allclose(rates_read[4], by_hand, rtol=1e-6, err_msg="rates read from the optimizer")
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("constant", [0.1] * 8),
+    ("step", [0.1] * 4 + [0.01] * 2 + [0.001] * 2),
+])
+def test_constant_and_step_schedules(kind, expected):
+    np.testing.assert_allclose(learning_rates(kind, 0.1, 8), expected, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(schedule="linear"), "lr_schedule must be one of 'constant', 'cosine', 'step', got 'linear'"),
+    (dict(warmup_updates=-1), "warmup_steps must be a whole number >= 0, got -1"),
+    (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
+])
+def test_bad_schedule_arguments_are_refused(kwargs, message):
+    args = {"schedule": "cosine", "lr": 0.1, "total_updates": 10, "warmup_updates": 0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        learning_rates(**args)
+
+
+def test_o2_window_matches_one_float16_step_on_the_concatenated_batch_and_the_buffer_is_float32():
+    network = MLP()
+    initial = params_of(network)
+    batches = micro_batches([4, 4, 4, 3], (8,), 4, seed=5)
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level="O2",
+                                 loss_scaler=amp.StaticLossScaler(1024))
+    model.train_process(1, batches, mini_steps=4, ckpt_path=None)
+    assert all(str(g.dtype) == "Float32" for g in model.buffer.grad_sum), [g.dtype for g in model.buffer.grad_sum]
+
+    def step_on_concatenation(level):
+        reference = twin(MLP, network)
+        for param in reference.get_parameters():
+            param.set_data(Tensor(initial[param.name]))
+        compute = amp.auto_mixed_precision(reference, level) if level != "O0" else reference
+        step = nn.TrainOneStepCell(nn.WithLossCell(compute, LOSS), nn.SGD(reference.trainable_params(), 0.1))
+        step(*concat(batches))
+        return {name: value - initial[name] for name, value in params_of(reference).items()}
+
+    accumulated = {name: value - initial[name] for name, value in params_of(network).items()}
+    float16_step, float32_step = step_on_concatenation("O2"), step_on_concatenation("O0")
+    for name, delta in float16_step.items():
+        # rtol 1e-2, as half precision allows; atol relative to the update's size, for entries near 0.
+        np.testing.assert_allclose(accumulated[name], delta, rtol=1e-2, atol=1e-2 * np.max(np.abs(delta)),
+                                   err_msg=name)
+    # Control: O2 really computed in float16 - its update is not float32's to float32 precision.
+    assert max(np.max(np.abs(accumulated[n] - float32_step[n]) / (np.abs(float32_step[n]) + 1e-6))
+               for n in float32_step) > 1e-5
