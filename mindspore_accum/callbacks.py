@@ -49,8 +49,8 @@ class MetricsLog(Callback):
       ``micro_batches``, ``samples``, ``samples_seen``, ``loss`` (the window's),
       ``lr``, ``skipped`` (an overflowing window, not applied), ``loss_scale``
       and ``skipped_updates`` (with loss scaling; else null and 0);
-    * ``"epoch"``: ``epoch``, ``updates``, ``train_loss`` (the sample-weighted
-      mean of the epoch's window losses), and whatever ``evaluate(epoch)``
+    * ``"epoch"``: ``epoch``, ``updates``, ``skipped``, ``train_loss`` (the
+      sample-weighted mean of the epoch's applied windows' losses), and whatever ``evaluate(epoch)``
       returns, e.g. ``test_loss`` and ``test_accuracy``.
 
     Args:
@@ -79,8 +79,10 @@ class MetricsLog(Callback):
                      "skipped_updates": driver.skipped_updates})
 
     def epoch_end(self, epoch, records):
+        skipped = sum(r.skipped for r in records)
+        records = [r for r in records if not r.skipped]  # an overflowing window's loss may be inf
         samples = sum(r.samples for r in records)
-        entry = {"kind": "epoch", "epoch": epoch, "updates": len(records),
+        entry = {"kind": "epoch", "epoch": epoch, "updates": len(records), "skipped": skipped,
                  "train_loss": sum(r.loss * r.samples for r in records) / samples if samples else None}
         if self.evaluate is not None:
             entry.update(self.evaluate(epoch))

@@ -258,7 +258,6 @@ class GradientAccumulation:
         else:
             self.train_clear()  # a window left by an interrupted earlier call must not leak in
 
-        first_update = self.total_updates  # records before it were made by the run that saved the state
         self._saved_at = None
         history = []
         self._states = states
@@ -266,6 +265,7 @@ class GradientAccumulation:
             self._stop = stop
             for batches in self._epochs(train_dataset, epoch, state, micro_batches):
                 epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
+                restored = len(epoch_records)  # made by the run that saved the state, not by this call
                 # Every epoch: an evaluation callback may have switched the network to eval mode.
                 self.network_with_loss.set_train(True)
                 for callback in callbacks:
@@ -287,7 +287,8 @@ class GradientAccumulation:
                     if schedule.is_window_full(len(state.window_losses)):
                         log = log_every is not None and (len(epoch_records) + 1) % log_every == 0
                         epoch_records.append(self._apply(state, epoch_records, log, callbacks))
-                        if save_every is not None and self.total_updates % save_every == 0:
+                        if save_every is not None and not epoch_records[-1].skipped \
+                                and self.total_updates % save_every == 0:
                             self._save_state(states, state, epoch_records)
                     if stop.signum is not None:
                         self._interrupt(stop.signum, states, state, epoch_records)
@@ -306,7 +307,7 @@ class GradientAccumulation:
                     logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
                                    "mini_steps=%d and remainder='drop'", state.epoch, state.micro_batch,
                                    schedule.mini_steps)
-                history.extend(record for record in epoch_records if record.total_updates > first_update)
+                history.extend(epoch_records[restored:])
                 for callback in callbacks:
                     callback.epoch_end(state.epoch, epoch_records)
                 stop.rearm()  # an evaluation callback runs graphs too
