@@ -4,7 +4,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import numbers
 
 import numpy as np
 from mindspore import Parameter, amp, nn
@@ -15,7 +14,7 @@ from .interrupt import StopSignals, TrainingInterrupted
 from .schedule import WindowSchedule
 from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
                              restore_training_state)
-from .validation import check_choice, check_positive_int
+from .validation import check_choice, check_positive_float, check_positive_int
 
 __all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
 
@@ -139,11 +138,8 @@ class GradientAccumulation:
         if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
             raise TypeError(f"loss_scaler must be 'auto', None, or a mindspore.amp.DynamicLossScaler or "
                             f"StaticLossScaler, got {loss_scaler!r}")
-        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or
-                                           not isinstance(clip_grad_norm, numbers.Real) or
-                                           not 0 < clip_grad_norm < float("inf")):
-            raise ValueError(f"clip_grad_norm must be a finite number > 0 (or None for no clipping), "
-                             f"got {clip_grad_norm!r}")
+        if clip_grad_norm is not None:
+            clip_grad_norm = check_positive_float("clip_grad_norm", clip_grad_norm, "or None for no clipping")
         #: The network as given: its parameters are what checkpoints hold.
         self.network = network
         #: Where ``amp_level`` put its casts; the same Parameter objects as ``network``.
@@ -243,13 +239,14 @@ class GradientAccumulation:
 
         if resume is not None:
             resume = find_training_state(resume)
-            saved, _ = read_training_state(resume)
+            loaded = read_training_state(resume)
+            saved = loaded[0]
             epochs_started = saved.epoch if saved.micro_batch or saved.epoch_done else saved.epoch - 1
             if epochs_started > epoch:
                 raise ValueError(f"epoch={epoch} but the state {resume} is already at {saved.where()}: "
                                  f"pass an epoch of at least {epochs_started} (epoch counts the epochs before "
                                  f"the resume too)")
-            state = restore_training_state(self, resume, state)
+            state = restore_training_state(self, resume, state, loaded)
             self.total_updates, self.total_micro_steps = state.total_updates, state.total_micro_steps
             self.total_samples, self.skipped_updates = state.total_samples, state.skipped_updates
             if state.epoch_done:

@@ -13,7 +13,7 @@ import numbers
 
 from mindspore import nn
 
-from .validation import check_choice, check_positive_int
+from .validation import check_choice, check_positive_float, check_positive_int
 
 __all__ = ["LR_SCHEDULES", "learning_rates"]
 
@@ -34,12 +34,11 @@ def learning_rates(schedule, lr, total_updates, warmup_updates=0):
             update i (1-based) uses ``lr * i / warmup_updates``.
     """
     check_choice("lr_schedule", schedule, LR_SCHEDULES)
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf"):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    lr = check_positive_float("lr", lr)
     total_updates = check_positive_int("total_updates", total_updates)
     if isinstance(warmup_updates, bool) or not isinstance(warmup_updates, numbers.Integral) or warmup_updates < 0:
         raise ValueError(f"warmup_steps must be a whole number >= 0, got {warmup_updates!r}")
-    lr, warmup = float(lr), min(int(warmup_updates), total_updates)
+    warmup = min(int(warmup_updates), total_updates)
     # warmup_lr's first entry is 0 (a wasted update); drop it, so warm-up ends at lr exactly.
     rates = nn.warmup_lr(lr, warmup + 1, 1, warmup)[1:] if warmup else []
     rest = total_updates - warmup

@@ -167,18 +167,20 @@ def read_training_state(path):
     return state, saved
 
 
-def restore_training_state(driver, path, expected):
+def restore_training_state(driver, path, expected, loaded=None):
     """Loads the state at ``path`` into ``driver``, after checking it fits; returns its :class:`TrainingState`.
 
     ``expected`` is this run's :class:`TrainingState` (its settings are
     compared). Everything is checked - settings, names, shapes, dtypes - before
     any tensor is touched, so a refused state leaves the driver as it was.
+    ``loaded`` is what :func:`read_training_state` already returned for
+    ``path``, to spare reading the file again.
 
     Raises:
         CheckpointError: unreadable, or it does not fit, with the differences named.
     """
-    state, saved = read_training_state(path)
     path = find_training_state(path)
+    state, saved = loaded if loaded is not None else read_training_state(path)
     problems = state.differences(expected)
     tensors = _state_tensors(driver)
     problems += mismatches({name: param.shape for name, param in tensors.items()},

@@ -6,7 +6,7 @@ that the command-line scripts can print it as it is.
 
 import numbers
 
-__all__ = ["check_positive_int", "check_choice"]
+__all__ = ["check_positive_int", "check_positive_float", "check_choice"]
 
 
 def check_positive_int(name, value, example=None):
@@ -22,6 +22,17 @@ def check_positive_int(name, value, example=None):
     if value < 1:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}{example}")
     return int(value)
+
+
+def check_positive_float(name, value, alternative=None):
+    """Returns ``value`` as a float if it is a finite real number > 0 (``bool`` is refused); raises otherwise.
+
+    ``alternative`` names what else is accepted, e.g. "or None for no clipping".
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        also = f" ({alternative})" if alternative else ""
+        raise ValueError(f"{name} must be a finite number > 0{also}, got {value!r}")
+    return float(value)
 
 
 def check_choice(name, value, choices):
