@@ -15,6 +15,7 @@ from .driver import AMP_LEVELS, GradientAccumulation, NonFiniteError, UpdateReco
 from .grad_flow import plot_grad_flow
 from .interrupt import StopSignals, TrainingInterrupted
 from .lr_schedule import LR_SCHEDULES, learning_rates
+from .norm import batchnorm_cells, convert_bn_to_gn
 from .schedule import REMAINDER_POLICIES, WindowSchedule
 from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
                              restore_training_state, save_training_state)
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear",
     "GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS",
-    "LR_SCHEDULES", "learning_rates",
+    "LR_SCHEDULES", "learning_rates", "convert_bn_to_gn", "batchnorm_cells",
     "TrainingState", "StateDirectory", "save_training_state", "read_training_state", "restore_training_state",
     "find_training_state", "StopSignals", "TrainingInterrupted",
     "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver", "plot_grad_flow",

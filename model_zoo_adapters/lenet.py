@@ -9,6 +9,7 @@ from mindspore.common.initializer import Normal
 
 from mindspore_accum.validation import check_positive_int
 
+from .batching import batch_checked
 from .conv import make_conv2d
 from .mnist_files import prepare_mnist_split
 
@@ -52,7 +53,7 @@ class LeNet5(nn.Cell):
 
 
 def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuffle=None,
-                   drop_remainder=True, num_parallel_workers=1):
+                   drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None):
     """MNIST as 32x32, normalised, CHW float32 images and int32 labels, in batches.
 
     Args:
@@ -66,6 +67,8 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
             ``mindspore.dataset.config.set_seed``.
         drop_remainder: drop a last batch smaller than ``batch_size``.
         num_parallel_workers: workers of the map operations.
+        num_shards, shard_id: read only shard ``shard_id`` of ``num_shards``
+            equal shards (data parallel training: one shard per rank).
     """
     batch_size = check_positive_int("batch_size", batch_size, example=32)
     if num_samples is not None:
@@ -73,11 +76,7 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
     split = "train" if train else "test"
     directory = prepare_mnist_split(data_path, split)
     mnist = ds.MnistDataset(directory, usage=split, num_samples=num_samples,
-                            shuffle=train if shuffle is None else shuffle)
-    size = mnist.get_dataset_size()
-    if drop_remainder and size < batch_size:
-        raise ValueError(f"batch_size={batch_size} is larger than the {size} samples of the MNIST {split} split "
-                         f"in {data_path}: use a batch_size of at most {size}")
+                            shuffle=train if shuffle is None else shuffle, num_shards=num_shards, shard_id=shard_id)
     image_ops = [
         vision.Resize((32, 32), interpolation=vision.Inter.LINEAR),
         vision.Rescale(1.0 / 255.0, 0.0),
@@ -87,4 +86,5 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
     mnist = mnist.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
                       num_parallel_workers=num_parallel_workers)
     mnist = mnist.map(operations=image_ops, input_columns="image", num_parallel_workers=num_parallel_workers)
-    return mnist.batch(batch_size, drop_remainder=drop_remainder)
+    return batch_checked(mnist, batch_size, drop_remainder, f"the MNIST {split} split in {data_path}"
+                         + (f", shard {shard_id} of {num_shards}" if num_shards else ""))

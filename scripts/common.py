@@ -17,9 +17,14 @@ from mindspore import Model, nn  # noqa: E402
 from mindspore.train import ConfusionMatrix  # noqa: E402
 
 from mindspore_accum import DEVICE_TARGETS, resolve_device_target  # noqa: E402
+from model_zoo_adapters import lenet, resnet  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
+from model_zoo_adapters.image_files import image_folder_classes, image_folder_split  # noqa: E402
 
 EXIT_BAD_INPUT = 2
+
+MODELS = ("lenet", *resnet.RESNETS)
+DATASETS = ("mnist", *resnet.DATASETS)
 
 
 def _whole_number(minimum):
@@ -52,7 +57,8 @@ def positive_float(text):
 def add_common_args(parser):
     """Flags both scripts take, named as in MindSpore's model zoo."""
     parser.add_argument("--data_path", default="data/mnist",
-                        help="directory with the MNIST files, raw or .gz (default: the shipped data/mnist)")
+                        help="the dataset's directory: MNIST files, raw or .gz (default: the shipped data/mnist); "
+                             "CIFAR-10's binary files; or a folder of class subfolders")
     parser.add_argument("--ckpt_path", default="gradient_accumulation.ckpt", help="model checkpoint file")
     parser.add_argument("--device_target", default="auto", choices=DEVICE_TARGETS,
                         help="auto: GPU where this MindSpore can use one, else CPU")
@@ -60,8 +66,65 @@ def add_common_args(parser):
                         help="convolutions: auto (im2col where faster on the CPU, native on GPU/Ascend), "
                              "native (nn.Conv2d) or im2col; checkpoints are the same either way")
     parser.add_argument("--batch_size", type=positive_int, default=32, help="samples per micro-batch")
+    parser.add_argument("--model", choices=MODELS, default="lenet")
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="default: mnist for lenet, cifar10 for the ResNets")
+    parser.add_argument("--image_size", type=positive_int, default=None,
+                        help="image side the network sees (ResNets; default 224 as in the model zoo, 32 is "
+                             "CIFAR-10's own and much faster on a CPU); LeNet5 takes 32 only")
+    parser.add_argument("--num_classes", type=positive_int, default=None,
+                        help="default: 10 for mnist and cifar10, the number of class folders for imagefolder")
+    parser.add_argument("--norm", choices=resnet.NORMS, default=None,
+                        help="ResNets: batch (BatchNorm, the zoo's) or group (GroupNorm: accumulation is exact)")
     parser.add_argument("--num_samples", type=positive_int, default=None,
                         help="use only this many samples of the split (a quick run)")
+
+
+def resolve_model_args(args, train):
+    """Fills in the model flags' defaults and refuses combinations that cannot work."""
+    if args.dataset is None:
+        args.dataset = "mnist" if args.model == "lenet" else "cifar10"
+    if args.model == "lenet":
+        if args.dataset != "mnist":
+            raise ValueError(f"--model lenet takes 1-channel 32x32 images (--dataset mnist), but --dataset "
+                             f"{args.dataset} has 3-channel images: use --model resnet18 (or another ResNet)")
+        if args.image_size not in (None, 32):
+            raise ValueError(f"--image_size {args.image_size} does not fit --model lenet, which takes 32x32 images: "
+                             f"drop --image_size")
+        if args.norm is not None:
+            raise ValueError(f"--norm {args.norm} applies to the ResNets; LeNet5 has no normalisation layers: "
+                             f"drop --norm")
+        args.image_size = 32
+    else:
+        if args.dataset == "mnist":
+            raise ValueError(f"--model {args.model} takes 3-channel images, but --dataset mnist has 1-channel "
+                             f"images: use --dataset cifar10 or imagefolder, or --model lenet")
+        args.image_size = args.image_size or 224
+        args.norm = args.norm or "batch"
+    classes = 10
+    if args.dataset == "imagefolder":
+        classes = len(image_folder_classes(image_folder_split(args.data_path, train)))
+    if args.num_classes is None:
+        args.num_classes = classes
+    elif args.num_classes < classes:
+        raise ValueError(f"--num_classes {args.num_classes} is fewer than the {classes} classes of --dataset "
+                         f"{args.dataset} in {args.data_path}: pass --num_classes {classes} or more")
+    return args
+
+
+def build_network(args):
+    """The network ``args`` names (after :func:`resolve_model_args`)."""
+    if args.model == "lenet":
+        return lenet.LeNet5(num_class=args.num_classes, conv_impl=args.conv_impl)
+    return resnet.RESNETS[args.model](num_classes=args.num_classes, norm=args.norm, conv_impl=args.conv_impl)
+
+
+def build_dataset(args, train, **kwargs):
+    """The dataset ``args`` names, batched by ``args.batch_size``."""
+    if args.dataset == "mnist":
+        return lenet.create_dataset(args.data_path, args.batch_size, train=train, **kwargs)
+    return resnet.create_dataset(args.data_path, args.batch_size, train=train, image_size=args.image_size,
+                                 dataset=args.dataset, **kwargs)
 
 
 def setup_mindspore(device_target, seed=None):

@@ -1,6 +1,8 @@
-"""Evaluate a LeNet5 checkpoint on the MNIST test set.
+"""Evaluate a checkpoint on the test split, with the model flags it was trained with.
 
     python scripts/eval.py --data_path data/mnist --ckpt_path gradient_accumulation.ckpt
+    python scripts/eval.py --model resnet18 --norm group --image_size 32 --data_path cifar-10-batches-bin \
+        --ckpt_path resnet18.ckpt
 
 --ckpt_path may be a directory: its newest .ckpt file is taken.
 """
@@ -9,12 +11,10 @@ import argparse
 import glob
 import os
 
-from common import add_common_args, evaluate, run, setup_logging, setup_mindspore
+from common import (add_common_args, build_dataset, build_network, evaluate, resolve_model_args, run, setup_logging,
+                    setup_mindspore)
 
 from mindspore_accum import load_network_checkpoint
-from model_zoo_adapters.lenet import LeNet5, create_dataset
-
-NUM_CLASSES = 10
 
 
 def newest_checkpoint(path):
@@ -33,13 +33,13 @@ def main():
     parser.add_argument("--per_class", action="store_true", help="also per-class accuracy and the confusion matrix")
     args = parser.parse_args()
     setup_logging()
+    resolve_model_args(args, train=False)
 
     setup_mindspore(args.device_target)
     ckpt_path = newest_checkpoint(args.ckpt_path)
-    network = load_network_checkpoint(LeNet5(conv_impl=args.conv_impl), ckpt_path)
-    dataset = create_dataset(args.data_path, args.batch_size, train=False, num_samples=args.num_samples,
-                             drop_remainder=False)
-    result = evaluate(network, dataset, NUM_CLASSES if args.per_class else None)
+    network = load_network_checkpoint(build_network(args), ckpt_path)
+    dataset = build_dataset(args, train=False, num_samples=args.num_samples, drop_remainder=False)
+    result = evaluate(network, dataset, args.num_classes if args.per_class else None)
     if args.per_class:
         matrix = result["ConfusionMatrix"]  # rows: true class, columns: predicted class
         print("class  samples  accuracy")

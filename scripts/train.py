@@ -1,6 +1,8 @@
-"""Train LeNet5 on MNIST with gradient accumulation and write its checkpoint.
+"""Train with gradient accumulation and write the network's checkpoint.
 
     python scripts/train.py --data_path data/mnist --mini_steps 4
+    python scripts/train.py --model resnet18 --norm group --image_size 32 --data_path cifar-10-batches-bin \
+        --mini_steps 4 --ckpt_path resnet18.ckpt
 
 Beside the checkpoint it writes metrics.jsonl (see the README for its format)
 and a directory of training states, <ckpt name>_state/, to resume from:
@@ -13,14 +15,13 @@ import os
 import shlex
 import sys
 
-from common import (add_common_args, evaluate, non_negative_int, positive_float, positive_int, run,
-                    setup_logging, setup_mindspore)
+from common import (add_common_args, build_dataset, build_network, evaluate, non_negative_int, positive_float,
+                    positive_int, resolve_model_args, run, setup_logging, setup_mindspore)
 from mindspore import nn
 
 from mindspore_accum import (AMP_LEVELS, LR_SCHEDULES, REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation,
                              MetricsLog, ProgressBar, TrainingInterrupted, WindowSchedule, check_ckpt_path,
                              find_training_state, learning_rates, read_training_state)
-from model_zoo_adapters.lenet import LeNet5, create_dataset
 
 
 def parse_args():
@@ -84,6 +85,7 @@ def main():
     args = parse_args()
     setup_logging()
     check_ckpt_path(args.ckpt_path)  # now, not after an hour of training
+    resolve_model_args(args, train=True)
     resumed = None
     if args.resume is not None:
         args.resume = find_training_state(args.resume)
@@ -91,11 +93,13 @@ def main():
     if args.seed is None:
         args.seed = resumed.seed if resumed is not None and resumed.seed is not None else 1
     device = setup_mindspore(args.device_target, args.seed)
-    dataset = create_dataset(args.data_path, args.batch_size, train=True, num_samples=args.num_samples)
+    dataset = build_dataset(args, train=True, num_samples=args.num_samples)
     micro_batches = dataset.get_dataset_size()
     updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
     # Derived numbers up front, so that a wrong setting shows before the run.
     print(f"device: {device} (GRAPH_MODE), conv_impl: {args.conv_impl}, seed: {args.seed}")
+    print(f"model: {args.model}" + (f" (norm: {args.norm})" if args.norm else "") + f", dataset: {args.dataset} "
+          f"({args.image_size}x{args.image_size}, {args.num_classes} classes)")
     print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
           f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     print(f"micro-batches per epoch: {micro_batches}, updates per epoch: {updates}, epochs: {args.epochs}")
@@ -108,7 +112,7 @@ def main():
     if resumed is not None:
         print(f"resuming from {args.resume}: {resumed.where()}")
 
-    network = LeNet5(conv_impl=args.conv_impl)
+    network = build_network(args)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     lr = args.lr
     if args.lr_schedule != "constant" or args.warmup_steps:
@@ -120,7 +124,7 @@ def main():
     out_dir = os.path.dirname(os.path.abspath(args.ckpt_path))
     evaluate_epoch = None
     if args.eval_every_epoch:
-        test_set = create_dataset(args.data_path, args.batch_size, train=False, drop_remainder=False)
+        test_set = build_dataset(args, train=False, drop_remainder=False)
 
         def evaluate_epoch(epoch):
             result = evaluate(network, test_set)

@@ -49,3 +49,10 @@ def tiny_mnist(tmp_path_factory):
     write_split(directory, "train", *digits(64, seed=1))
     write_split(directory, "test", *digits(20, seed=2))
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory):
+    """CIFAR-10 binary files of random images: one data_batch_1.bin and test_batch.bin (10000 records each)."""
+    from images import write_cifar10
+    return write_cifar10(tmp_path_factory.mktemp("tiny_cifar10"), train_files=1, seed=3)

@@ -132,3 +132,36 @@ def test_resume_refuses_a_state_that_does_not_fit_naming_the_difference(tmp_path
                         trained / "m_state", cwd=tmp_path)
     assert_refused(result, "cannot resume from", "state-1_8.ckpt", "does not fit this run", fragment)
     assert not os.path.exists(tmp_path / "gradient_accumulation.ckpt")
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (("--model", "lenet", "--dataset", "cifar10"), ("--model lenet takes 1-channel", "--dataset cifar10 has 3-channel",
+                                                    "use --model resnet18")),
+    (("--model", "resnet18", "--dataset", "mnist"), ("--model resnet18 takes 3-channel", "use --dataset cifar10")),
+    (("--model", "resnet18", "--num_classes", 5), ("--num_classes 5 is fewer than the 10 classes",
+                                                  "pass --num_classes 10")),
+    (("--model", "lenet", "--image_size", 64), ("--image_size 64 does not fit --model lenet",)),
+    (("--model", "lenet", "--norm", "group"), ("--norm group applies to the ResNets",)),
+])
+def test_a_model_and_dataset_that_do_not_fit_together_are_refused(tmp_path, tiny_cifar10, flags, fragments):
+    assert_refused(run_script("train.py", "--data_path", tiny_cifar10, *flags, cwd=tmp_path), *fragments)
+
+
+def test_cifar10_without_training_files_or_with_a_truncated_one_is_refused_by_name(tmp_path, tiny_cifar10):
+    (tmp_path / "only_test").mkdir()
+    os.symlink(os.path.join(tiny_cifar10, "test_batch.bin"), tmp_path / "only_test" / "test_batch.bin")
+    result = run_script("train.py", "--model", "resnet18", "--data_path", tmp_path / "only_test", cwd=tmp_path)
+    assert_refused(result, "has no CIFAR-10 train files: expected data_batch_*.bin")
+
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "data_batch_1.bin").write_bytes(b"\x01" * 3073 * 20)
+    result = run_script("train.py", "--model", "resnet18", "--data_path", tmp_path / "cut", cwd=tmp_path)
+    assert_refused(result, "data_batch_1.bin has 61460 bytes", "truncated or not CIFAR-10's binary version")
+
+
+def test_an_image_folder_without_class_subfolders_is_refused(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "0.jpg").write_bytes(b"not really")
+    result = run_script("train.py", "--model", "resnet18", "--dataset", "imagefolder", "--data_path",
+                        tmp_path / "flat", cwd=tmp_path)
+    assert_refused(result, "has no class subfolders", "<data_path>/<class name>/")

@@ -96,10 +96,11 @@ def uninterrupted(tmp_path_factory):
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, uninterrupted, optimizer, at, signum):
     expected_params, expected_history = uninterrupted[optimizer]
     first = driver(optimizer)
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     with pytest.raises(TrainingInterrupted) as stopped:
         train(first, tmp_path, callbacks=[SignalAt(at, signum)])
     assert stopped.value.signum == signum and os.path.isfile(stopped.value.state_path), stopped.value
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are given back
+    assert signal.getsignal(signal.SIGINT) is before  # handlers are given back
     state, _ = read_training_state(stopped.value.state_path)
     assert (state.epoch, state.micro_batch if at[1] != "end" else "end") == at, state
     assert len(state.window_losses) == (at[1] % MINI_STEPS if at[1] != "end" else 0), state
@@ -246,9 +247,10 @@ def test_bad_state_arguments_are_refused_before_training(tmp_path):
 
 def test_a_second_signal_aborts_at_once_and_handlers_are_given_back():
     before = signal.getsignal(signal.SIGTERM)
+    before_int = signal.getsignal(signal.SIGINT)
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM  # recorded, not acted on: the micro-step in flight finishes
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGINT) is before_int

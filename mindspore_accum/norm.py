@@ -1,0 +1,84 @@
+"""BatchNorm and gradient accumulation: finding it, and replacing it with GroupNorm.
+
+BatchNorm normalises each micro-batch with that micro-batch's own mean and
+variance, and moves its running statistics once per micro-batch. An
+accumulated update of a BatchNorm network is therefore *not* one step on the
+concatenated batch: it is the mean of ``mini_steps`` steps' gradients, each
+taken under different normalisation. GroupNorm normalises every sample on its
+own, so accumulation is exact again (the recipe PyTorch users follow).
+"""
+
+import logging
+
+from mindspore import nn
+from mindspore.nn.layer.normalization import _BatchNorm
+
+from .validation import check_positive_int
+
+__all__ = ["batchnorm_cells", "convert_bn_to_gn"]
+
+logger = logging.getLogger(__name__)
+
+
+def batchnorm_cells(network):
+    """The names of every BatchNorm cell (1d, 2d or 3d) in ``network``, in order."""
+    return [name for name, cell in network.cells_and_names() if isinstance(cell, _BatchNorm)]
+
+
+def convert_bn_to_gn(network, num_groups=32):
+    """Replaces every ``nn.BatchNorm2d`` in ``network`` with an ``nn.GroupNorm``, in place.
+
+    Each GroupNorm has the BatchNorm's channels and eps, ``num_groups``
+    groups (fewer where a layer has fewer channels), and starts from the
+    BatchNorm's ``gamma`` and ``beta``; the running statistics are dropped,
+    as GroupNorm has none. Parameter names stay as they were
+    (``layer1.0.bn1.gamma``), so the optimizer and checkpoints see the same
+    names. Call it before the optimizer is built: the optimizer must hold the
+    new parameters.
+
+    Args:
+        network: any ``nn.Cell``.
+        num_groups: groups per GroupNorm; it must divide every converted
+            layer's channel count (32 divides every ResNet width).
+
+    Returns:
+        ``network``, for chaining.
+
+    Raises:
+        ValueError: ``num_groups`` does not divide some layer's channels;
+            nothing is converted then.
+    """
+    if not isinstance(network, nn.Cell):
+        raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
+    num_groups = check_positive_int("num_groups", num_groups, example=32)
+    found = []  # (parent, child name, full name, BatchNorm2d)
+    for parent_name, parent in network.cells_and_names():
+        for child_name, child in parent.name_cells().items():
+            if isinstance(child, nn.BatchNorm2d):
+                full = f"{parent_name}.{child_name}" if parent_name else child_name
+                found.append((parent, child_name, full, child))
+    for _, _, full, bn in found:  # check them all before changing any
+        groups = min(num_groups, bn.num_features)
+        if bn.num_features % groups:
+            raise ValueError(f"num_groups={num_groups} does not divide the {bn.num_features} channels of "
+                             f"{full}: pass a num_groups that divides every BatchNorm2d's channels, e.g. 32 "
+                             f"for a ResNet")
+    replaced = {}
+    for parent, child_name, full, bn in found:
+        gn = nn.GroupNorm(min(num_groups, bn.num_features), bn.num_features, eps=bn.eps,
+                          gamma_init=bn.gamma.data.copy(), beta_init=bn.beta.data.copy())
+        if isinstance(parent, nn.SequentialCell):
+            parent[int(child_name)] = gn  # SequentialCell keeps its own list of cells too
+        else:
+            setattr(parent, child_name, gn)
+        replaced[full] = gn
+    # A cell assigned deep in a tree names its parameters relative to its
+    # parent only; give them their full names, as construction would have.
+    for full, gn in replaced.items():
+        gn.gamma.name, gn.beta.name = f"{full}.gamma", f"{full}.beta"
+    left = [name for name in batchnorm_cells(network)]
+    if left:
+        logger.warning("convert_bn_to_gn: %d BatchNorm cells that are not BatchNorm2d were left as they are: %s",
+                       len(left), ", ".join(left))
+    logger.info("convert_bn_to_gn: replaced %d BatchNorm2d with GroupNorm (%d groups)", len(replaced), num_groups)
+    return network

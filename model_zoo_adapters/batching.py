@@ -1,0 +1,12 @@
+"""The last step every adapter's pipeline shares: batching, refusing a batch larger than the data."""
+
+__all__ = ["batch_checked"]
+
+
+def batch_checked(dataset, batch_size, drop_remainder, description):
+    """``dataset.batch(batch_size, drop_remainder)``, refusing a batch that would leave no batch at all."""
+    size = dataset.get_dataset_size()
+    if drop_remainder and size < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {size} samples of {description}: "
+                         f"use a batch_size of at most {size}")
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)

@@ -1,0 +1,170 @@
+"""The ResNet adapters, the BatchNorm policy, and the CIFAR-10 and image-folder pipelines.
+
+Equivalence reference: ``nn.TrainOneStepCell`` on the window's micro-batches
+concatenated, as in test_equivalence.py. Tolerance rtol 1e-4, atol 1e-5: a
+ResNet-18's gradient passes through 20 normalisations and ~11M weights, so
+the float32 reordering between per-micro-batch and whole-batch sums is larger
+than for LeNet. Measured over three seeds: GroupNorm's worst difference is
+0.05-0.1% of that tolerance, BatchNorm's 27,000-36,000 times it.
+"""
+
+import logging
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+from cli import run_script
+from images import write_image_folder
+from mindspore_accum import GradientAccumulation, batchnorm_cells, convert_bn_to_gn
+from model_zoo_adapters.image_files import CIFAR10_RECORD_BYTES
+from model_zoo_adapters.resnet import CIFAR10_MEAN, CIFAR10_STD, RESNETS, create_dataset, resnet18
+from nets import LOSS, concat, micro_batches, params_of, reference_steps
+
+RTOL, ATOL = 1e-4, 1e-5
+IMAGE = (3, 32, 32)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+@pytest.mark.parametrize("name", list(RESNETS))
+def test_each_resnet_builds_and_gives_one_row_of_num_classes_per_image(name, norm):
+    network = RESNETS[name](num_classes=7, norm=norm)
+    network.set_train(False)
+    out = network(Tensor(np.random.default_rng(0).standard_normal((2, *IMAGE)).astype(np.float32)))
+    assert out.shape == (2, 7), f"{name}/{norm}: output shape {out.shape}"
+    assert np.isfinite(out.asnumpy()).all()
+    assert bool(batchnorm_cells(network)) == (norm == "batch")
+
+
+def test_resnet_depths_match_the_model_zoo_parameter_counts():
+    """Reference: torchvision's published counts for 1000 classes (same architecture as the zoo's)."""
+    expected = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160}
+    for name, count in expected.items():
+        network = RESNETS[name](num_classes=1000, norm="group")
+        actual = sum(int(np.prod(p.shape)) for p in network.trainable_params())
+        assert actual == count, f"{name}: {actual} trainable parameters, expected {count}"
+
+
+def _one_window(norm, seed=11):
+    """resnet18 after one accumulated window of 4 micro-batches of 2, and after one step on the 8 at once."""
+    window = micro_batches([2, 2, 2, 2], IMAGE, 10, seed=seed)
+    accumulated = resnet18(norm=norm, zero_init_residual=False)  # every weight gets a gradient in step one
+    reference = resnet18(norm=norm, zero_init_residual=False)
+    for mine, theirs in zip(reference.get_parameters(), accumulated.get_parameters()):
+        mine.set_data(theirs.data.copy())
+    initial = params_of(accumulated)
+    model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.01, 0.9))
+    model.train_process(1, window, mini_steps=4, ckpt_path=None)
+    expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.01, 0.9), [window])
+    return params_of(accumulated), expected, initial
+
+
+def test_group_norm_resnet18_window_equals_one_step_on_the_concatenated_batch():
+    actual, expected, initial = _one_window("group")
+    trainable = [n for n in expected if "moving_" not in n]
+    assert all(not np.array_equal(expected[n], initial[n]) for n in trainable if n.endswith("weight")), \
+        "the reference step left some weight unchanged"
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=RTOL, atol=ATOL,
+                                   err_msg=f"resnet18 norm=group, mini_steps=4: parameter {name}")
+
+
+def test_control_batch_norm_resnet18_is_not_one_step_on_the_concatenated_batch(caplog):
+    with caplog.at_level(logging.WARNING, logger="mindspore_accum"):
+        actual, expected, _ = _one_window("batch")
+    mismatched = [n for n in expected if "moving_" not in n
+                  and not np.allclose(actual[n], expected[n], rtol=RTOL, atol=ATOL)]
+    assert "stem.conv.weight" in mismatched, f"BatchNorm matched the large batch; mismatched: {mismatched}"
+    warnings = [r.getMessage() for r in caplog.records if "BatchNorm layers" in r.getMessage()]
+    assert len(warnings) == 1 and "--norm group" in warnings[0] and "convert_bn_to_gn" in warnings[0], warnings
+
+
+def test_convert_bn_to_gn_leaves_no_batchnorm_and_builds_what_norm_group_builds():
+    converted = resnet18(norm="batch")
+    for index, param in enumerate(p for p in converted.get_parameters() if p.name.endswith(".gamma")):
+        param.set_data(Tensor(np.full(param.shape, 0.5 + index / 100, np.float32)))
+    gammas = {p.name: p.asnumpy().copy() for p in converted.get_parameters() if p.name.endswith(".gamma")}
+    assert convert_bn_to_gn(converted) is converted
+    assert batchnorm_cells(converted) == []
+    assert not any(isinstance(cell, nn.BatchNorm2d) for _, cell in converted.cells_and_names())
+
+    built = resnet18(norm="group")
+    assert [p.name for p in converted.get_parameters()] == [p.name for p in built.get_parameters()]
+    for name, value in gammas.items():  # the affine values carried over
+        np.testing.assert_array_equal(dict(converted.parameters_and_names())[name].asnumpy(), value, err_msg=name)
+    for mine, theirs in zip(built.get_parameters(), converted.get_parameters()):
+        mine.set_data(theirs.data.copy())
+    x = Tensor(np.random.default_rng(1).standard_normal((3, *IMAGE)).astype(np.float32))
+    converted.set_train(False)
+    built.set_train(False)
+    np.testing.assert_allclose(converted(x).asnumpy(), built(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_convert_bn_to_gn_refuses_groups_that_do_not_divide_and_changes_nothing():
+    network = resnet18(norm="batch")
+    before = batchnorm_cells(network)
+    with pytest.raises(ValueError, match=r"num_groups=24 does not divide the 64 channels of stem.norm"):
+        convert_bn_to_gn(network, num_groups=24)
+    assert batchnorm_cells(network) == before
+
+
+def test_cifar10_eval_pipeline_is_the_normalised_record(tiny_cifar10):
+    """Reference: the binary records decoded by hand with NumPy (no augmentation at evaluation)."""
+    dataset = create_dataset(tiny_cifar10, batch_size=5, train=False, image_size=32, num_samples=5)
+    images, labels = next(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    raw = np.fromfile(os.path.join(tiny_cifar10, "test_batch.bin"), np.uint8, count=5 * CIFAR10_RECORD_BYTES)
+    raw = raw.reshape(5, CIFAR10_RECORD_BYTES)
+    pixels = raw[:, 1:].reshape(5, 3, 32, 32).astype(np.float32) / 255.0
+    mean, std = (np.array(v, np.float32).reshape(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
+    np.testing.assert_array_equal(labels, raw[:, 0].astype(np.int32))
+    assert images.dtype == np.float32 and images.shape == (5, 3, 32, 32)
+    np.testing.assert_allclose(images, (pixels - mean) / std, rtol=0, atol=1e-5)
+
+
+def test_cifar10_train_pipeline_resizes_and_augments(tiny_cifar10):
+    dataset = create_dataset(tiny_cifar10, batch_size=4, train=True, image_size=40, num_samples=8, shuffle=False)
+    plain = create_dataset(tiny_cifar10, batch_size=4, train=False, image_size=40, num_samples=8)
+    (augmented, _), (reference, _) = (next(d.create_tuple_iterator(num_epochs=1, output_numpy=True))
+                                      for d in (dataset, plain))
+    assert dataset.get_dataset_size() == 2 and augmented.shape == (4, 3, 40, 40)
+    assert not np.allclose(augmented, reference), "random crop and flip changed nothing"
+
+
+def test_image_folder_labels_are_the_sorted_class_folders(tmp_path):
+    write_image_folder(tmp_path / "train", classes=("b_dog", "a_cat", "c_fox"), per_class=3)
+    dataset = create_dataset(str(tmp_path), batch_size=9, train=True, image_size=24, dataset="imagefolder")
+    images, labels = next(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert images.shape == (9, 3, 24, 24) and images.dtype == np.float32
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_train_then_eval_resnet18_on_cifar10_files(tmp_path, tiny_cifar10):
+    flags = ("--model", "resnet18", "--norm", "group", "--image_size", 32, "--data_path", tiny_cifar10,
+             "--batch_size", 4, "--ckpt_path", tmp_path / "r18.ckpt")
+    trained = run_script("train.py", *flags, "--num_samples", 24, "--mini_steps", 3, "--epochs", 1,
+                         "--no_progress", "--log_every", 1, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "model: resnet18 (norm: group), dataset: cifar10 (32x32, 10 classes)" in trained.stdout
+    assert "epoch: 1 step: 2 loss is" in trained.stdout, trained.stdout  # 6 micro-batches, 2 updates
+    assert "BatchNorm" not in trained.stdout
+
+    evaluated = run_script("eval.py", *flags, "--num_samples", 12, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.strip().splitlines()[-1].startswith("{'Accuracy': ")
+
+    fresh = resnet18(num_classes=10, norm="group")
+    saved = ms.load_checkpoint(str(tmp_path / "r18.ckpt"))
+    assert not any(name.startswith(("grad_sum", "moments", "window_")) for name in saved), sorted(saved)[:5]
+    not_loaded, not_used = ms.load_param_into_net(fresh, saved)
+    assert (list(not_loaded), list(not_used)) == ([], [])
+
+
+def test_batch_norm_resnet_warns_once_about_accumulation(tmp_path, tiny_cifar10):
+    result = run_script("train.py", "--model", "resnet18", "--image_size", 32, "--data_path", tiny_cifar10,
+                        "--batch_size", 4, "--num_samples", 8, "--mini_steps", 2, "--epochs", 2, "--no_progress",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("BatchNorm layers") == 1, result.stdout
+    assert "use GroupNorm: --norm group" in result.stdout
