@@ -11,6 +11,7 @@ from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOp
 from .checkpoint import (DEFAULT_CKPT_PATH, CheckpointError, check_ckpt_path, load_network_checkpoint,
                          save_network_checkpoint)
 from .device import DEVICE_TARGETS, resolve_device_target
+from .distributed import data_parallel_rank, init_data_parallel, launched_by_msrun
 from .driver import AMP_LEVELS, GradientAccumulation, NonFiniteError, UpdateRecord, current_learning_rate
 from .grad_flow import plot_grad_flow
 from .interrupt import StopSignals, TrainingInterrupted
@@ -32,4 +33,5 @@ __all__ = [
     "WindowSchedule", "REMAINDER_POLICIES",
     "DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "save_network_checkpoint", "load_network_checkpoint",
     "DEVICE_TARGETS", "resolve_device_target",
+    "init_data_parallel", "launched_by_msrun", "data_parallel_rank",
 ]

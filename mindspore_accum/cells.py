@@ -17,6 +17,9 @@ of the mean loss over the concatenated window, weighted by samples, not by
 micro-batch count. This is the sample-weighted form of the running mean that
 optax's ``MultiSteps`` uses; the buffer keeps the tutorial's name ``grad_sum``.
 
+The window's loss is kept the same way in ``window_loss``, so that the update
+stage can reduce it across ranks with the gradient.
+
 Two consequences worth having: the buffer never holds ``mini_steps`` times the
 gradient (no float32 overflow risk from summing), and a window of a single
 micro-batch gives ``w = 1`` and ``grad_sum = g`` to the bit, so ``mini_steps=1``
@@ -58,6 +61,7 @@ class AccumulationBuffer:
             sample-weighted mean gradient of the window so far.
         window_samples: float32 scalar, samples added in this window.
         window_micro_steps: int32 scalar, micro-batches added in this window.
+        window_loss: float32 scalar, the sample-weighted mean loss of the window so far.
     """
 
     def __init__(self, weights):
@@ -71,10 +75,11 @@ class AccumulationBuffer:
             for w in weights)
         self.window_samples = Parameter(Tensor(0.0, ms.float32), name="window_samples", requires_grad=False)
         self.window_micro_steps = Parameter(Tensor(0, ms.int32), name="window_micro_steps", requires_grad=False)
+        self.window_loss = Parameter(Tensor(0.0, ms.float32), name="window_loss", requires_grad=False)
 
     def parameters(self):
-        """Every tensor of the buffer: ``grad_sum`` then the two counters."""
-        return (*self.grad_sum, self.window_samples, self.window_micro_steps)
+        """Every tensor of the buffer: ``grad_sum``, the two counters, the window's loss."""
+        return (*self.grad_sum, self.window_samples, self.window_micro_steps, self.window_loss)
 
 
 class TrainForwardBackward(nn.Cell):
@@ -107,6 +112,7 @@ class TrainForwardBackward(nn.Cell):
         self.grad_sum = buffer.grad_sum
         self.window_samples = buffer.window_samples
         self.window_micro_steps = buffer.window_micro_steps
+        self.window_loss = buffer.window_loss
         self.scaled = loss_scaler is not None
         # Without a scaler: the same gradient formulation as nn.TrainOneStepCell
         # (no sens), so that one micro-batch gives the very same gradient bits.
@@ -125,12 +131,26 @@ class TrainForwardBackward(nn.Cell):
         window_samples = self.window_samples + samples
         weight = samples / window_samples
         loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, weight), self.grad_sum, grads))
+        loss = ops.depend(loss, _accumulate(weight, self.window_loss, loss))
         loss = ops.depend(loss, ops.assign(self.window_samples, window_samples))
         loss = ops.depend(loss, ops.assign_add(self.window_micro_steps, ops.ones((), ms.int32)))
         return loss
 
 
 _unscale = ops.MultitypeFuncGraph("unscale")
+_flat_sum = ops.MultitypeFuncGraph("flat_sum")
+_assign_piece = ops.MultitypeFuncGraph("assign_piece")
+
+
+@_flat_sum.register("Tensor", "Tensor")
+def _flat_sum_tensor(samples, acc):
+    """A rank's window mean times its samples: its share of the sum over all ranks' samples, flat."""
+    return ops.reshape(acc * samples, (-1,))
+
+
+@_assign_piece.register("Tensor", "Tensor")
+def _assign_piece_tensor(acc, piece):
+    return ops.assign(acc, ops.reshape(piece, ops.shape(acc)))
 
 
 @_unscale.register("Tensor", "Tensor")
@@ -153,6 +173,17 @@ class TrainOptim(nn.Cell):
        overflow and may raise it after a run of good windows - after the
        unscale, so the window is unscaled by the scale it was scaled with.
 
+    With ``all_reduce=True`` (data parallel, after
+    ``mindspore.communication.init()``), step 1 is preceded by the window's
+    only communication: each rank's ``samples x grad_sum``, its samples and
+    ``samples x window_loss`` are concatenated into one flat vector, summed
+    over all ranks by **one** ``ops.AllReduce``, and divided by the total
+    samples. Every rank then holds the mean gradient of all ranks' samples of
+    the window (and ``window_samples`` / ``window_loss`` the global figures),
+    checks it, and applies the same update. A non-finite gradient or loss on
+    any rank reaches every rank through the sum, so all ranks skip or stop
+    together.
+
     ``grad_sum`` is already the mean over the window's samples, so no division
     by ``mini_steps`` happens here. The buffer is left for :class:`TrainClear`.
     Callbacks that read ``grad_sum`` after this Cell see the unscaled,
@@ -161,10 +192,18 @@ class TrainOptim(nn.Cell):
     Returns: a bool scalar, True if the update was applied.
     """
 
-    def __init__(self, optimizer, buffer, loss_scaler=None, clip_grad_norm=None):
+    def __init__(self, optimizer, buffer, loss_scaler=None, clip_grad_norm=None, all_reduce=False):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
         self.grad_sum = buffer.grad_sum
+        self.window_samples = buffer.window_samples
+        self.window_loss = buffer.window_loss
+        self.all_reduce = bool(all_reduce)
+        if self.all_reduce:
+            self.sum_over_ranks = ops.AllReduce(ops.ReduceOp.SUM)
+            # The flat vector's pieces: every gradient, then samples and samples x loss.
+            self.piece_sizes = tuple(int(p.size) for p in self.grad_sum) + (1, 1)
+            self.total_index = sum(self.piece_sizes) - 2
         self.scaled = loss_scaler is not None
         self.loss_scaler = loss_scaler
         self.scale_value = loss_scaler.scale_value if self.scaled else None
@@ -173,7 +212,10 @@ class TrainOptim(nn.Cell):
         self.hyper_map = ops.HyperMap()
 
     def construct(self):
-        finite = amp.all_finite(self.grad_sum)
+        if self.all_reduce:
+            finite = self._reduce_over_ranks()
+        else:
+            finite = amp.all_finite(self.grad_sum)
         if finite:
             if self.scaled:
                 finite = ops.depend(finite, self.hyper_map(ops.partial(_unscale, self.scale_value), self.grad_sum))
@@ -185,15 +227,28 @@ class TrainOptim(nn.Cell):
             finite = ops.depend(finite, self.loss_scaler.adjust(finite))
         return finite
 
+    def _reduce_over_ranks(self):
+        samples = self.window_samples
+        parts = self.hyper_map(ops.partial(_flat_sum, samples), self.grad_sum)
+        flat = ops.concat(parts + (ops.reshape(samples, (1,)), ops.reshape(self.window_loss * samples, (1,))))
+        flat = self.sum_over_ranks(flat)  # the one all-reduce of the window
+        finite = amp.all_finite((flat,))
+        mean = flat / flat[self.total_index]
+        pieces = ops.split(mean, self.piece_sizes)
+        finite = ops.depend(finite, self.hyper_map(_assign_piece, self.grad_sum, pieces[:-2]))
+        finite = ops.depend(finite, ops.assign(self.window_samples, ops.reshape(flat[self.total_index], ())))
+        return ops.depend(finite, ops.assign(self.window_loss, ops.reshape(pieces[-1], ())))
+
 
 class TrainClear(nn.Cell):
-    """Zeroes ``grad_sum`` and the window's counters."""
+    """Zeroes ``grad_sum``, the window's counters and its loss."""
 
     def __init__(self, buffer):
         super().__init__(auto_prefix=False)
         self.grad_sum = buffer.grad_sum
         self.window_samples = buffer.window_samples
         self.window_micro_steps = buffer.window_micro_steps
+        self.window_loss = buffer.window_loss
         self.hyper_map = ops.HyperMap()
 
     def construct(self):
@@ -201,4 +256,5 @@ class TrainClear(nn.Cell):
         # copied back to the host on every update.
         done = ops.depend(ops.ones((), ms.bool_), self.hyper_map(_zero, self.grad_sum))
         done = ops.depend(done, ops.assign(self.window_samples, ops.zeros((), ms.float32)))
+        done = ops.depend(done, ops.assign(self.window_loss, ops.zeros((), ms.float32)))
         return ops.depend(done, ops.assign(self.window_micro_steps, ops.zeros((), ms.int32)))

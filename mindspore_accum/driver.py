@@ -10,6 +10,7 @@ from mindspore import Parameter, amp, nn
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, save_network_checkpoint
+from .distributed import data_parallel_rank
 from .interrupt import StopSignals, TrainingInterrupted
 from .norm import batchnorm_cells
 from .schedule import WindowSchedule
@@ -34,12 +35,13 @@ class UpdateRecord:
         update: 1-based count of updates within the epoch.
         micro_steps: micro-batches in the window (``mini_steps``, or fewer for a
             flushed partial window).
-        samples: samples in the window.
+        samples: samples in the window (over all ranks, when data parallel).
         loss: the window's loss, a mean over its samples - the loss of one step
-            on the concatenated window.
+            on the concatenated window (of all ranks, when data parallel).
         lr: the learning rate this update used, or None if it cannot be read.
         total_updates: updates applied by the driver so far, this one included.
-        samples_seen: samples consumed by the driver so far, this window included.
+        samples_seen: samples consumed by the driver so far, this window included
+            (times the ranks when data parallel: every rank's shard is the same size).
         skipped: True if the window's gradient overflowed and no update was
             applied (dynamic loss scaling); ``update`` still counts it.
         loss_scale: the loss scale after this window's adjustment, or None
@@ -113,6 +115,16 @@ class GradientAccumulation:
             non-finite window stops training (:class:`NonFiniteError`).
         clip_grad_norm: clip the window's mean gradient to this global norm
             (``ops.clip_by_global_norm``), once per update, after unscaling.
+        distributed: data parallel over every rank of
+            ``mindspore.communication`` (call ``init()`` first, under
+            ``msrun``; see :mod:`~mindspore_accum.distributed`). Each rank
+            accumulates its own shard's micro-batches with no communication;
+            once per window the update stage all-reduces the window's
+            gradient, samples and loss in one call, and every rank applies the
+            same update: one step on all ranks' micro-batches of the window,
+            weighted by samples. Only rank 0 writes the checkpoint and the
+            training states; every rank reads a state to resume. The update
+            records then give the window's samples and loss over all ranks.
 
     Example::
 
@@ -120,7 +132,8 @@ class GradientAccumulation:
         model.train_process(10, ds_train, mini_steps=4)
     """
 
-    def __init__(self, network, loss_fn, optimizer, *, amp_level="O0", loss_scaler="auto", clip_grad_norm=None):
+    def __init__(self, network, loss_fn, optimizer, *, amp_level="O0", loss_scaler="auto", clip_grad_norm=None,
+                 distributed=False):
         if not isinstance(network, nn.Cell):
             raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
         if not isinstance(loss_fn, nn.Cell):
@@ -141,6 +154,9 @@ class GradientAccumulation:
                             f"StaticLossScaler, got {loss_scaler!r}")
         if clip_grad_norm is not None:
             clip_grad_norm = check_positive_float("clip_grad_norm", clip_grad_norm, "or None for no clipping")
+        #: This process's rank and the number of ranks (0 and 1 unless ``distributed``).
+        self.rank, self.ranks = data_parallel_rank() if distributed else (0, 1)
+        self.distributed = bool(distributed)
         #: The network as given: its parameters are what checkpoints hold.
         self.network = network
         #: Where ``amp_level`` put its casts; the same Parameter objects as ``network``.
@@ -152,7 +168,7 @@ class GradientAccumulation:
         self.buffer = AccumulationBuffer(optimizer.parameters)
         self.train_forward_backward = TrainForwardBackward(self.network_with_loss, optimizer.parameters,
                                                            self.buffer, loss_scaler)
-        self.train_optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm)
+        self.train_optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce=distributed)
         self.train_clear = TrainClear(self.buffer)
         # Only a dynamic scaler can answer an overflow (by lowering the scale);
         # without one, a non-finite window means training has diverged.
@@ -223,17 +239,18 @@ class GradientAccumulation:
             if state_dir is None:
                 raise ValueError(f"save_every={save_every} needs a state_dir to save to: pass state_dir")
         callbacks = tuple(callbacks)
+        writer = self.rank == 0  # data parallel: one copy of every file, from rank 0
         micro_batches = train_dataset.get_dataset_size() if hasattr(train_dataset, "get_dataset_size") else None
         if ckpt_path is not None:
-            ckpt_path = check_ckpt_path(ckpt_path)
-        states = StateDirectory(state_dir, keep_checkpoints) if state_dir is not None else None
+            ckpt_path = check_ckpt_path(ckpt_path) if writer else None
+        states = StateDirectory(state_dir, keep_checkpoints) if state_dir is not None and writer else None
         state = TrainingState(
             model=type(self.network).__name__, optimizer=type(self.optimizer).__name__,
             mini_steps=schedule.mini_steps, remainder=schedule.remainder,
             batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
             loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
-            clip_grad_norm=self.clip_grad_norm)
+            clip_grad_norm=self.clip_grad_norm, ranks=self.ranks)
         if schedule.mini_steps > 1 and self._batchnorm and not self._warned_batchnorm:
             self._warned_batchnorm = True  # once per driver: it is about the network, not the call
             logger.warning("the network has %d BatchNorm layers (%s%s): with mini_steps=%d each micro-batch is "
@@ -284,7 +301,10 @@ class GradientAccumulation:
                     samples = _batch_size(inputs)
                     loss = float(loss.asnumpy())
                     state.micro_batch += 1
-                    if not math.isfinite(loss) and not self._skips_overflow:
+                    # Data parallel: a rank must not stop alone (the others would wait in
+                    # the all-reduce); the loss goes into the reduced window, and every
+                    # rank sees it there.
+                    if not math.isfinite(loss) and not self._skips_overflow and not self.distributed:
                         self._diverged(f"loss is {loss}", state, epoch_records)
                     self.total_micro_steps += 1
                     self.total_samples += samples
@@ -390,17 +410,23 @@ class GradientAccumulation:
         applied = bool(self.train_optim().asnumpy())
         self._stop.rearm()
         if not applied and not self._skips_overflow:
-            self._diverged("the window's accumulated gradient is not finite (NaN or inf)", state, epoch_records)
+            self._diverged("the window's accumulated gradient" + (" or loss, over all ranks," if self.distributed
+                                                                    else "") + " is not finite (NaN or inf)",
+                           state, epoch_records)
         if applied:
             self.total_updates += 1
         else:
             self.skipped_updates += 1
         loss_scale = float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
-        samples = sum(state.window_samples)
-        # Sample-weighted, so that it is the loss of the concatenated window.
-        loss = sum(l * n for l, n in zip(state.window_losses, state.window_samples)) / samples
+        if self.distributed:  # TrainOptim left the figures over all ranks in the buffer
+            samples = int(round(float(self.buffer.window_samples.asnumpy())))
+            loss = float(self.buffer.window_loss.asnumpy())
+        else:
+            samples = sum(state.window_samples)
+            # Sample-weighted, so that it is the loss of the concatenated window.
+            loss = sum(l * n for l, n in zip(state.window_losses, state.window_samples)) / samples
         record = UpdateRecord(state.epoch, len(epoch_records) + 1, len(state.window_losses), samples, loss, lr,
-                              self.total_updates, self.total_samples, not applied, loss_scale)
+                              self.total_updates, self.total_samples * self.ranks, not applied, loss_scale)
         if not applied:
             logger.warning("epoch: %d step: %d gradient overflow: update skipped, loss scale lowered to %g "
                            "(%d skipped so far)", state.epoch, record.update, loss_scale, self.skipped_updates)

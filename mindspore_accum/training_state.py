@@ -43,7 +43,7 @@ STATE_PREFIX = "state-"
 #: Settings a resumed run must share with the run that saved the state: with
 #: any of them different, "continue exactly" has no meaning.
 _SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
-             "amp_level", "loss_scaler", "clip_grad_norm")
+             "amp_level", "loss_scaler", "clip_grad_norm", "ranks")
 
 
 @dataclasses.dataclass
@@ -58,6 +58,8 @@ class TrainingState:
         seed: the seed the run was started with, if it was given.
         amp_level, loss_scaler, clip_grad_norm: mixed precision (the scaler's
             class name), and the clipping norm.
+        ranks: data-parallel ranks (1 without data parallelism); the
+            position counts each rank's own micro-batches.
 
     Position:
         epoch: the 1-based epoch in progress (or just finished, with ``epoch_done``).
@@ -81,6 +83,7 @@ class TrainingState:
     amp_level: str = "O0"
     loss_scaler: str = None
     clip_grad_norm: float = None
+    ranks: int = 1
     epoch: int = 1
     micro_batch: int = 0
     epoch_done: bool = False

@@ -150,13 +150,14 @@ def evaluate(network, dataset, num_classes=None):
     return result
 
 
-def setup_logging():
+def setup_logging(quiet=False):
+    """The libraries' log lines on stdout; ``quiet`` (data-parallel ranks but 0) keeps errors only."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("mindspore_accum", "model_zoo_adapters"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.ERROR if quiet else logging.INFO)
         logger.propagate = False
 
 

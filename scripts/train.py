@@ -8,6 +8,10 @@ Beside the checkpoint it writes metrics.jsonl (see the README for its format)
 and a directory of training states, <ckpt name>_state/, to resume from:
 
     python scripts/train.py --data_path data/mnist --mini_steps 4 --resume gradient_accumulation_state
+
+Data parallel, one process per rank, started by MindSpore's launcher:
+
+    msrun --worker_num=2 --local_worker_num=2 --master_port=8118 scripts/train.py --distribute --mini_steps 4
 """
 
 import argparse
@@ -21,7 +25,7 @@ from mindspore import nn
 
 from mindspore_accum import (AMP_LEVELS, LR_SCHEDULES, REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation,
                              MetricsLog, ProgressBar, TrainingInterrupted, WindowSchedule, check_ckpt_path,
-                             find_training_state, learning_rates, read_training_state)
+                             find_training_state, init_data_parallel, learning_rates, read_training_state)
 
 
 def parse_args():
@@ -59,6 +63,9 @@ def parse_args():
                         help="training states to keep; older ones are deleted")
     parser.add_argument("--resume", default=None, metavar="PATH",
                         help="continue from a training state file, or the newest in a state directory")
+    parser.add_argument("--distribute", action="store_true",
+                        help="data parallel over the ranks msrun started: each reads its shard, one all-reduce "
+                             "per update; only rank 0 writes")
     return parser.parse_args()
 
 
@@ -81,9 +88,13 @@ def resume_command(state_path):
     return shlex.join(["python", sys.argv[0], *argv, "--resume", state_path])
 
 
+def _silent(*_args, **_kwargs):
+    pass
+
+
 def main():
     args = parse_args()
-    setup_logging()
+    rank, ranks = 0, 1
     check_ckpt_path(args.ckpt_path)  # now, not after an hour of training
     resolve_model_args(args, train=True)
     resumed = None
@@ -92,25 +103,41 @@ def main():
         resumed, _ = read_training_state(args.resume)
     if args.seed is None:
         args.seed = resumed.seed if resumed is not None and resumed.seed is not None else 1
+    # Every rank seeds alike, so that every rank starts from the same weights.
     device = setup_mindspore(args.device_target, args.seed)
-    dataset = build_dataset(args, train=True, num_samples=args.num_samples)
+    shards = {}
+    if args.distribute:
+        rank, ranks = init_data_parallel()
+        shards = {"num_shards": ranks, "shard_id": rank}
+        if args.num_samples:  # MindSpore's num_samples counts per shard; the flag counts in all
+            args.num_samples = -(-args.num_samples // ranks)
+    say = print if rank == 0 else _silent  # one copy of the output: rank 0's
+    setup_logging(quiet=rank != 0)
+    dataset = build_dataset(args, train=True, num_samples=args.num_samples, **shards)
     micro_batches = dataset.get_dataset_size()
     updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
     # Derived numbers up front, so that a wrong setting shows before the run.
-    print(f"device: {device} (GRAPH_MODE), conv_impl: {args.conv_impl}, seed: {args.seed}")
-    print(f"model: {args.model}" + (f" (norm: {args.norm})" if args.norm else "") + f", dataset: {args.dataset} "
+    say(f"device: {device} (GRAPH_MODE), conv_impl: {args.conv_impl}, seed: {args.seed}")
+    say(f"model: {args.model}" + (f" (norm: {args.norm})" if args.norm else "") + f", dataset: {args.dataset} "
           f"({args.image_size}x{args.image_size}, {args.num_classes} classes)")
-    print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
-          f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
-    print(f"micro-batches per epoch: {micro_batches}, updates per epoch: {updates}, epochs: {args.epochs}")
-    print(f"lr schedule: {args.lr_schedule} over {updates * args.epochs} updates, warm-up {args.warmup_steps}; "
+    if args.distribute:
+        say(f"data parallel: {ranks} ranks, each training on {micro_batches * args.batch_size} samples of its "
+            f"shard per epoch")
+        say(f"effective batch: {ranks * args.batch_size * args.mini_steps} = {ranks} x {args.batch_size} x "
+              f"{args.mini_steps} (ranks x batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+    else:
+        say(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
+              f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+    say(f"micro-batches per epoch: {micro_batches}" + (" per rank" if args.distribute else "")
+          + f", updates per epoch: {updates}, epochs: {args.epochs}")
+    say(f"lr schedule: {args.lr_schedule} over {updates * args.epochs} updates, warm-up {args.warmup_steps}; "
           f"amp_level: {args.amp_level}, clip_grad_norm: {args.clip_grad_norm}")
     state_dir = state_dir_for(args.ckpt_path)
-    print(f"training states: {state_dir} (every epoch"
+    say(f"training states: {state_dir} (every epoch"
           + (f" and every {args.save_every} updates" if args.save_every else "")
           + f", newest {args.keep_checkpoints} kept)")
     if resumed is not None:
-        print(f"resuming from {args.resume}: {resumed.where()}")
+        say(f"resuming from {args.resume}: {resumed.where()}")
 
     network = build_network(args)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
@@ -119,7 +146,7 @@ def main():
         lr = learning_rates(args.lr_schedule, args.lr, updates * args.epochs, args.warmup_steps)
     optimizer = nn.Momentum(network.trainable_params(), lr, args.momentum)
     model = GradientAccumulation(network, loss_fn, optimizer, amp_level=args.amp_level,
-                                 clip_grad_norm=args.clip_grad_norm)
+                                 clip_grad_norm=args.clip_grad_norm, distributed=args.distribute)
 
     out_dir = os.path.dirname(os.path.abspath(args.ckpt_path))
     evaluate_epoch = None
@@ -128,24 +155,29 @@ def main():
 
         def evaluate_epoch(epoch):
             result = evaluate(network, test_set)
-            print(f"epoch: {epoch} test loss: {result['Loss']:.6f} test accuracy: {result['Accuracy']:.4f}")
+            say(f"epoch: {epoch} test loss: {result['Loss']:.6f} test accuracy: {result['Accuracy']:.4f}")
             return {"test_loss": result["Loss"], "test_accuracy": result["Accuracy"]}
 
-    progress = ProgressBar(enabled=not args.no_progress)
-    callbacks = [progress, MetricsLog(os.path.join(out_dir, "metrics.jsonl"), evaluate_epoch,
-                                      append=resumed is not None)]
-    if args.grad_flow_every:
-        callbacks.append(GradFlowSaver(os.path.join(out_dir, "grad_flow"), args.grad_flow_every))
+    progress = ProgressBar(enabled=not args.no_progress and rank == 0)
+    callbacks = []
+    if rank == 0:  # the other ranks write nothing
+        callbacks = [progress, MetricsLog(os.path.join(out_dir, "metrics.jsonl"), evaluate_epoch,
+                                          append=resumed is not None)]
+        if args.grad_flow_every:
+            callbacks.append(GradFlowSaver(os.path.join(out_dir, "grad_flow"), args.grad_flow_every))
     try:
         model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder,
                             ckpt_path=args.ckpt_path,
                             log_every=None if progress.replaces_log_lines else args.log_every, callbacks=callbacks,
                             state_dir=state_dir, save_every=args.save_every,
-                            keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed)
+                            keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
+                            # Data parallel: a rank that stopped alone would leave the others
+                            # waiting in the all-reduce; a signal ends every rank at once.
+                            handle_signals=not args.distribute)
     except TrainingInterrupted as stopped:
         print(f"{stopped}\nresume with:\n  {resume_command(stopped.state_path)}", file=sys.stderr)
         sys.exit(128 + stopped.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-    print(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates), metrics: "
+    say(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates), metrics: "
           f"{os.path.join(out_dir, 'metrics.jsonl')}")
 
 

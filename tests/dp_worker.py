@@ -1,0 +1,72 @@
+"""One rank of the two-rank equivalence test; started by msrun (see test_data_parallel.py).
+
+Every rank builds the same MLP from the same seed, reads its shard of one
+deterministic dataset, trains with ``GradientAccumulation(distributed=True)``
+and saves, as NumPy files in ``--out``: the micro-batches it saw, in order,
+and its final parameters. Rank 0 also saves the initial parameters.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GLOG_v", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mindspore as ms  # noqa: E402
+import mindspore.dataset as ds  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import nn  # noqa: E402
+
+from mindspore_accum import GradientAccumulation, init_data_parallel  # noqa: E402
+from nets import LOSS, MLP, params_of  # noqa: E402
+
+
+def samples(count, seed=5):
+    """The dataset: ``count`` rows of 8 features and a label in 0-3."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, 8)).astype(np.float32), rng.integers(0, 4, count).astype(np.int32)
+
+
+class Rows:
+    def __init__(self, features, labels):
+        self.features, self.labels = features, labels
+
+    def __getitem__(self, index):
+        return self.features[index], self.labels[index]
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--samples", type=int, required=True)
+    parser.add_argument("--batch_size", type=int, required=True)
+    parser.add_argument("--mini_steps", type=int, required=True)
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args()
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rank, ranks = init_data_parallel()
+    ms.set_seed(1)
+    network = MLP()
+    if rank == 0:
+        np.savez(os.path.join(args.out, "initial.npz"), **params_of(network))
+    dataset = ds.GeneratorDataset(Rows(*samples(args.samples)), ["x", "label"], shuffle=False,
+                                  num_shards=ranks, shard_id=rank).batch(args.batch_size, drop_remainder=True)
+    seen = [(x, y) for x, y in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)]
+    np.savez(os.path.join(args.out, f"seen{rank}.npz"), x=np.stack([x for x, _ in seen]),
+             label=np.stack([y for _, y in seen]))
+    model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9), distributed=True)
+    history = model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, ckpt_path=None, log_every=None,
+                                  handle_signals=False)
+    np.savez(os.path.join(args.out, f"final{rank}.npz"), **params_of(network))
+    np.savez(os.path.join(args.out, f"records{rank}.npz"), samples=[r.samples for r in history],
+             loss=[r.loss for r in history], micro_steps=[r.micro_steps for r in history])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Data parallel under msrun: two CPU ranks (MCCL on loopback) against one process.
+
+Reference: a single process doing one plain ``nn.TrainOneStepCell`` step per
+window on the concatenation of both ranks' micro-batches of that window, in
+rank order, from the same initial weights. Tolerance rtol 1e-5, atol 1e-6, as
+in test_equivalence.py: the reduced gradient is the same sample-weighted sum
+taken in another order (per rank, then across). The two ranks must agree
+with each other to the bit: they apply the same reduced gradient.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+from cli import assert_refused, run_script
+from msrun import own_lines, run_msrun
+from nets import LOSS, MLP
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def load(path):
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path):
+    # 2 ranks x 7 micro-batches of 3 = 42 samples; mini_steps 3: windows of 3, 3 and a partial 1, for 2 epochs.
+    status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path, "--samples", 42,
+                             "--batch_size", 3, "--mini_steps", 3, "--epochs", 2, log_dir=tmp_path / "logs",
+                             cwd=tmp_path)
+    assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+    seen = [load(tmp_path / f"seen{rank}.npz") for rank in (0, 1)]
+    assert [s["x"].shape[0] for s in seen] == [7, 7], "every rank must get the same number of micro-batches"
+    ids = np.concatenate([s["x"][:, :, 0].reshape(-1) for s in seen])
+    assert len(np.unique(ids)) == 42, "the shards overlap"
+
+    reference = MLP()
+    for param in reference.get_parameters():
+        param.set_data(Tensor(load(tmp_path / "initial.npz")[param.name]))
+    step = nn.TrainOneStepCell(nn.WithLossCell(reference, LOSS), nn.Momentum(reference.trainable_params(), 0.1, 0.9))
+    windows = [(0, 3), (3, 6), (6, 7)]
+    expected_losses = []
+    for _ in range(2):
+        for start, stop in windows:
+            x = np.concatenate([s["x"][micro] for s in seen for micro in range(start, stop)])
+            label = np.concatenate([s["label"][micro] for s in seen for micro in range(start, stop)])
+            expected_losses.append(float(LOSS(reference(Tensor(x)), Tensor(label)).asnumpy()))
+            step(Tensor(x), Tensor(label))
+    expected = {p.name: p.asnumpy() for p in reference.get_parameters()}
+
+    finals = [load(tmp_path / f"final{rank}.npz") for rank in (0, 1)]
+    for name in expected:
+        np.testing.assert_array_equal(finals[0][name], finals[1][name], err_msg=f"ranks disagree on {name}")
+        np.testing.assert_allclose(finals[0][name], expected[name], rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{name}: two ranks vs one process on the concatenated windows")
+    for rank in (0, 1):
+        records = load(tmp_path / f"records{rank}.npz")
+        assert records["samples"].tolist() == [18, 18, 6] * 2, records["samples"]  # over both ranks
+        assert records["micro_steps"].tolist() == [3, 3, 1] * 2
+        np.testing.assert_allclose(records["loss"], expected_losses, rtol=1e-5,
+                                   err_msg=f"rank {rank}: the window's loss over both ranks")
+
+
+def test_train_py_distribute_writes_once_from_rank_0_and_eval_loads_it(tmp_path, tiny_mnist, repo):
+    # 64 images: 32 per rank, 8 micro-batches of 4, mini_steps 3 -> updates of 3, 3 and a flushed 2.
+    status, logs = run_msrun(os.path.join(repo, "scripts", "train.py"), "--distribute", "--data_path", tiny_mnist,
+                             "--batch_size", 4, "--mini_steps", 3, "--epochs", 1, "--no_progress", "--log_every", 1,
+                             log_dir=tmp_path / "logs", cwd=tmp_path)
+    rank0, rank1 = own_lines(logs[0]), own_lines(logs[1])
+    assert status == 0, "\n".join(rank0[-20:] + rank1[-20:])
+    assert "effective batch: 24 = 2 x 4 x 3 (ranks x batch_size x mini_steps), lr: 0.01, momentum: 0.9" in rank0
+    assert "micro-batches per epoch: 8 per rank, updates per epoch: 3, epochs: 1" in rank0
+    steps = [line.split(" loss is")[0] for line in rank0 if line.startswith("epoch: 1 step:")]
+    assert steps == ["epoch: 1 step: 1", "epoch: 1 step: 2", "epoch: 1 step: 3"], rank0
+    assert rank1 == [], f"rank 1 printed: {rank1[:5]}"
+    metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len([line for line in metrics if '"kind": "update"' in line]) == 3, metrics  # one writer, not two
+    assert os.path.isfile(tmp_path / "gradient_accumulation.ckpt")
+    evaluated = run_script("eval.py", "--data_path", tiny_mnist, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+
+
+def test_distribute_without_msrun_is_refused(tmp_path, tiny_mnist):
+    result = run_script("train.py", "--distribute", "--data_path", tiny_mnist, cwd=tmp_path)
+    assert_refused(result, "--distribute needs MindSpore's launcher", "msrun --worker_num=2")
+
+
+def test_a_dataset_too_small_for_every_rank_is_refused(tmp_path, tiny_mnist):
+    status, logs = run_msrun(os.path.join(os.path.dirname(HERE), "scripts", "train.py"), "--distribute",
+                             "--data_path", tiny_mnist, "--num_samples", 6, "--batch_size", 4,
+                             log_dir=tmp_path / "logs", cwd=tmp_path)
+    assert status != 0
+    for rank in (0, 1):
+        last = own_lines(logs[rank])[-1]
+        assert last == (f"train.py: error: batch_size=4 is larger than the 3 samples of the MNIST train split in "
+                        f"{tiny_mnist}, shard {rank} of 2: use a batch_size of at most 3"), last
+        assert "Traceback" not in logs[rank]
