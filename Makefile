@@ -24,6 +24,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/cpu_conv.py
+	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/data_parallel.py
 
 clean:
 	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt
