@@ -137,8 +137,9 @@ def main():
             + counts.get("TrainClear", 0)
         print(f"| {name} | {micro} | {counts.get('TrainForwardBackward')} / {counts.get('TrainOptim')} / "
               f"{counts.get('TrainClear')} | {per_window} | {result['seconds_per_window']:.3f} |")
-    print(f"\ntime ratio, 2 ranks / 1 process: {results[0]['seconds_per_window'] / results[1]['seconds_per_window']:.2f}"
-          f" (2 cores shared by 2 processes: communication cost, not scaling)")
+    ratio = results[0]["seconds_per_window"] / results[1]["seconds_per_window"]
+    print(f"\ntime ratio, 2 ranks / 1 process: {ratio:.2f} (2 cores shared by 2 processes: communication cost, "
+          f"not scaling)")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def main():
         say(f"data parallel: {ranks} ranks, each training on {micro_batches * args.batch_size} samples of its "
             f"shard per epoch")
         say(f"effective batch: {ranks * args.batch_size * args.mini_steps} = {ranks} x {args.batch_size} x "
-              f"{args.mini_steps} (ranks x batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+            f"{args.mini_steps} (ranks x batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     else:
         say(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
               f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")

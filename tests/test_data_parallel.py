@@ -11,7 +11,6 @@ with each other to the bit: they apply the same reduced gradient.
 import os
 
 import numpy as np
-import pytest
 from mindspore import Tensor, nn
 
 from cli import assert_refused, run_script

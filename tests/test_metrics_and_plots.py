@@ -15,7 +15,7 @@ from PIL import Image
 
 from idx import digits, write_split
 from mindspore_accum import Callback, GradientAccumulation, MetricsLog, plot_grad_flow
-from nets import LOSS, MLP, micro_batches, params_of, twin
+from nets import LOSS, MLP, micro_batches, twin
 from cli import SCRIPTS, run_script
 
 TRAIN_SAMPLES, BATCH, MINI_STEPS, EPOCHS = 64, 8, 3, 2  # 8 micro-batches: updates of 3, 3 and a flushed 2

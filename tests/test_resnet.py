@@ -21,7 +21,7 @@ from images import write_image_folder
 from mindspore_accum import GradientAccumulation, batchnorm_cells, convert_bn_to_gn
 from model_zoo_adapters.image_files import CIFAR10_RECORD_BYTES
 from model_zoo_adapters.resnet import CIFAR10_MEAN, CIFAR10_STD, RESNETS, create_dataset, resnet18
-from nets import LOSS, concat, micro_batches, params_of, reference_steps
+from nets import LOSS, micro_batches, params_of, reference_steps
 
 RTOL, ATOL = 1e-4, 1e-5
 IMAGE = (3, 32, 32)
