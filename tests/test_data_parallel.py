@@ -10,6 +10,7 @@ with each other to the bit: they apply the same reduced gradient.
 
 import os
 
+import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
@@ -64,21 +65,40 @@ def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path):
                                    err_msg=f"rank {rank}: the window's loss over both ranks")
 
 
-def test_train_py_distribute_writes_once_from_rank_0_and_eval_loads_it(tmp_path, tiny_mnist, repo):
-    # 64 images: 32 per rank, 8 micro-batches of 4, mini_steps 3 -> updates of 3, 3 and a flushed 2.
-    status, logs = run_msrun(os.path.join(repo, "scripts", "train.py"), "--distribute", "--data_path", tiny_mnist,
-                             "--batch_size", 4, "--mini_steps", 3, "--epochs", 1, "--no_progress", "--log_every", 1,
-                             log_dir=tmp_path / "logs", cwd=tmp_path)
+def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(tmp_path, tiny_mnist, repo):
+    # 64 images: 32 per rank, 8 micro-batches of 4, mini_steps 3 -> updates of 3, 3 and a flushed 2 per epoch.
+    train = os.path.join(repo, "scripts", "train.py")
+    flags = ("--distribute", "--data_path", tiny_mnist, "--batch_size", 4, "--mini_steps", 3, "--epochs", 2,
+             "--no_progress", "--log_every", 1)
+    status, logs = run_msrun(train, *flags, log_dir=tmp_path / "logs", cwd=tmp_path)
     rank0, rank1 = own_lines(logs[0]), own_lines(logs[1])
     assert status == 0, "\n".join(rank0[-20:] + rank1[-20:])
     assert "effective batch: 24 = 2 x 4 x 3 (ranks x batch_size x mini_steps), lr: 0.01, momentum: 0.9" in rank0
-    assert "micro-batches per epoch: 8 per rank, updates per epoch: 3, epochs: 1" in rank0
+    assert "micro-batches per epoch: 8 per rank, updates per epoch: 3, epochs: 2" in rank0
     steps = [line.split(" loss is")[0] for line in rank0 if line.startswith("epoch: 1 step:")]
     assert steps == ["epoch: 1 step: 1", "epoch: 1 step: 2", "epoch: 1 step: 3"], rank0
     assert rank1 == [], f"rank 1 printed: {rank1[:5]}"
     metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len([line for line in metrics if '"kind": "update"' in line]) == 3, metrics  # one writer, not two
-    assert os.path.isfile(tmp_path / "gradient_accumulation.ckpt")
+    assert len([line for line in metrics if '"kind": "update"' in line]) == 6, metrics  # one writer, not two
+    states = sorted(os.listdir(tmp_path / "gradient_accumulation_state"))
+    assert states == ["state-1_8.ckpt", "state-2_8.ckpt"], states
+
+    # Resumed from the end of epoch 1, every rank reading rank 0's state: the same final weights.
+    status, logs = run_msrun(train, *flags, "--resume", tmp_path / "gradient_accumulation_state" / "state-1_8.ckpt",
+                             "--ckpt_path", tmp_path / "resumed" / "model.ckpt", log_dir=tmp_path / "logs2",
+                             cwd=tmp_path)
+    again = own_lines(logs[0])
+    assert status == 0, "\n".join(again[-20:] + own_lines(logs[1])[-20:])
+    assert any(line.startswith("resuming from ") for line in again), again
+    steps = [line.split(" loss is")[0] for line in again if " step: " in line]
+    assert steps == ["epoch: 2 step: 1", "epoch: 2 step: 2", "epoch: 2 step: 3"], again  # epoch 2 only
+    uninterrupted = ms.load_checkpoint(str(tmp_path / "gradient_accumulation.ckpt"))
+    resumed = ms.load_checkpoint(str(tmp_path / "resumed" / "model.ckpt"))
+    assert sorted(uninterrupted) == sorted(resumed)
+    for name in uninterrupted:
+        np.testing.assert_allclose(resumed[name].asnumpy(), uninterrupted[name].asnumpy(), rtol=1e-6, atol=0,
+                                   err_msg=f"{name}: resumed under msrun vs uninterrupted")
+
     evaluated = run_script("eval.py", "--data_path", tiny_mnist, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
 
