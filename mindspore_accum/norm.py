@@ -51,21 +51,21 @@ def convert_bn_to_gn(network, num_groups=32):
     if not isinstance(network, nn.Cell):
         raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
     num_groups = check_positive_int("num_groups", num_groups, example=32)
-    found = []  # (parent, child name, full name, BatchNorm2d)
+    found = []  # (parent, child name, full name, BatchNorm2d, groups); all checked before any is changed
     for parent_name, parent in network.cells_and_names():
-        for child_name, child in parent.name_cells().items():
-            if isinstance(child, nn.BatchNorm2d):
-                full = f"{parent_name}.{child_name}" if parent_name else child_name
-                found.append((parent, child_name, full, child))
-    for _, _, full, bn in found:  # check them all before changing any
-        groups = min(num_groups, bn.num_features)
-        if bn.num_features % groups:
-            raise ValueError(f"num_groups={num_groups} does not divide the {bn.num_features} channels of "
-                             f"{full}: pass a num_groups that divides every BatchNorm2d's channels, e.g. 32 "
-                             f"for a ResNet")
+        for child_name, bn in parent.name_cells().items():
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            groups = min(num_groups, bn.num_features)
+            if bn.num_features % groups:
+                raise ValueError(f"num_groups={num_groups} does not divide the {bn.num_features} channels of "
+                                 f"{full}: pass a num_groups that divides every BatchNorm2d's channels, e.g. 32 "
+                                 f"for a ResNet")
+            found.append((parent, child_name, full, bn, groups))
     replaced = {}
-    for parent, child_name, full, bn in found:
-        gn = nn.GroupNorm(min(num_groups, bn.num_features), bn.num_features, eps=bn.eps,
+    for parent, child_name, full, bn, groups in found:
+        gn = nn.GroupNorm(groups, bn.num_features, eps=bn.eps,
                           gamma_init=bn.gamma.data.copy(), beta_init=bn.beta.data.copy())
         if isinstance(parent, nn.SequentialCell):
             parent[int(child_name)] = gn  # SequentialCell keeps its own list of cells too
@@ -76,7 +76,7 @@ def convert_bn_to_gn(network, num_groups=32):
     # parent only; give them their full names, as construction would have.
     for full, gn in replaced.items():
         gn.gamma.name, gn.beta.name = f"{full}.gamma", f"{full}.beta"
-    left = [name for name in batchnorm_cells(network)]
+    left = batchnorm_cells(network)
     if left:
         logger.warning("convert_bn_to_gn: %d BatchNorm cells that are not BatchNorm2d were left as they are: %s",
                        len(left), ", ".join(left))

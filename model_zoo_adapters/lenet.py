@@ -86,5 +86,5 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
     mnist = mnist.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
                       num_parallel_workers=num_parallel_workers)
     mnist = mnist.map(operations=image_ops, input_columns="image", num_parallel_workers=num_parallel_workers)
-    return batch_checked(mnist, batch_size, drop_remainder, f"the MNIST {split} split in {data_path}"
-                         + (f", shard {shard_id} of {num_shards}" if num_shards else ""))
+    return batch_checked(mnist, batch_size, drop_remainder, f"the MNIST {split} split in {data_path}",
+                         num_shards, shard_id)

@@ -64,7 +64,25 @@ class _Conv(nn.Cell):
         return self.norm(self.conv(x))
 
 
-class BasicBlock(nn.Cell):
+class _ResidualBlock(nn.Cell):
+    """What both blocks share: ``relu(branch(x) + shortcut(x))``.
+
+    The shortcut is the identity, or a 1x1 projection where the shape changes.
+    """
+
+    def _add_shortcut(self, in_channels, out_channels, stride, norm, conv_impl):
+        # Called after the branch's convolutions, so that parameters keep the zoo's order.
+        self.down_sample = None
+        if stride != 1 or in_channels != out_channels:
+            self.down_sample = _Conv(in_channels, out_channels, 1, stride, norm, conv_impl)
+        self.relu = nn.ReLU()
+
+    def construct(self, x):
+        identity = x if self.down_sample is None else self.down_sample(x)
+        return self.relu(self.branch(x) + identity)
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3x3 convolutions: the zoo's ``ResidualBlockBase`` (ResNet-18/34)."""
 
     expansion = 1
@@ -73,18 +91,13 @@ class BasicBlock(nn.Cell):
         super().__init__()
         self.conv1 = _Conv(in_channels, out_channels, 3, stride, norm, conv_impl)
         self.conv2 = _Conv(out_channels, out_channels, 3, 1, norm, conv_impl, last=zero_init_residual)
-        self.down_sample = None
-        if stride != 1 or in_channels != out_channels:
-            self.down_sample = _Conv(in_channels, out_channels, 1, stride, norm, conv_impl)
-        self.relu = nn.ReLU()
+        self._add_shortcut(in_channels, out_channels, stride, norm, conv_impl)
 
-    def construct(self, x):
-        identity = x if self.down_sample is None else self.down_sample(x)
-        out = self.conv2(self.relu(self.conv1(x)))
-        return self.relu(out + identity)
+    def branch(self, x):
+        return self.conv2(self.relu(self.conv1(x)))
 
 
-class Bottleneck(nn.Cell):
+class Bottleneck(_ResidualBlock):
     """1x1, 3x3 (with the stride), 1x1 at 4x the width: the zoo's ``ResidualBlock`` (ResNet-50/101)."""
 
     expansion = 4
@@ -95,17 +108,10 @@ class Bottleneck(nn.Cell):
         self.conv1 = _Conv(in_channels, width, 1, 1, norm, conv_impl)
         self.conv2 = _Conv(width, width, 3, stride, norm, conv_impl)
         self.conv3 = _Conv(width, out_channels, 1, 1, norm, conv_impl, last=zero_init_residual)
-        self.down_sample = None
-        if stride != 1 or in_channels != out_channels:
-            self.down_sample = _Conv(in_channels, out_channels, 1, stride, norm, conv_impl)
-        self.relu = nn.ReLU()
+        self._add_shortcut(in_channels, out_channels, stride, norm, conv_impl)
 
-    def construct(self, x):
-        identity = x if self.down_sample is None else self.down_sample(x)
-        out = self.relu(self.conv1(x))
-        out = self.relu(self.conv2(out))
-        out = self.conv3(out)
-        return self.relu(out + identity)
+    def branch(self, x):
+        return self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
 
 
 class ResNet(nn.Cell):
@@ -228,9 +234,7 @@ def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset
         image_ops = crop + [vision.Rescale(1.0 / 255.0, 0.0), vision.Normalize(IMAGENET_MEAN, IMAGENET_STD),
                             vision.HWC2CHW()]
         description = f"the image folder {directory}"
-    if num_shards:
-        description += f", shard {shard_id} of {num_shards}"
     data = data.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
                     num_parallel_workers=num_parallel_workers)
     data = data.map(operations=image_ops, input_columns="image", num_parallel_workers=num_parallel_workers)
-    return batch_checked(data, batch_size, drop_remainder, description)
+    return batch_checked(data, batch_size, drop_remainder, description, num_shards, shard_id)
