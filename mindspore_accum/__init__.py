@@ -6,6 +6,7 @@ concatenation of the window's micro-batches: gradients are averaged over the
 window's samples, never summed.
 """
 
+from .accumulation_cell import GradientAccumulationCell
 from .callbacks import Callback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import (DEFAULT_CKPT_PATH, CheckpointError, check_ckpt_path, load_network_checkpoint,
@@ -24,7 +25,7 @@ from .training_state import (StateDirectory, TrainingState, find_training_state,
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear",
+    "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear", "GradientAccumulationCell",
     "GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS",
     "LR_SCHEDULES", "learning_rates", "convert_bn_to_gn", "batchnorm_cells",
     "TrainingState", "StateDirectory", "save_training_state", "read_training_state", "restore_training_state",

@@ -1,0 +1,176 @@
+"""``GradientAccumulationCell``: the three Cells in one graph, a train Cell for ``mindspore.train.Model``.
+
+One call is one micro-step. Inside the same graph the Cell decides whether
+the micro-step closes a window and, if so, runs the update and clears the
+buffer - so there is no Python between micro-steps, no host sync, and
+``Model.train`` (with its callbacks and, on GPU/Ascend, its sink mode) drives
+accumulation like any other train Cell::
+
+    net_with_loss = nn.WithLossCell(network, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    train_cell = GradientAccumulationCell(net_with_loss, optimizer, mini_steps=4,
+                                          micro_batches_per_epoch=dataset.get_dataset_size())
+    Model(train_cell).train(10, dataset, callbacks=[LossMonitor(4)])
+
+It is *built from* :class:`~mindspore_accum.cells.TrainForwardBackward`,
+:class:`~mindspore_accum.cells.TrainOptim` and
+:class:`~mindspore_accum.cells.TrainClear`, so the arithmetic is theirs,
+bit for bit; this module only adds *when*.
+"""
+
+import logging
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, amp, nn, ops
+
+from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
+from .norm import batchnorm_cells
+from .schedule import WindowSchedule
+from .validation import check_positive_int
+
+__all__ = ["GradientAccumulationCell"]
+
+logger = logging.getLogger(__name__)
+
+
+class GradientAccumulationCell(nn.Cell):
+    """A train Cell that accumulates ``mini_steps`` micro-batches per optimizer update, in one graph.
+
+    Each call runs one micro-batch through forward and backward into the
+    buffer (:class:`TrainForwardBackward`). When the window is full - or, with
+    ``micro_batches_per_epoch``, at the epoch's last micro-batch - the same
+    graph applies the update (:class:`TrainOptim`: the data-parallel
+    all-reduce, the finiteness check, unscaling, clipping, the optimizer, the
+    loss scaler's adjustment) and clears the buffer (:class:`TrainClear`).
+
+    Args:
+        network_with_loss: the network with its loss, e.g. ``nn.WithLossCell``;
+            its output must be the *mean* loss over the micro-batch. For mixed
+            precision, build it from ``amp.auto_mixed_precision(network,
+            level)`` and pass a ``loss_scaler``.
+        optimizer: a MindSpore optimizer; its ``parameters`` are differentiated.
+        mini_steps: micro-batches per update.
+        micro_batches_per_epoch: the dataset's ``get_dataset_size()``. With it,
+            a partial window at the end of an epoch is applied or dropped
+            (``remainder``) and never leaks into the next epoch. Without it
+            (None), windows run on across epochs, as for an endless stream.
+        remainder: ``"flush"`` applies the end-of-epoch partial window,
+            weighted by its samples; ``"drop"`` discards it.
+        loss_scaler: None, or a ``mindspore.amp.DynamicLossScaler`` /
+            ``StaticLossScaler``; the loss is scaled every micro-step and the
+            window checked once. A dynamic scaler skips an overflowing window.
+        clip_grad_norm: clip the window's mean gradient to this global norm,
+            once per update.
+        all_reduce: data parallel (after ``mindspore.communication.init()``):
+            one all-reduce of the window's gradient, samples and loss per update.
+
+    Inputs: the network's inputs for one micro-batch (the first input's
+    leading dimension is its number of samples).
+
+    Returns: a float32 scalar, the window's loss so far - the sample-weighted
+    mean over the window's micro-batches up to this one. On the micro-step that
+    closes a window it is the **window's loss**, the loss of one step on the
+    concatenated window (over all ranks, with ``all_reduce``), so
+    ``LossMonitor(per_print_times=mini_steps)`` prints one line per update
+    when the epoch's micro-batches are a multiple of ``mini_steps``. If the
+    window's gradient is not finite and no dynamic scaler can skip it, no update
+    is applied and the output is NaN, which ``LossMonitor`` treats as
+    divergence and stops on.
+
+    Everything a resume needs is a Parameter of this Cell - the network, the
+    optimizer's state, the buffer and its counters, ``epoch_micro_batch`` and the
+    loss scaler's state - so ``ModelCheckpoint`` of the train network, loaded
+    into a fresh Cell with ``load_param_into_net``, continues mid-window exactly.
+    """
+
+    def __init__(self, network_with_loss, optimizer, mini_steps=4, *, micro_batches_per_epoch=None,
+                 remainder="flush", loss_scaler=None, clip_grad_norm=None, all_reduce=False):
+        super().__init__(auto_prefix=False)
+        _check_arguments(network_with_loss, optimizer, loss_scaler)
+        schedule = WindowSchedule(mini_steps, remainder)
+        self.mini_steps = schedule.mini_steps
+        self.remainder = schedule.remainder
+        self.micro_batches_per_epoch = micro_batches_per_epoch
+        if micro_batches_per_epoch is not None:
+            self.micro_batches_per_epoch = check_positive_int("micro_batches_per_epoch", micro_batches_per_epoch)
+        elif self.mini_steps > 1:
+            logger.warning("micro_batches_per_epoch is None: windows run on across epochs; pass "
+                           "micro_batches_per_epoch=dataset.get_dataset_size() to end each epoch's last window")
+        self.buffer = AccumulationBuffer(optimizer.parameters)
+        self.forward_backward = TrainForwardBackward(network_with_loss, optimizer.parameters, self.buffer, loss_scaler)
+        self.optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce)
+        self.clear = TrainClear(self.buffer)
+        self.optimizer = optimizer
+        self.loss_scaler = loss_scaler
+        self.window_micro_steps = self.buffer.window_micro_steps
+        self.window_loss = self.buffer.window_loss
+        #: Micro-batches of the current epoch consumed; 0 again after the epoch's last.
+        self.epoch_micro_batch = Parameter(Tensor(0, ms.int32), name="epoch_micro_batch", requires_grad=False)
+        # The scaler is no Cell: naming its Parameters here puts them in the train
+        # network's checkpoint, so that a resume gets the scale and its counter back.
+        self.scaler_parameters = [getattr(loss_scaler, name) for name in ("scale_value", "counter")
+                                  if isinstance(getattr(loss_scaler, name, None), Parameter)]
+        for param in self.scaler_parameters:
+            setattr(self, "loss_scaler_" + param.name, param)
+        self._flush = self.remainder == "flush"
+        self._knows_epoch = self.micro_batches_per_epoch is not None
+        self._skips_overflow = isinstance(loss_scaler, amp.DynamicLossScaler)
+        self._nan = Tensor(float("nan"), ms.float32)
+        _warn_batchnorm(network_with_loss, self.mini_steps)
+
+    def construct(self, *inputs):
+        loss = self.forward_backward(*inputs)
+        full = ops.depend(self.window_micro_steps, loss) >= self.mini_steps
+        if self._knows_epoch:
+            position = self.epoch_micro_batch + 1
+            epoch_end = position >= self.micro_batches_per_epoch
+            loss = ops.depend(loss, ops.assign(self.epoch_micro_batch, ops.select(epoch_end, 0, position)))
+            update = (full | epoch_end) if self._flush else full
+            drop = epoch_end & ~full if not self._flush else epoch_end & False
+        else:
+            update, drop = full, full & False
+        if update:
+            loss = self._update()
+        elif drop:
+            loss = self._window_loss()
+            loss = ops.depend(loss, self.clear())
+        else:
+            loss = self._window_loss()
+        return loss
+
+    def _window_loss(self):
+        # A copy, not the Parameter: TrainClear zeroes the Parameter afterwards.
+        return ops.identity(self.window_loss)
+
+    def _update(self):
+        applied = self.optim()
+        loss = self._window_loss()  # after TrainOptim: over all ranks, with all_reduce
+        if not self._skips_overflow:
+            loss = ops.select(applied, loss, self._nan)  # loud divergence: LossMonitor stops on NaN
+        return ops.depend(loss, self.clear())
+
+
+def _check_arguments(network_with_loss, optimizer, loss_scaler):
+    if not isinstance(network_with_loss, nn.Cell):
+        raise TypeError(f"network_with_loss must be a mindspore.nn.Cell (e.g. nn.WithLossCell), got "
+                        f"{type(network_with_loss).__name__}")
+    if not isinstance(optimizer, nn.Optimizer):
+        raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
+    if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
+        raise TypeError(f"loss_scaler must be None or a mindspore.amp.DynamicLossScaler or StaticLossScaler, "
+                        f"got {loss_scaler!r}")
+    reduction = getattr(getattr(network_with_loss, "_loss_fn", None), "reduction", "mean")
+    if reduction != "mean":
+        # Averaging over the window's samples assumes each micro-batch loss is
+        # a mean; a sum would weight micro-batches by their size twice.
+        raise ValueError(f"the loss's reduction must be 'mean', got {reduction!r}: construct the loss with "
+                         f"reduction='mean'")
+
+
+def _warn_batchnorm(network, mini_steps):
+    layers = batchnorm_cells(network)
+    if mini_steps > 1 and layers:
+        logger.warning("the network has %d BatchNorm layers (%s%s): with mini_steps=%d each micro-batch is "
+                       "normalised with its own statistics, so an update is not one step on the concatenated "
+                       "batch; for exact accumulation use GroupNorm: --norm group, or "
+                       "mindspore_accum.convert_bn_to_gn(network) before building the optimizer",
+                       len(layers), ", ".join(layers[:3]), ", ..." if len(layers) > 3 else "", mini_steps)
