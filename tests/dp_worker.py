@@ -2,7 +2,8 @@
 
 Every rank builds the same MLP from the same seed, reads its shard of one
 deterministic dataset, trains with ``GradientAccumulation(distributed=True)``
-and saves, as NumPy files in ``--out``: the micro-batches it saw, in order,
+(or, with ``--engine model``, ``Model.train`` of a ``GradientAccumulationCell``
+with ``all_reduce=True``) and saves, as NumPy files in ``--out``: the micro-batches it saw, in order,
 and its final parameters. Rank 0 also saves the initial parameters.
 """
 
@@ -17,9 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mindspore as ms  # noqa: E402
 import mindspore.dataset as ds  # noqa: E402
 import numpy as np  # noqa: E402
-from mindspore import nn  # noqa: E402
+from mindspore import Model, nn  # noqa: E402
+from mindspore.train import Callback  # noqa: E402
 
-from mindspore_accum import GradientAccumulation, init_data_parallel  # noqa: E402
+from mindspore_accum import GradientAccumulation, GradientAccumulationCell, init_data_parallel  # noqa: E402
 from nets import LOSS, MLP, params_of  # noqa: E402
 
 
@@ -40,6 +42,27 @@ class Rows:
         return len(self.labels)
 
 
+class Outputs(Callback):
+    """The Cell's output at every micro-step."""
+
+    def __init__(self):
+        self.values = []
+
+    def on_train_step_end(self, run_context):
+        self.values.append(float(run_context.original_args().net_outputs.asnumpy()))
+
+
+def train_with_model(network, dataset, args):
+    """``Model.train`` of the single-graph Cell; the window losses at the updates' micro-steps."""
+    micro_batches = dataset.get_dataset_size()
+    cell = GradientAccumulationCell(nn.WithLossCell(network, LOSS), nn.Momentum(network.trainable_params(), 0.1, 0.9),
+                                    args.mini_steps, micro_batches_per_epoch=micro_batches, all_reduce=True)
+    outputs = Outputs()
+    Model(cell).train(args.epochs, dataset, callbacks=[outputs], dataset_sink_mode=False)
+    ends = [m for m in range(1, micro_batches + 1) if m % args.mini_steps == 0 or m == micro_batches]
+    return {"loss": [outputs.values[e * micro_batches + m - 1] for e in range(args.epochs) for m in ends]}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -47,6 +70,7 @@ def main():
     parser.add_argument("--batch_size", type=int, required=True)
     parser.add_argument("--mini_steps", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--engine", choices=("driver", "model"), default="driver")
     args = parser.parse_args()
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -60,12 +84,17 @@ def main():
     seen = [(x, y) for x, y in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)]
     np.savez(os.path.join(args.out, f"seen{rank}.npz"), x=np.stack([x for x, _ in seen]),
              label=np.stack([y for _, y in seen]))
-    model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9), distributed=True)
-    history = model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, ckpt_path=None, log_every=None,
-                                  handle_signals=False)
+    if args.engine == "model":
+        records = train_with_model(network, dataset, args)
+    else:
+        model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9),
+                                     distributed=True)
+        history = model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, ckpt_path=None,
+                                      log_every=None, handle_signals=False)
+        records = {"samples": [r.samples for r in history], "loss": [r.loss for r in history],
+                   "micro_steps": [r.micro_steps for r in history]}
     np.savez(os.path.join(args.out, f"final{rank}.npz"), **params_of(network))
-    np.savez(os.path.join(args.out, f"records{rank}.npz"), samples=[r.samples for r in history],
-             loss=[r.loss for r in history], micro_steps=[r.micro_steps for r in history])
+    np.savez(os.path.join(args.out, f"records{rank}.npz"), **records)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ taken in another order (per rank, then across). The two ranks must agree
 with each other to the bit: they apply the same reduced gradient.
 """
 
+import glob
 import os
+import re
 
 import mindspore as ms
 import numpy as np
+import pytest
 from mindspore import Tensor, nn
 
 from cli import assert_refused, run_script
@@ -27,11 +30,27 @@ def load(path):
         return {name: data[name] for name in data.files}
 
 
-def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path):
+def count_all_reduce_by_branch(ir_dir):
+    """``{subgraph name: AllReduce nodes}`` in the final frontend IR (``*validate*.ir``) of rank 0's compiled graphs."""
+    counts = {}
+    for path in glob.glob(os.path.join(ir_dir, "rank_0", "*validate*.ir")):
+        graph = None
+        for line in open(path, encoding="utf-8", errors="replace"):
+            if line.startswith("subgraph @"):
+                graph = line.split("@", 1)[1].split("(", 1)[0]
+            elif re.search(r"= (PrimFunc_)?AllReduce\(", line):
+                counts[graph] = counts.get(graph, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("engine", ["driver", "model"])
+def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path, monkeypatch, engine):
     # 2 ranks x 7 micro-batches of 3 = 42 samples; mini_steps 3: windows of 3, 3 and a partial 1, for 2 epochs.
+    monkeypatch.setenv("MS_DEV_SAVE_GRAPHS", "1")
+    monkeypatch.setenv("MS_DEV_SAVE_GRAPHS_PATH", str(tmp_path / "ir"))
     status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path, "--samples", 42,
-                             "--batch_size", 3, "--mini_steps", 3, "--epochs", 2, log_dir=tmp_path / "logs",
-                             cwd=tmp_path)
+                             "--batch_size", 3, "--mini_steps", 3, "--epochs", 2, "--engine", engine,
+                             log_dir=tmp_path / "logs", cwd=tmp_path)
     assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
     seen = [load(tmp_path / f"seen{rank}.npz") for rank in (0, 1)]
     assert [s["x"].shape[0] for s in seen] == [7, 7], "every rank must get the same number of micro-batches"
@@ -59,10 +78,18 @@ def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path):
                                    err_msg=f"{name}: two ranks vs one process on the concatenated windows")
     for rank in (0, 1):
         records = load(tmp_path / f"records{rank}.npz")
-        assert records["samples"].tolist() == [18, 18, 6] * 2, records["samples"]  # over both ranks
-        assert records["micro_steps"].tolist() == [3, 3, 1] * 2
+        if engine == "driver":
+            assert records["samples"].tolist() == [18, 18, 6] * 2, records["samples"]  # over both ranks
+            assert records["micro_steps"].tolist() == [3, 3, 1] * 2
         np.testing.assert_allclose(records["loss"], expected_losses, rtol=1e-5,
                                    err_msg=f"rank {rank}: the window's loss over both ranks")
+    if engine == "model":
+        # One AllReduce in the whole single graph, in the branch taken only when a window closes.
+        counts = count_all_reduce_by_branch(tmp_path / "ir")
+        assert sum(counts.values()) == 1, counts
+        (branch,) = counts
+        assert branch.split("_", 3)[3].startswith("\u2713\u2193mindspore_accum_accumulation_cell_"
+                                                  "GradientAccumulationCell_construct"), counts
 
 
 def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(tmp_path, tiny_mnist, repo):
