@@ -120,26 +120,24 @@ class GradientAccumulationCell(nn.Cell):
     def construct(self, *inputs):
         loss = self.forward_backward(*inputs)
         full = ops.depend(self.window_micro_steps, loss) >= self.mini_steps
-        if self._knows_epoch:
-            position = self.epoch_micro_batch + 1
-            epoch_end = position >= self.micro_batches_per_epoch
-            loss = ops.depend(loss, ops.assign(self.epoch_micro_batch, ops.select(epoch_end, 0, position)))
-            update = (full | epoch_end) if self._flush else full
-            drop = epoch_end & ~full if not self._flush else epoch_end & False
-        else:
-            update, drop = full, full & False
-        if update:
-            loss = self._update()
-        elif drop:
-            loss = self._window_loss()
-            loss = ops.depend(loss, self.clear())
-        else:
-            loss = self._window_loss()
-        return loss
+        if not self._knows_epoch:
+            return self._update() if full else self._window_loss()
+        position = self.epoch_micro_batch + 1
+        epoch_end = position >= self.micro_batches_per_epoch
+        full = ops.depend(full, ops.assign(self.epoch_micro_batch, ops.select(epoch_end, 0, position)))
+        # One runtime branch per micro-step: the remainder policy is fixed when the graph is built.
+        if self._flush:
+            return self._update() if full | epoch_end else self._window_loss()
+        if full:
+            return self._update()
+        return self._drop() if epoch_end else self._window_loss()
 
     def _window_loss(self):
         # A copy, not the Parameter: TrainClear zeroes the Parameter afterwards.
         return ops.identity(self.window_loss)
+
+    def _drop(self):
+        return ops.depend(self._window_loss(), self.clear())
 
     def _update(self):
         applied = self.optim()

@@ -1,0 +1,99 @@
+"""Four ways to train LeNet5 on the real MNIST pipeline, timed per micro-step against plain Model.train.
+
+* plain: ``Model(nn.TrainOneStepCell(...)).train``, an update every micro-batch;
+* boost: ``Model(..., boost_level="O1")`` with ``mindspore.boost``'s gradient accumulation;
+* driver: ``GradientAccumulation.train_process``, the three Cells run from Python;
+* cell: ``Model(GradientAccumulationCell(...)).train``, one graph per micro-step.
+
+Every path reads the same ``create_dataset`` pipeline (decode, resize,
+normalise, batch) for ``--epochs`` epochs per round, with no callbacks. The
+paths run in rounds, each round in a rotated order so none always goes first,
+and each round's time is divided by its micro-steps; the ratio to plain is the
+median of the per-round ratios, since a 2-core machine shared with other work
+is too noisy for a ratio of medians.
+
+    python benchmarks/engines.py [--rounds 9] [--num_samples 2048] [--epochs 2] [--mini_steps 4]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("GLOG_v", "3")
+
+import mindspore as ms  # noqa: E402
+from mindspore import Model, nn  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from mindspore_accum import GradientAccumulation, GradientAccumulationCell  # noqa: E402
+from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
+
+PATHS = ("plain", "boost", "driver", "cell")
+
+
+def build(path, args):
+    """A ``run()`` that trains ``args.epochs`` epochs by ``path`` on a pipeline of its own."""
+    dataset = create_dataset(args.data_path, args.batch_size, num_samples=args.num_samples)
+    network = LeNet5(conv_impl=args.conv_impl)
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    optimizer = nn.Momentum(network.trainable_params(), 0.01, 0.9)
+    if path == "driver":
+        driver = GradientAccumulation(network, loss_fn, optimizer)
+        return lambda: driver.train_process(args.epochs, dataset, mini_steps=args.mini_steps, ckpt_path=None,
+                                            log_every=None, handle_signals=False)
+    if path == "plain":
+        model = Model(nn.TrainOneStepCell(nn.WithLossCell(network, loss_fn), optimizer))
+    elif path == "boost":
+        config = {"boost": {"mode": "manual", "grad_accumulation": True},
+                  "grad_accumulation": {"grad_accumulation_step": args.mini_steps}}
+        model = Model(network, loss_fn, optimizer, boost_level="O1", boost_config_dict=config)
+    else:
+        model = Model(GradientAccumulationCell(nn.WithLossCell(network, loss_fn), optimizer, args.mini_steps,
+                                               micro_batches_per_epoch=dataset.get_dataset_size()))
+    return lambda: model.train(args.epochs, dataset, dataset_sink_mode=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_path", default=os.path.join(REPO, "data", "mnist"))
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--mini_steps", type=int, default=4)
+    parser.add_argument("--num_samples", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per round")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--conv_impl", default="auto", choices=("auto", "native", "im2col"))
+    args = parser.parse_args()
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(1)
+    runs = {path: build(path, args) for path in PATHS}
+    for run in runs.values():
+        run()  # compile, warm the caches
+    micro_steps = args.epochs * (args.num_samples // args.batch_size)
+    times = {path: [] for path in PATHS}
+    for round_index in range(args.rounds):
+        shift = round_index % len(PATHS)
+        for path in PATHS[shift:] + PATHS[:shift]:
+            start = time.perf_counter()
+            runs[path]()
+            times[path].append((time.perf_counter() - start) * 1000 / micro_steps)
+
+    print(f"LeNet5 (conv_impl {args.conv_impl}) on the MNIST pipeline, batch {args.batch_size}, mini_steps "
+          f"{args.mini_steps}, CPU GRAPH_MODE: {args.rounds} rounds x {micro_steps} micro-steps per path")
+    print(f"{'path':<8} {'ms / micro-step (median)':>25} {'x plain (median of rounds)':>28} {'min':>6} {'max':>6}")
+    for path in PATHS:
+        ratios = [t / p for t, p in zip(times[path], times["plain"])]
+        print(f"{path:<8} {statistics.median(times[path]):>25.2f} {statistics.median(ratios):>28.3f} "
+              f"{min(ratios):>6.3f} {max(ratios):>6.3f}")
+    cell_vs_boost = statistics.median(c / b for c, b in zip(times["cell"], times["boost"]))
+    print(f"cell / boost: median {cell_vs_boost:.3f}; targets: cell <= 0.85 x plain, and below boost")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
