@@ -23,6 +23,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/engines.py
 	$(PY) benchmarks/cpu_conv.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/data_parallel.py
