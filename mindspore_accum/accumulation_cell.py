@@ -23,7 +23,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, amp, nn, ops
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .norm import batchnorm_cells
+from .norm import warn_if_batchnorm
 from .schedule import WindowSchedule
 from .validation import check_positive_int
 
@@ -107,15 +107,14 @@ class GradientAccumulationCell(nn.Cell):
         self.epoch_micro_batch = Parameter(Tensor(0, ms.int32), name="epoch_micro_batch", requires_grad=False)
         # The scaler is no Cell: naming its Parameters here puts them in the train
         # network's checkpoint, so that a resume gets the scale and its counter back.
-        self.scaler_parameters = [getattr(loss_scaler, name) for name in ("scale_value", "counter")
-                                  if isinstance(getattr(loss_scaler, name, None), Parameter)]
-        for param in self.scaler_parameters:
-            setattr(self, "loss_scaler_" + param.name, param)
+        for name in ("scale_value", "counter"):
+            if isinstance(getattr(loss_scaler, name, None), Parameter):
+                setattr(self, "loss_scaler_" + name, getattr(loss_scaler, name))
         self._flush = self.remainder == "flush"
         self._knows_epoch = self.micro_batches_per_epoch is not None
         self._skips_overflow = isinstance(loss_scaler, amp.DynamicLossScaler)
         self._nan = Tensor(float("nan"), ms.float32)
-        _warn_batchnorm(network_with_loss, self.mini_steps)
+        warn_if_batchnorm(network_with_loss, self.mini_steps)
 
     def construct(self, *inputs):
         loss = self.forward_backward(*inputs)
@@ -162,13 +161,3 @@ def _check_arguments(network_with_loss, optimizer, loss_scaler):
         # a mean; a sum would weight micro-batches by their size twice.
         raise ValueError(f"the loss's reduction must be 'mean', got {reduction!r}: construct the loss with "
                          f"reduction='mean'")
-
-
-def _warn_batchnorm(network, mini_steps):
-    layers = batchnorm_cells(network)
-    if mini_steps > 1 and layers:
-        logger.warning("the network has %d BatchNorm layers (%s%s): with mini_steps=%d each micro-batch is "
-                       "normalised with its own statistics, so an update is not one step on the concatenated "
-                       "batch; for exact accumulation use GroupNorm: --norm group, or "
-                       "mindspore_accum.convert_bn_to_gn(network) before building the optimizer",
-                       len(layers), ", ".join(layers[:3]), ", ..." if len(layers) > 3 else "", mini_steps)

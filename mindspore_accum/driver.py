@@ -12,7 +12,7 @@ from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOp
 from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, save_network_checkpoint
 from .distributed import data_parallel_rank
 from .interrupt import StopSignals, TrainingInterrupted
-from .norm import batchnorm_cells
+from .norm import warn_if_batchnorm
 from .schedule import WindowSchedule
 from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
                              restore_training_state)
@@ -183,7 +183,6 @@ class GradientAccumulation:
         self.total_samples = 0
         self._stop = StopSignals(enabled=False)
         self._states = None
-        self._batchnorm = batchnorm_cells(network)
         self._warned_batchnorm = False
 
     def train_process(self, epoch, train_dataset, mini_steps=4, *, remainder="flush",
@@ -251,14 +250,8 @@ class GradientAccumulation:
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
             loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
             clip_grad_norm=self.clip_grad_norm, ranks=self.ranks)
-        if schedule.mini_steps > 1 and self._batchnorm and not self._warned_batchnorm:
-            self._warned_batchnorm = True  # once per driver: it is about the network, not the call
-            logger.warning("the network has %d BatchNorm layers (%s%s): with mini_steps=%d each micro-batch is "
-                           "normalised with its own statistics, so an update is not one step on the concatenated "
-                           "batch; for exact accumulation use GroupNorm: --norm group, or "
-                           "mindspore_accum.convert_bn_to_gn(network) before building the optimizer",
-                           len(self._batchnorm), ", ".join(self._batchnorm[:3]),
-                           ", ..." if len(self._batchnorm) > 3 else "", schedule.mini_steps)
+        if not self._warned_batchnorm:  # once per driver: it is about the network, not the call
+            self._warned_batchnorm = warn_if_batchnorm(self.network, schedule.mini_steps)
         if micro_batches is not None and micro_batches < schedule.mini_steps:
             logger.warning("mini_steps=%d is larger than the %d micro-batches of an epoch: every update is a "
                            "partial window of %d micro-batches%s", schedule.mini_steps, micro_batches,

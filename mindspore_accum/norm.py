@@ -15,7 +15,7 @@ from mindspore.nn.layer.normalization import _BatchNorm
 
 from .validation import check_positive_int
 
-__all__ = ["batchnorm_cells", "convert_bn_to_gn"]
+__all__ = ["batchnorm_cells", "convert_bn_to_gn", "warn_if_batchnorm"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,19 @@ logger = logging.getLogger(__name__)
 def batchnorm_cells(network):
     """The names of every BatchNorm cell (1d, 2d or 3d) in ``network``, in order."""
     return [name for name, cell in network.cells_and_names() if isinstance(cell, _BatchNorm)]
+
+
+def warn_if_batchnorm(network, mini_steps):
+    """Logs one warning naming the BatchNorm layers when ``mini_steps > 1``; returns True if it warned."""
+    layers = batchnorm_cells(network)
+    if mini_steps <= 1 or not layers:
+        return False
+    logger.warning("the network has %d BatchNorm layers (%s%s): with mini_steps=%d each micro-batch is "
+                   "normalised with its own statistics, so an update is not one step on the concatenated "
+                   "batch; for exact accumulation use GroupNorm: --norm group, or "
+                   "mindspore_accum.convert_bn_to_gn(network) before building the optimizer",
+                   len(layers), ", ".join(layers[:3]), ", ..." if len(layers) > 3 else "", mini_steps)
+    return True
 
 
 def convert_bn_to_gn(network, num_groups=32):

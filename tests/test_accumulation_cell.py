@@ -11,6 +11,7 @@
   its update (rtol 1e-5: float32 running mean against one mean).
 """
 
+import logging
 import re
 
 import mindspore as ms
@@ -258,3 +259,16 @@ def test_bad_arguments_are_refused_in_one_line(arguments, message):
     with pytest.raises((ValueError, TypeError)) as error:
         GradientAccumulationCell(nn.WithLossCell(network, loss), nn.SGD(network.trainable_params(), 0.1), **arguments)
     assert str(error.value).startswith(message), str(error.value)
+
+
+def test_batchnorm_is_named_in_one_warning_and_groupless_networks_get_none(caplog):
+    for batchnorm in (True, False):
+        network = MLP(batchnorm=batchnorm)
+        with caplog.at_level(logging.WARNING, logger="mindspore_accum"):
+            caplog.clear()
+            GradientAccumulationCell(nn.WithLossCell(network, LOSS), nn.SGD(network.trainable_params(), 0.1), 4,
+                                     micro_batches_per_epoch=4)
+        warned = [r.getMessage() for r in caplog.records if "BatchNorm" in r.getMessage()]
+        assert len(warned) == int(batchnorm), warned
+        if batchnorm:
+            assert "1 BatchNorm layers (_backbone.bn)" in warned[0] and "convert_bn_to_gn" in warned[0], warned[0]

@@ -87,9 +87,9 @@ def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path, mon
         # One AllReduce in the whole single graph, in the branch taken only when a window closes.
         counts = count_all_reduce_by_branch(tmp_path / "ir")
         assert sum(counts.values()) == 1, counts
-        (branch,) = counts
-        assert branch.split("_", 3)[3].startswith("\u2713\u2193mindspore_accum_accumulation_cell_"
-                                                  "GradientAccumulationCell_construct"), counts
+        (branch,) = counts  # MindSpore names a true branch with a check mark, a false one with a cross
+        assert "GradientAccumulationCell_construct" in branch and "\u2713" in branch and "\u2717" not in branch, \
+            counts
 
 
 def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(tmp_path, tiny_mnist, repo):
