@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 
 #: Where :meth:`GradientAccumulation.train_process` writes by default, as in the tutorial.
 DEFAULT_CKPT_PATH = "gradient_accumulation.ckpt"
+#: The entry of a training-state checkpoint that holds its JSON record (see :mod:`.training_state`).
+TRAINING_STATE_KEY = "mindspore_accum_training_state"
+#: The prefix of the network's tensors in a training-state checkpoint.
+NETWORK_PREFIX = "network/"
 
 
 class CheckpointError(ValueError):
@@ -139,7 +143,8 @@ def load_network_checkpoint(network, path):
 
     Names and shapes are compared before anything is loaded, so a checkpoint of
     another model is refused with the mismatched parameters named and the
-    network left untouched.
+    network left untouched. A training state (``state-*.ckpt``) is accepted
+    too: its network's tensors are loaded.
 
     Raises:
         CheckpointError: the file is missing, is not a MindSpore checkpoint, is
@@ -147,6 +152,10 @@ def load_network_checkpoint(network, path):
     """
     path = os.fspath(path)
     saved = read_checkpoint(path)
+    if TRAINING_STATE_KEY in saved:
+        saved = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items()
+                 if name.startswith(NETWORK_PREFIX)}
+        logger.info("%s is a training state: loading the network it holds", path)
     problems = mismatches({param.name: param.shape for param in network.get_parameters()},
                           {name: value.shape for name, value in saved.items()})
     if problems:

@@ -27,7 +27,8 @@ import os
 import mindspore as ms
 import numpy as np
 
-from .checkpoint import CheckpointError, mismatches, read_checkpoint, write_checkpoint_atomically
+from .checkpoint import (NETWORK_PREFIX, TRAINING_STATE_KEY, CheckpointError, mismatches, read_checkpoint,
+                         write_checkpoint_atomically)
 from .validation import check_positive_int
 
 __all__ = ["TrainingState", "StateDirectory", "save_training_state", "read_training_state",
@@ -36,7 +37,6 @@ __all__ = ["TrainingState", "StateDirectory", "save_training_state", "read_train
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-_STATE_KEY = "mindspore_accum_training_state"
 #: Training-state files are ``<STATE_PREFIX><epoch>_<micro-batch>.ckpt``.
 STATE_PREFIX = "state-"
 
@@ -113,7 +113,7 @@ def _state_tensors(driver):
     tensors, seen = {}, set()
     scaler = [getattr(driver.loss_scaler, name) for name in ("scale_value", "counter")
               if isinstance(getattr(driver.loss_scaler, name, None), ms.Parameter)]
-    for prefix, params in (("network/", driver.network.get_parameters()),
+    for prefix, params in ((NETWORK_PREFIX, driver.network.get_parameters()),
                            ("optimizer/", driver.optimizer.get_parameters()),
                            ("buffer/", driver.buffer.parameters()),
                            ("scaler/", scaler)):
@@ -142,7 +142,8 @@ def save_training_state(driver, state, path):
             raise CheckpointError(f"not writing training state {path!r}: {name} is not finite "
                                   f"(training diverged); the last good state is kept")
     save_obj = [{"name": name, "data": param} for name, param in tensors.items()]
-    write_checkpoint_atomically(save_obj, path, append_dict={_STATE_KEY: json.dumps(dataclasses.asdict(state))})
+    record = {TRAINING_STATE_KEY: json.dumps(dataclasses.asdict(state))}
+    write_checkpoint_atomically(save_obj, path, append_dict=record)
     logger.info("saved training state %s (%s)", path, state.where())
     return path
 
@@ -156,7 +157,7 @@ def read_training_state(path):
     """
     path = find_training_state(path)
     saved = read_checkpoint(path, "training state", "pass a state file or its directory to resume")
-    record = saved.pop(_STATE_KEY, None)
+    record = saved.pop(TRAINING_STATE_KEY, None)
     if not isinstance(record, str):
         raise CheckpointError(f"{path!r} is a MindSpore checkpoint but not a training state (a model checkpoint?): "
                               f"resume from a {STATE_PREFIX}*.ckpt file")

@@ -4,11 +4,11 @@
     python scripts/eval.py --model resnet18 --norm group --image_size 32 --data_path cifar-10-batches-bin \
         --ckpt_path resnet18.ckpt
 
---ckpt_path may be a directory: its newest .ckpt file is taken.
+--ckpt_path may be a directory: its newest .ckpt file is taken. A training state
+(state-*.ckpt, or a <name>_state/ directory) is accepted too: the network it holds is evaluated.
 """
 
 import argparse
-import glob
 import os
 
 from common import (add_common_args, build_dataset, build_network, evaluate, resolve_model_args, run, setup_logging,
@@ -21,7 +21,8 @@ def newest_checkpoint(path):
     """``path`` itself, or the newest ``.ckpt`` in it if it is a directory."""
     if not os.path.isdir(path):
         return path
-    found = glob.glob(os.path.join(path, "*.ckpt"))
+    # scandir, not glob: a directory name may hold glob characters such as [ and *.
+    found = [entry.path for entry in os.scandir(path) if entry.is_file() and entry.name.endswith(".ckpt")]
     if not found:
         raise ValueError(f"--ckpt_path {path!r} is a directory with no .ckpt file: give a checkpoint file")
     return max(found, key=os.path.getmtime)

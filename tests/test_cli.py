@@ -48,3 +48,41 @@ def test_train_then_eval_on_a_tiny_set(tmp_path, tiny_mnist):
                            cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert evaluated.stdout.strip().splitlines()[-1].startswith("{'Accuracy': ")
+
+
+def test_eval_takes_a_training_state_file_or_directory_and_a_directory_named_with_glob_characters(tmp_path,
+                                                                                                  tiny_mnist):
+    """Issue 15 (2, 7): eval.py crashed on a state; a directory like gl[ob]* was "a directory with no .ckpt"."""
+    import shutil
+
+    import numpy as np
+
+    from mindspore_accum import load_network_checkpoint
+    trained = run_script("train.py", "--data_path", tiny_mnist, "--epochs", 1, "--batch_size", 8, "--mini_steps", 3,
+                         "--save_every", 1, "--keep_checkpoints", 9, "--no_progress", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    states = tmp_path / "gradient_accumulation_state"
+    final = {p.name: p.asnumpy() for p in load_network_checkpoint(LeNet5(), tmp_path / "gradient_accumulation.ckpt")
+             .get_parameters()}
+    from_state = {p.name: p.asnumpy() for p in load_network_checkpoint(LeNet5(), states / "state-1_8.ckpt")
+                  .get_parameters()}
+    for name in final:  # the state at the epoch's end holds the very network the model checkpoint holds
+        np.testing.assert_array_equal(from_state[name], final[name], err_msg=name)
+    earlier = {p.name: p.asnumpy() for p in load_network_checkpoint(LeNet5(), states / "state-1_3.ckpt")
+               .get_parameters()}
+    assert not all(np.array_equal(earlier[n], final[n]) for n in final), "control: an earlier state differs"
+
+    expected = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", "gradient_accumulation.ckpt",
+                          cwd=tmp_path)
+    assert expected.returncode == 0, expected.stderr
+    globbed = tmp_path / "gl[ob]*"
+    globbed.mkdir()
+    shutil.copy(tmp_path / "gradient_accumulation.ckpt", globbed / "model.ckpt")
+    for path in (states / "state-1_8.ckpt", globbed):
+        evaluated = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", path, "--per_class", cwd=tmp_path)
+        assert evaluated.returncode == 0, evaluated.stderr
+        assert evaluated.stdout.splitlines()[-1] == expected.stdout.splitlines()[-1]
+    (states / "state-1_8.ckpt").touch()  # the directory's newest state: the end of the epoch
+    evaluated = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", states, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.splitlines()[-1] == expected.stdout.splitlines()[-1]
