@@ -8,6 +8,10 @@ These checks name the path and the fix up front.
 import glob
 import os
 
+import numpy as np
+
+from .labels import check_label_range
+
 __all__ = ["ImageDataError", "CIFAR10_RECORD_BYTES", "CIFAR10_FILE_RECORDS", "check_cifar10_dir",
            "image_folder_split", "image_folder_classes"]
 
@@ -22,11 +26,12 @@ class ImageDataError(ValueError):
     """Image data that is missing or not in the expected layout; the message names the path."""
 
 
-def check_cifar10_dir(data_path, usage):
+def check_cifar10_dir(data_path, usage, num_classes=10):
     """The directory of CIFAR-10's binary files for ``usage`` ("train" or "test"), checked.
 
     Accepts ``data_path`` itself or its ``cifar-10-batches-bin`` subdirectory
-    (the archive's layout). Every file must hold whole 10000-record blocks.
+    (the archive's layout). Every file must hold whole 10000-record blocks,
+    and every label byte must be below ``num_classes``.
     """
     candidates = [data_path, os.path.join(data_path, "cifar-10-batches-bin")]
     pattern = _CIFAR10_FILES[usage]
@@ -45,6 +50,8 @@ def check_cifar10_dir(data_path, usage):
             raise ImageDataError(f"{path} has {size} bytes, not whole blocks of {CIFAR10_FILE_RECORDS} records of "
                                  f"{CIFAR10_RECORD_BYTES} bytes: it is truncated or not CIFAR-10's binary version; "
                                  f"download it again")
+        records = np.memmap(path, np.uint8, mode="r").reshape(-1, CIFAR10_RECORD_BYTES)
+        check_label_range(np.asarray(records[:, 0]), num_classes, path, ImageDataError)  # the label byte
     return directory
 
 

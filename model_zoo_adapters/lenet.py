@@ -53,7 +53,7 @@ class LeNet5(nn.Cell):
 
 
 def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuffle=None,
-                   drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None):
+                   drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None, num_classes=10):
     """MNIST as 32x32, normalised, CHW float32 images and int32 labels, in batches.
 
     Args:
@@ -69,12 +69,13 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
         num_parallel_workers: workers of the map operations.
         num_shards, shard_id: read only shard ``shard_id`` of ``num_shards``
             equal shards (data parallel training: one shard per rank).
+        num_classes: labels must be below it (checked in the label file).
     """
     batch_size = check_positive_int("batch_size", batch_size, example=32)
     if num_samples is not None:
         num_samples = check_positive_int("num_samples", num_samples)
     split = "train" if train else "test"
-    directory = prepare_mnist_split(data_path, split)
+    directory = prepare_mnist_split(data_path, split, num_classes)
     mnist = ds.MnistDataset(directory, usage=split, num_samples=num_samples,
                             shuffle=train if shuffle is None else shuffle, num_shards=num_shards, shard_id=shard_id)
     image_ops = [

@@ -22,6 +22,10 @@ import shutil
 import struct
 import tempfile
 
+import numpy as np
+
+from .labels import check_label_range
+
 __all__ = ["MnistFormatError", "SPLIT_FILES", "prepare_mnist_split", "read_idx_header"]
 
 logger = logging.getLogger(__name__)
@@ -138,7 +142,7 @@ def _raw_directory(found, split):
     return directory
 
 
-def prepare_mnist_split(data_path, split):
+def prepare_mnist_split(data_path, split, num_classes=10):
     """Returns a directory holding the checked raw IDX files of ``split`` ("train" or "test").
 
     Pass the result to ``MnistDataset(directory, usage=split)``.
@@ -146,7 +150,8 @@ def prepare_mnist_split(data_path, split):
     Raises:
         MnistFormatError: the directory or a file is missing, a file is not a
             valid IDX file (magic number, truncation, extra bytes), image and
-            label counts differ, or a checksum listed in ``SHA256SUMS.raw`` fails.
+            label counts differ, a label is ``num_classes`` or more, or a checksum
+            listed in ``SHA256SUMS.raw`` fails.
     """
     if split not in SPLIT_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -176,4 +181,6 @@ def prepare_mnist_split(data_path, split):
                                f"{dims['labels'][0]} labels: the two files must come from the same set")
     if dims["images"][0] == 0:
         raise MnistFormatError(f"{found[0]} holds no images")
+    labels = np.fromfile(os.path.join(directory, SPLIT_FILES[split][1]), np.uint8, offset=8)  # after the header
+    check_label_range(labels, num_classes, found[1], MnistFormatError)
     return directory

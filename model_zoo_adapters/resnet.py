@@ -177,7 +177,8 @@ RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "re
 
 
 def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset="cifar10", num_samples=None,
-                   shuffle=None, drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None):
+                   shuffle=None, drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None,
+                   num_classes=10):
     """CIFAR-10 or an image folder as normalised CHW float32 images of ``image_size`` and int32 labels, in batches.
 
     The pipelines are the model zoo's ResNet ones:
@@ -205,6 +206,8 @@ def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset
         drop_remainder: drop a last batch smaller than ``batch_size``.
         num_parallel_workers: workers of the map operations.
         num_shards, shard_id: read only shard ``shard_id`` of ``num_shards``.
+        num_classes: CIFAR-10's label bytes must be below it (an image
+            folder's labels are its class folders, in range by construction).
     """
     data_path = os.fspath(data_path)
     batch_size = check_positive_int("batch_size", batch_size, example=32)
@@ -216,7 +219,7 @@ def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset
     shards = {"num_shards": num_shards, "shard_id": shard_id}
     if dataset == "cifar10":
         usage = "train" if train else "test"
-        directory = check_cifar10_dir(data_path, usage)
+        directory = check_cifar10_dir(data_path, usage, num_classes)
         data = ds.Cifar10Dataset(directory, usage=usage, num_samples=num_samples, shuffle=shuffle, **shards)
         augment = [vision.RandomCrop((32, 32), (4, 4, 4, 4)), vision.RandomHorizontalFlip(prob=0.5)] if train else []
         image_ops = augment + [vision.Resize((image_size, image_size)), vision.Rescale(1.0 / 255.0, 0.0),

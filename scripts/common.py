@@ -122,9 +122,10 @@ def build_network(args):
 def build_dataset(args, train, **kwargs):
     """The dataset ``args`` names, batched by ``args.batch_size``."""
     if args.dataset == "mnist":
-        return lenet.create_dataset(args.data_path, args.batch_size, train=train, **kwargs)
+        return lenet.create_dataset(args.data_path, args.batch_size, train=train, num_classes=args.num_classes,
+                                    **kwargs)
     return resnet.create_dataset(args.data_path, args.batch_size, train=train, image_size=args.image_size,
-                                 dataset=args.dataset, **kwargs)
+                                 dataset=args.dataset, num_classes=args.num_classes, **kwargs)
 
 
 def setup_mindspore(device_target, seed=None):

@@ -165,3 +165,37 @@ def test_an_image_folder_without_class_subfolders_is_refused(tmp_path):
     result = run_script("train.py", "--model", "resnet18", "--dataset", "imagefolder", "--data_path",
                         tmp_path / "flat", cwd=tmp_path)
     assert_refused(result, "has no class subfolders", "<data_path>/<class name>/")
+
+
+@pytest.mark.parametrize("label", [10, 12, 200])
+def test_an_mnist_label_out_of_range_is_refused_by_name_and_sample(tmp_path, label):
+    """Issue 15 (6): 12 and 200 ended in a loss-kernel traceback; 10 trained silently (the CPU kernel does not check)."""
+    images, labels = digits(40)
+    labels[37] = label
+    _, label_file = write_split(tmp_path / "data", "train", images, labels)
+    result = run_script("train.py", "--data_path", tmp_path / "data", *QUICK, cwd=tmp_path)
+    assert_refused(result, str(label_file), f"sample 37 has label {label}, outside 0..9 for 10 classes",
+                   f"--num_classes {label + 1}")
+    assert not (tmp_path / "gradient_accumulation.ckpt").exists()
+
+
+def test_a_label_within_num_classes_is_accepted(tmp_path):
+    """The control: the bound is --num_classes, not a constant 10."""
+    images, labels = digits(40)
+    labels[37] = 10
+    write_split(tmp_path / "data", "train", images, labels)
+    result = run_script("train.py", "--data_path", tmp_path / "data", *QUICK, "--num_classes", 11, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_cifar10_label_out_of_range_is_refused_by_name_and_sample(tmp_path):
+    from images import write_cifar10
+    from model_zoo_adapters.image_files import CIFAR10_RECORD_BYTES
+    data = write_cifar10(tmp_path, train_files=1, seed=4)
+    path = os.path.join(data, "data_batch_1.bin")
+    records = np.fromfile(path, np.uint8).reshape(-1, CIFAR10_RECORD_BYTES)
+    records[4321, 0] = 10
+    records.tofile(path)
+    result = run_script("train.py", "--model", "resnet18", "--norm", "group", "--image_size", 32, "--data_path", data,
+                        "--num_samples", 16, *QUICK, cwd=tmp_path)
+    assert_refused(result, path, "sample 4321 has label 10, outside 0..9 for 10 classes")
