@@ -13,6 +13,7 @@ from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, save_network_checkpo
 from .distributed import data_parallel_rank
 from .interrupt import StopSignals, TrainingInterrupted
 from .norm import warn_if_batchnorm
+from .run_lock import run_locks
 from .schedule import WindowSchedule
 from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
                              restore_training_state)
@@ -279,7 +280,9 @@ class GradientAccumulation:
         self._saved_at = None
         history = []
         self._states = states
-        with StopSignals(handle_signals) as stop:
+        # One run per checkpoint and state directory (rank 0 only: the others write nothing).
+        locked = (ckpt_path, states.directory if states is not None else None)
+        with StopSignals(handle_signals) as stop, run_locks(*locked):
             self._stop = stop
             for batches in self._epochs(train_dataset, epoch, state, micro_batches):
                 epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
@@ -338,9 +341,8 @@ class GradientAccumulation:
                     self._interrupt(stop.signum, states, state, epoch_records)
                 state = dataclasses.replace(state, epoch=state.epoch + 1, micro_batch=0, epoch_done=False,
                                             epoch_records=[])
-
-        if ckpt_path is not None:
-            save_network_checkpoint(self.network, ckpt_path)
+            if ckpt_path is not None:
+                save_network_checkpoint(self.network, ckpt_path)
         return history
 
     @staticmethod

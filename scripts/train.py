@@ -15,6 +15,7 @@ Data parallel, one process per rank, started by MindSpore's launcher:
 """
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -26,6 +27,7 @@ from mindspore import nn
 from mindspore_accum import (AMP_LEVELS, LR_SCHEDULES, REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation,
                              MetricsLog, ProgressBar, TrainingInterrupted, WindowSchedule, check_ckpt_path,
                              find_training_state, init_data_parallel, learning_rates, read_training_state)
+from mindspore_accum.run_lock import run_lock
 
 
 def parse_args():
@@ -111,8 +113,15 @@ def main():
         shards = {"num_shards": ranks, "shard_id": rank}
         if args.num_samples:  # MindSpore's num_samples counts per shard; the flag counts in all
             args.num_samples = -(-args.num_samples // ranks)
-    say = print if rank == 0 else _silent  # one copy of the output: rank 0's
     setup_logging(quiet=rank != 0)
+    # One run per checkpoint, taken before anything is written (rank 0: the other ranks write nothing).
+    with run_lock(args.ckpt_path) if rank == 0 else contextlib.nullcontext():
+        train(args, rank, ranks, shards, resumed, device)
+
+
+def train(args, rank, ranks, shards, resumed, device):
+    """Builds the data, the network and the callbacks, prints the derived numbers, and trains."""
+    say = print if rank == 0 else _silent  # one copy of the output: rank 0's
     dataset = build_dataset(args, train=True, num_samples=args.num_samples, **shards)
     micro_batches = dataset.get_dataset_size()
     updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
