@@ -7,11 +7,13 @@ prefixes. (The tutorial's checkpoint carried its accumulation buffers.)
 
 import logging
 import os
+import tempfile
 
 import mindspore as ms
 import numpy as np
 
-__all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "save_network_checkpoint",
+__all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
+           "save_network_checkpoint",
            "load_network_checkpoint", "write_checkpoint_atomically", "read_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -45,14 +47,31 @@ def check_ckpt_path(path):
         raise ValueError(f"ckpt_path must end with .ckpt (MindSpore's checkpoint suffix), got {path!r}")
     if os.path.isdir(path):
         raise CheckpointError(f"ckpt_path {path!r} is a directory: give a file path such as {path}/model.ckpt")
-    directory = os.path.dirname(os.path.abspath(path))
+    check_writable_directory(os.path.dirname(os.path.abspath(path)), "checkpoint directory")
+    return path
+
+
+def check_writable_directory(directory, what):
+    """Creates ``directory`` if needed and proves it writable by creating a file in it; returns it.
+
+    ``os.access`` is not proof: it says yes to root everywhere, /proc included.
+
+    Raises:
+        CheckpointError: naming ``what``, the directory and the reason.
+    """
+    directory = os.fspath(directory)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as error:
-        raise CheckpointError(f"cannot create the checkpoint directory {directory!r}: {error.strerror}") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise CheckpointError(f"the checkpoint directory {directory!r} is not writable: choose another --ckpt_path")
-    return path
+        raise CheckpointError(f"cannot create the {what} {directory!r}: {error.strerror or error}: choose "
+                              f"another --ckpt_path") from None
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise CheckpointError(f"the {what} {directory!r} cannot be written ({error.strerror or error}): "
+                              f"choose another --ckpt_path") from None
+    return directory
 
 
 def save_network_checkpoint(network, path):

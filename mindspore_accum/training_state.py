@@ -27,8 +27,8 @@ import os
 import mindspore as ms
 import numpy as np
 
-from .checkpoint import (NETWORK_PREFIX, TRAINING_STATE_KEY, CheckpointError, mismatches, read_checkpoint,
-                         write_checkpoint_atomically)
+from .checkpoint import (NETWORK_PREFIX, TRAINING_STATE_KEY, CheckpointError, check_writable_directory, mismatches,
+                         read_checkpoint, write_checkpoint_atomically)
 from .validation import check_positive_int
 
 __all__ = ["TrainingState", "StateDirectory", "save_training_state", "read_training_state",
@@ -225,14 +225,7 @@ class StateDirectory:
     def __init__(self, directory, keep=5):
         self.directory = os.fspath(directory)
         self.keep = check_positive_int("keep_checkpoints", keep, example=5)
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-        except OSError as error:
-            raise CheckpointError(f"cannot create the training-state directory {self.directory!r}: "
-                                  f"{error.strerror}") from None
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise CheckpointError(f"the training-state directory {self.directory!r} is not writable: "
-                                  f"choose another --ckpt_path")
+        check_writable_directory(self.directory, "training-state directory")
         #: The last state this object wrote, or None.
         self.last_path = None
 

@@ -27,6 +27,7 @@ from mindspore import nn
 from mindspore_accum import (AMP_LEVELS, LR_SCHEDULES, REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation,
                              MetricsLog, ProgressBar, TrainingInterrupted, WindowSchedule, check_ckpt_path,
                              find_training_state, init_data_parallel, learning_rates, read_training_state)
+from mindspore_accum.checkpoint import check_writable_directory
 from mindspore_accum.run_lock import run_lock
 
 
@@ -97,7 +98,12 @@ def _silent(*_args, **_kwargs):
 def main():
     args = parse_args()
     rank, ranks = 0, 1
-    check_ckpt_path(args.ckpt_path)  # now, not after an hour of training
+    # Every output now, not after an hour of training: checkpoint and metrics, states, plots.
+    check_ckpt_path(args.ckpt_path)
+    check_writable_directory(state_dir_for(args.ckpt_path), "training-state directory")
+    if args.grad_flow_every:
+        check_writable_directory(os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), "grad_flow"),
+                                 "gradient-flow directory")
     resolve_model_args(args, train=True)
     resumed = None
     if args.resume is not None:

@@ -199,3 +199,19 @@ def test_a_cifar10_label_out_of_range_is_refused_by_name_and_sample(tmp_path):
     result = run_script("train.py", "--model", "resnet18", "--norm", "group", "--image_size", 32, "--data_path", data,
                         "--num_samples", 16, *QUICK, cwd=tmp_path)
     assert_refused(result, path, "sample 4321 has label 10, outside 0..9 for 10 classes")
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (("--ckpt_path", "/proc/m.ckpt"), ("the checkpoint directory '/proc' cannot be written", "--ckpt_path")),
+    (("--ckpt_path", "out/m.ckpt", "--grad_flow_every", 1), ("cannot create the gradient-flow directory",
+                                                             "out/grad_flow")),
+])
+def test_every_output_is_checked_before_the_data_is_read(tmp_path, flags, fragments):
+    """Issue 15 (8): /proc/m.ckpt failed only after the data and network were built, on '/proc/metrics.jsonl'.
+
+    --data_path names nothing, so a refusal about the output proves the outputs are checked first.
+    """
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "grad_flow").write_text("a file where the directory goes")
+    result = run_script("train.py", "--data_path", tmp_path / "no_data", *flags, cwd=tmp_path)
+    assert_refused(result, *fragments)
