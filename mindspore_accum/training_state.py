@@ -40,6 +40,11 @@ STATE_FORMAT = 1
 #: Training-state files are ``<STATE_PREFIX><epoch>_<micro-batch>.ckpt``.
 STATE_PREFIX = "state-"
 
+#: Optimizer tensors that are settings, not state: restoring them would silently
+#: replace the values this run was given (--lr, --momentum, the schedule), so
+#: they must match instead, like the settings below.
+_OPTIMIZER_SETTINGS = ("optimizer/learning_rate", "optimizer/momentum")
+
 #: Settings a resumed run must share with the run that saved the state: with
 #: any of them different, "continue exactly" has no meaning.
 _SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
@@ -187,8 +192,9 @@ def restore_training_state(driver, path, expected, loaded=None):
     state, saved = loaded if loaded is not None else read_training_state(path)
     problems = state.differences(expected)
     tensors = _state_tensors(driver)
-    problems += mismatches({name: param.shape for name, param in tensors.items()},
-                           {name: value.shape for name, value in saved.items()})
+    problems += _optimizer_setting_differences(tensors, saved)
+    problems += mismatches({name: param.shape for name, param in tensors.items() if name not in _OPTIMIZER_SETTINGS},
+                           {name: value.shape for name, value in saved.items() if name not in _OPTIMIZER_SETTINGS})
     if not problems:
         problems += [f"{name} is {saved[name].dtype} in the state vs {param.dtype} in this run"
                      for name, param in tensors.items() if saved[name].dtype != param.dtype]
@@ -198,6 +204,26 @@ def restore_training_state(driver, path, expected, loaded=None):
         param.set_data(ms.Tensor(saved[name].asnumpy(), dtype=param.dtype))
     logger.info("resumed from %s (%s)", path, state.where())
     return state
+
+
+def _optimizer_setting_differences(tensors, saved):
+    """The optimizer settings whose values differ between this run and the state, as phrases."""
+    problems = []
+    for name in _OPTIMIZER_SETTINGS:
+        if name in tensors and name in saved:
+            ours, theirs = tensors[name].asnumpy(), saved[name].asnumpy()
+            if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
+                problems.append(f"{name.split('/', 1)[1]} {_describe(theirs)} in the state vs {_describe(ours)} "
+                                f"in this run (a resume continues the run exactly: give the same --lr, --momentum, "
+                                f"--lr_schedule, --warmup_steps and, with a schedule, --epochs)")
+    return problems
+
+
+def _describe(values):
+    values = values.reshape(-1)
+    if values.size == 1:
+        return f"{float(values[0]):g}"
+    return f"(a schedule of {values.size} rates, {float(values[0]):g} to {float(values[-1]):g})"
 
 
 def find_training_state(path):

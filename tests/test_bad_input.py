@@ -123,6 +123,10 @@ def test_lr_epochs_device_target_and_other_flags_out_of_range_are_refused(tmp_pa
     (("--batch_size", 16), "batch_size=8 in the state vs 16 in this run"),
     (("--num_samples", 48), "micro_batches_per_epoch=8 in the state vs 6 in this run"),
     (("--seed", 7), "seed=1 in the state vs 7 in this run"),
+    # Issue 15 (4): these were silently replaced by the state's values.
+    (("--lr", 0.5), "learning_rate 0.01 in the state vs 0.5 in this run"),
+    (("--momentum", 0.5), "momentum 0.9 in the state vs 0.5 in this run"),
+    (("--lr_schedule", "cosine"), "learning_rate 0.01 in the state vs (a schedule of 8 rates, 0.01 to"),
 ])
 def test_resume_refuses_a_state_that_does_not_fit_naming_the_difference(tmp_path, tiny_mnist, trained, change,
                                                                          fragment):
@@ -132,6 +136,13 @@ def test_resume_refuses_a_state_that_does_not_fit_naming_the_difference(tmp_path
                         trained / "m_state", cwd=tmp_path)
     assert_refused(result, "cannot resume from", "state-1_8.ckpt", "does not fit this run", fragment)
     assert not os.path.exists(tmp_path / "gradient_accumulation.ckpt")
+
+
+def test_resume_with_more_epochs_at_a_constant_rate_is_accepted(tmp_path, tiny_mnist, trained):
+    """The control for the refusals above: --epochs may grow (it counts in all), nothing else changed."""
+    result = run_script("train.py", "--data_path", tiny_mnist, "--no_progress", "--batch_size", 8, "--mini_steps", 2,
+                        "--epochs", 3, "--resume", trained / "m_state", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("flags, fragments", [
