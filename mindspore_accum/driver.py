@@ -259,6 +259,12 @@ class GradientAccumulation:
                            micro_batches, " (flushed at the epoch's end)" if schedule.remainder == "flush"
                            else ", and remainder='drop' discards it: no update will happen")
 
+        earlier = StateDirectory.files_in(states.directory) if resume is None and states is not None else []
+        if earlier:
+            # Lightning's choice: warn, not refuse, so that running the same command twice works.
+            logger.warning("the training-state directory %s holds %d states of an earlier run, which this run's "
+                           "states will push out (newest %d kept); to continue that run instead, pass "
+                           "resume=%s (--resume)", states.directory, len(earlier), states.keep, states.directory)
         if resume is not None:
             resume = find_training_state(resume)
             loaded = read_training_state(resume)

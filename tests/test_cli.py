@@ -86,3 +86,20 @@ def test_eval_takes_a_training_state_file_or_directory_and_a_directory_named_wit
     evaluated = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", states, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert evaluated.stdout.splitlines()[-1] == expected.stdout.splitlines()[-1]
+
+
+def test_a_fresh_run_into_a_state_directory_of_an_earlier_run_says_so_and_a_resumed_run_does_not(tmp_path,
+                                                                                                  tiny_mnist):
+    """Issue 15 (10): the earlier run's states were pushed out without a word."""
+    flags = ("--data_path", tiny_mnist, "--epochs", 1, "--batch_size", 8, "--mini_steps", 3, "--no_progress")
+    first = run_script("train.py", *flags, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "holds" not in first.stdout  # nothing to warn about in an empty directory
+    again = run_script("train.py", *flags, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    states = tmp_path / "gradient_accumulation_state"
+    assert (f"the training-state directory {states} holds 1 states of an earlier run, which this run's states will "
+            f"push out (newest 5 kept); to continue that run instead, pass resume={states} (--resume)") in again.stdout
+    resumed = run_script("train.py", *flags[:2], "--epochs", 2, *flags[4:], "--resume", states, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "of an earlier run" not in resumed.stdout
