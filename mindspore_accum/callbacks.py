@@ -54,20 +54,39 @@ class MetricsLog(Callback):
       returns, e.g. ``test_loss`` and ``test_accuracy``.
 
     Args:
-        path: the file; it is replaced at the start of training, or appended
-            to with ``append`` (a resumed run).
+        path: the file, named after the checkpoint it describes (train.py:
+            ``<checkpoint stem>_metrics.jsonl``). It is opened at the first
+            record, so a run that fails before its first update leaves an
+            earlier file as it was; it is then replaced, or, with ``resume``,
+            continued.
         evaluate: optional ``callable(epoch) -> dict`` run at each epoch's end.
-        append: keep the records already in the file.
+        resume: the :class:`~mindspore_accum.training_state.TrainingState` the
+            run resumes from. The records it covers are kept, and those written
+            after it (by a run killed before its next state) and any line cut
+            short are dropped, so that the file ends up as an uninterrupted
+            run's.
     """
 
-    def __init__(self, path, evaluate=None, append=False):
+    def __init__(self, path, evaluate=None, resume=None):
         self.path = os.fspath(path)
         self.evaluate = evaluate
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+        self.resume = resume
+        self._file = None
+
+    def _open(self):
+        kept = []
+        if self.resume is not None and os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as existing:
+                kept = [line for line in existing if _covered(line, self.resume)]
+        tmp_path = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp_path, "w", encoding="utf-8") as fresh:  # replaced whole, never half-filtered
+            fresh.writelines(kept)
+        os.replace(tmp_path, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
 
     def _write(self, record):
+        if self._file is None:
+            self._open()
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -89,7 +108,23 @@ class MetricsLog(Callback):
         self._write(entry)
 
     def close(self):
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def _covered(line, state):
+    """True if a metrics line is whole and its record comes before ``state``'s position."""
+    if not line.endswith("\n"):
+        return False  # cut short by a kill
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    if record.get("epoch") != state.epoch:
+        return record.get("epoch", 0) < state.epoch
+    if record.get("kind") == "update":
+        return record.get("update", 0) <= len(state.epoch_records)
+    return state.epoch_done
 
 
 class ProgressBar(Callback):

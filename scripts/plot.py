@@ -1,6 +1,6 @@
-"""Plot a training run's metrics.jsonl: the loss curve and the test accuracy.
+"""Plot a training run's metrics (<checkpoint>_metrics.jsonl): the loss curve and the test accuracy.
 
-    python scripts/plot.py --metrics metrics.jsonl --out plots
+    python scripts/plot.py --metrics gradient_accumulation_metrics.jsonl --out plots
 
 Writes loss.png (the window loss per update, with the per-epoch train and test
 losses at each epoch's last update) and, when the run evaluated every epoch,
@@ -30,7 +30,7 @@ def read_metrics(path):
                 raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
             (updates if record.get("kind") == "update" else epochs).append(record)
     if not updates:
-        raise ValueError(f"{path} has no update records: is it a metrics.jsonl written by train.py?")
+        raise ValueError(f"{path} has no update records: is it a <checkpoint>_metrics.jsonl written by train.py?")
     return updates, epochs
 
 
@@ -68,7 +68,8 @@ def plot_accuracy(epochs, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics", default="metrics.jsonl", help="the metrics.jsonl written by train.py")
+    parser.add_argument("--metrics", default="gradient_accumulation_metrics.jsonl",
+                        help="the <checkpoint>_metrics.jsonl train.py wrote beside its checkpoint")
     parser.add_argument("--out", default="plots", help="directory for the PNG files")
     args = parser.parse_args()
     try:

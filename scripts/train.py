@@ -4,8 +4,8 @@
     python scripts/train.py --model resnet18 --norm group --image_size 32 --data_path cifar-10-batches-bin \
         --mini_steps 4 --ckpt_path resnet18.ckpt
 
-Beside the checkpoint it writes metrics.jsonl (see the README for its format)
-and a directory of training states, <ckpt name>_state/, to resume from:
+Beside the checkpoint it writes <ckpt name>_metrics.jsonl (see the README for its
+format) and a directory of training states, <ckpt name>_state/, to resume from:
 
     python scripts/train.py --data_path data/mnist --mini_steps 4 --resume gradient_accumulation_state
 
@@ -56,7 +56,7 @@ def parse_args():
                         help="log every this many updates when no progress bar is shown")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar, plain log lines")
     parser.add_argument("--eval_every_epoch", action="store_true",
-                        help="test loss and accuracy on the test split after every epoch, into metrics.jsonl")
+                        help="test loss and accuracy on the test split after every epoch, into the metrics file")
     parser.add_argument("--grad_flow_every", type=positive_int, default=None,
                         help="save a gradient-flow PNG every N updates, beside the checkpoint")
     parser.add_argument("--save_every", type=positive_int, default=None,
@@ -76,6 +76,12 @@ def state_dir_for(ckpt_path):
     """Training states go beside the model checkpoint: model.ckpt -> model_state/."""
     root, _ = os.path.splitext(os.path.abspath(ckpt_path))
     return root + "_state"
+
+
+def metrics_path_for(ckpt_path):
+    """The metrics belong to the checkpoint they describe: model.ckpt -> model_metrics.jsonl."""
+    root, _ = os.path.splitext(os.path.abspath(ckpt_path))
+    return root + "_metrics.jsonl"
 
 
 def resume_command(state_path):
@@ -176,8 +182,7 @@ def train(args, rank, ranks, shards, resumed, device):
     progress = ProgressBar(enabled=not args.no_progress and rank == 0)
     callbacks = []
     if rank == 0:  # the other ranks write nothing
-        callbacks = [progress, MetricsLog(os.path.join(out_dir, "metrics.jsonl"), evaluate_epoch,
-                                          append=resumed is not None)]
+        callbacks = [progress, MetricsLog(metrics_path_for(args.ckpt_path), evaluate_epoch, resume=resumed)]
         if args.grad_flow_every:
             callbacks.append(GradFlowSaver(os.path.join(out_dir, "grad_flow"), args.grad_flow_every))
     try:
@@ -193,7 +198,7 @@ def train(args, rank, ranks, shards, resumed, device):
         print(f"{stopped}\nresume with:\n  {resume_command(stopped.state_path)}", file=sys.stderr)
         sys.exit(128 + stopped.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     say(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates), metrics: "
-          f"{os.path.join(out_dir, 'metrics.jsonl')}")
+          f"{metrics_path_for(args.ckpt_path)}")
 
 
 if __name__ == "__main__":

@@ -118,3 +118,58 @@ def test_a_signal_from_outside_then_resume_equals_the_uninterrupted_run(tmp_path
     resumed = run_script("train.py", *resume_command_of(stderr)[2:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_checkpoint(tmp_path / "gradient_accumulation.ckpt", uninterrupted, stderr.splitlines()[-3])
+
+
+# SIGKILLs train.py right after it wrote update 7's metrics record and half of another line: one record past the
+# last state (--save_every 2 saved it at update 6), and a line cut short, as a kill -9 leaves them.
+KILL_AFTER_UPDATE = '''
+import os, runpy, signal, sys
+scripts, kill_at = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, scripts)
+from mindspore_accum import MetricsLog
+original = MetricsLog.update
+def update(self, record, driver):
+    original(self, record, driver)
+    if record.total_updates == kill_at:
+        self._file.write('{"kind": "upd')
+        self._file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+MetricsLog.update = update
+sys.argv = [os.path.join(scripts, "train.py"), *sys.argv[3:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def test_metrics_after_kill_9_and_resume_equal_an_uninterrupted_runs(tmp_path, data):
+    """Issue 15 (5): the updates after the last state appeared twice, and a cut-short line stayed."""
+    flags = ("--data_path", data, *ARGS, "--save_every", 2)
+    reference = run_script("train.py", *flags, "--ckpt_path", "whole/m.ckpt", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_UPDATE, SCRIPTS, "7", *map(str, flags)], cwd=tmp_path,
+                            env=dict(os.environ, GLOG_v="3"), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    lines = (tmp_path / "gradient_accumulation_metrics.jsonl").read_text().splitlines()
+    assert lines[-1] == '{"kind": "upd' and '"total_updates": 7' in lines[-2], "the kill came too early or late"
+    resumed = run_script("train.py", *flags, "--resume", "gradient_accumulation_state", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "gradient_accumulation_metrics.jsonl").read_text() == \
+        (tmp_path / "whole" / "m_metrics.jsonl").read_text()
+
+
+def test_a_failing_run_beside_an_earlier_one_leaves_its_metrics_as_they_were(tmp_path, data):
+    """Issue 15 (5): `--ckpt_path d/b.ckpt --lr 1e30`, which fails, cut d/a.ckpt's metrics from 9 lines to 1."""
+    flags = ("--data_path", data, *ARGS)
+    first = run_script("train.py", *flags, "--ckpt_path", "d/a.ckpt", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "d" / "a_metrics.jsonl").read_text()
+    diverged = run_script("train.py", *flags, "--ckpt_path", "d/b.ckpt", "--lr", "1e30", cwd=tmp_path)
+    assert diverged.returncode == 2 and "training stopped, nothing saved" in diverged.stderr, diverged.stderr
+    assert (tmp_path / "d" / "a_metrics.jsonl").read_text() == before
+
+
+def test_metrics_log_touches_no_file_before_its_first_record(tmp_path):
+    from mindspore_accum import MetricsLog
+    earlier = tmp_path / "m_metrics.jsonl"
+    earlier.write_text('{"kind": "update", "epoch": 1, "update": 1}\n')
+    MetricsLog(earlier).close()  # a run that failed before its first update
+    assert earlier.read_text() == '{"kind": "update", "epoch": 1, "update": 1}\n'

@@ -105,7 +105,7 @@ def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(t
     steps = [line.split(" loss is")[0] for line in rank0 if line.startswith("epoch: 1 step:")]
     assert steps == ["epoch: 1 step: 1", "epoch: 1 step: 2", "epoch: 1 step: 3"], rank0
     assert rank1 == [], f"rank 1 printed: {rank1[:5]}"
-    metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    metrics = (tmp_path / "gradient_accumulation_metrics.jsonl").read_text().splitlines()
     assert len([line for line in metrics if '"kind": "update"' in line]) == 6, metrics  # one writer, not two
     states = sorted(os.listdir(tmp_path / "gradient_accumulation_state"))
     assert states == ["state-1_8.ckpt", "state-2_8.ckpt"], states

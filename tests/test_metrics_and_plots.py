@@ -42,7 +42,7 @@ def read_jsonl(path):
 
 def test_metrics_jsonl_has_an_update_record_per_window_and_an_epoch_record_per_epoch(trained_run):
     _, out, _ = trained_run
-    records = read_jsonl(out / "metrics.jsonl")  # every line parses, or this raises
+    records = read_jsonl(out / "lenet_metrics.jsonl")  # every line parses, or this raises
     updates = [r for r in records if r["kind"] == "update"]
     epochs = [r for r in records if r["kind"] == "epoch"]
     micro_batches_per_epoch = TRAIN_SAMPLES // BATCH
@@ -151,8 +151,9 @@ def test_grad_flow_pngs_every_n_updates(trained_run):
 
 def test_plot_script_writes_pngs_that_open(trained_run, tmp_path):
     _, out, _ = trained_run
-    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "plot.py"), "--metrics", str(out / "metrics.jsonl"),
-                             "--out", str(tmp_path / "plots")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "plot.py"), "--metrics",
+                             str(out / "lenet_metrics.jsonl"), "--out", str(tmp_path / "plots")],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     for name in ("loss.png", "accuracy.png"):
         path = tmp_path / "plots" / name
