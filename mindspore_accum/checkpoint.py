@@ -5,8 +5,10 @@ of the training machinery: no ``grad_sum``, no optimizer moments, no wrapper
 prefixes. (The tutorial's checkpoint carried its accumulation buffers.)
 """
 
+import errno
 import logging
 import os
+import re
 import tempfile
 
 import mindspore as ms
@@ -14,7 +16,7 @@ import numpy as np
 
 __all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
            "save_network_checkpoint",
-           "load_network_checkpoint", "write_checkpoint_atomically", "read_checkpoint"]
+           "load_network_checkpoint", "write_checkpoint_atomically", "read_checkpoint", "remove_stale_temporaries"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +116,59 @@ def write_checkpoint_atomically(save_obj, path, append_dict=None):
             os.fsync(written.fileno())
         os.replace(tmp_path, path)
     except OSError as error:
-        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror or error}") from None
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror or error}"
+                              + _space_note(error, save_obj, directory)) from None
     finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        # Ours, and the partial file save_checkpoint writes first (.tmp for .ckpt), which a full disk leaves.
+        for leftover in (tmp_path, os.path.splitext(tmp_path)[0] + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _space_note(error, save_obj, directory):
+    """For a full disk: how much the checkpoint needs against what is free."""
+    if error.errno != errno.ENOSPC:
+        return ""
+    params = save_obj.get_parameters() if hasattr(save_obj, "get_parameters") else (e["data"] for e in save_obj)
+    needed = sum(param.nbytes for param in params)
+    stats = os.statvfs(directory)
+    return (f" (it needs about {needed / 1024:.0f} KiB; {stats.f_bavail * stats.f_frsize / 1024:.0f} KiB are free in "
+            f"{directory}): free some space or choose another --ckpt_path")
+
+
+#: ``.<name>.<pid>.tmp.ckpt`` (ours) and ``.<name>.<pid>.tmp.tmp`` (save_checkpoint's partial file).
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp\.(ckpt|tmp)$")
+
+
+def remove_stale_temporaries(directory):
+    """Deletes the temporary checkpoint files in ``directory`` of processes that no longer run; returns them.
+
+    A run killed mid-write (kill -9, a full disk) leaves them behind; a live
+    process's are left alone.
+    """
+    removed = []
+    for entry in os.scandir(directory) if os.path.isdir(directory) else ():
+        match = _TEMPORARY.match(entry.name)
+        if match and entry.is_file() and not _alive(int(match.group(1))):
+            os.remove(entry.path)
+            removed.append(entry.path)
+            logger.info("removed %s, left by a run that no longer runs", entry.path)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def read_checkpoint(path, what="checkpoint", hint="pass the file written by train.py with --ckpt_path"):

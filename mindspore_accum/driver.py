@@ -4,12 +4,13 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 
 import numpy as np
 from mindspore import Parameter, amp, nn
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, save_network_checkpoint
+from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
 from .distributed import data_parallel_rank
 from .interrupt import StopSignals, TrainingInterrupted
 from .norm import warn_if_batchnorm
@@ -289,6 +290,10 @@ class GradientAccumulation:
         # One run per checkpoint and state directory (rank 0 only: the others write nothing).
         locked = (ckpt_path, states.directory if states is not None else None)
         with StopSignals(handle_signals) as stop, run_locks(*locked):
+            for directory in (os.path.dirname(os.path.abspath(ckpt_path)) if ckpt_path else None,
+                              states.directory if states is not None else None):
+                if directory is not None:
+                    remove_stale_temporaries(directory)  # ours to clean: we hold the lock
             self._stop = stop
             for batches in self._epochs(train_dataset, epoch, state, micro_batches):
                 epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
