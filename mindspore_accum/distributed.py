@@ -11,12 +11,15 @@ environment variables; :func:`init_data_parallel` joins the group
 :class:`~mindspore_accum.cells.TrainOptim`, once per window.
 """
 
+import json
 import logging
 import os
 
 import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
 
-__all__ = ["MSRUN_VARIABLES", "launched_by_msrun", "init_data_parallel", "data_parallel_rank"]
+__all__ = ["MSRUN_VARIABLES", "launched_by_msrun", "init_data_parallel", "data_parallel_rank", "check_same_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +68,44 @@ def data_parallel_rank():
         raise ValueError(f"distributed=True needs the ranks joined first: call "
                          f"mindspore_accum.init_data_parallel() (or mindspore.communication.init()) in a process "
                          f"started by msrun ({str(error).splitlines()[0]})") from None
+
+
+#: Room for one rank's settings, as JSON bytes, in the all-gather.
+_SETTINGS_BYTES = 4096
+
+
+class _AllGather(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.gather = ops.AllGather()
+
+    def construct(self, x):
+        return self.gather(x)
+
+
+def check_same_settings(settings):
+    """Refuses, on every rank, a run whose ``settings`` (a JSON-able dict) differ between ranks.
+
+    One all-gather of every rank's settings, at start: ranks launched with
+    different flags (two msrun launches, one per node) would otherwise train
+    on unequal windows until an all-reduce fails minutes later. Every rank
+    compares every rank with rank 0, in the same order, so every rank names
+    the same first difference.
+
+    Raises:
+        ValueError: ``"--<name> is <value> on rank <r> but <value> on rank 0: ..."``.
+    """
+    rank, ranks = data_parallel_rank()
+    encoded = np.frombuffer(json.dumps(settings, sort_keys=True).encode(), np.uint8)
+    if encoded.size > _SETTINGS_BYTES:
+        raise ValueError(f"settings take {encoded.size} bytes as JSON, more than the {_SETTINGS_BYTES} compared")
+    padded = np.zeros(_SETTINGS_BYTES, np.int32)  # int32: a type every collective backend sums and gathers
+    padded[:encoded.size] = encoded
+    rows = _AllGather()(Tensor(padded)).asnumpy().reshape(ranks, _SETTINGS_BYTES)
+    every = [json.loads(bytes(row[row != 0].astype(np.uint8)).decode()) for row in rows]  # JSON has no NUL
+    for other in range(1, ranks):
+        for name in sorted(set(every[0]) | set(every[other])):
+            if every[0].get(name) != every[other].get(name):
+                raise ValueError(f"--{name} is {every[other].get(name)!r} on rank {other} but "
+                                 f"{every[0].get(name)!r} on rank 0: launch every rank with the same flags")
+    logger.debug("rank %d of %d: settings agree with every rank", rank, ranks)

@@ -28,6 +28,7 @@ from mindspore_accum import (AMP_LEVELS, LR_SCHEDULES, REMAINDER_POLICIES, GradF
                              MetricsLog, ProgressBar, TrainingInterrupted, WindowSchedule, check_ckpt_path,
                              find_training_state, init_data_parallel, learning_rates, read_training_state)
 from mindspore_accum.checkpoint import check_writable_directory
+from mindspore_accum.distributed import check_same_settings
 from mindspore_accum.run_lock import run_lock
 
 
@@ -70,6 +71,12 @@ def parse_args():
                         help="data parallel over the ranks msrun started: each reads its shard, one all-reduce "
                              "per update; only rank 0 writes")
     return parser.parse_args()
+
+
+#: The flags every data-parallel rank must share; paths and display flags may differ between nodes.
+TRAINING_FLAGS = ("model", "dataset", "image_size", "num_classes", "norm", "conv_impl", "batch_size", "num_samples",
+                  "mini_steps", "remainder", "epochs", "lr", "momentum", "lr_schedule", "warmup_steps", "amp_level",
+                  "clip_grad_norm", "seed")
 
 
 def state_dir_for(ckpt_path):
@@ -122,6 +129,7 @@ def main():
     shards = {}
     if args.distribute:
         rank, ranks = init_data_parallel()
+        check_same_settings({flag: getattr(args, flag) for flag in TRAINING_FLAGS})  # before any rank trains
         shards = {"num_shards": ranks, "shard_id": rank}
         if args.num_samples:  # MindSpore's num_samples counts per shard; the flag counts in all
             args.num_samples = -(-args.num_samples // ranks)

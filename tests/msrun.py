@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 MSRUN = os.path.join(os.path.dirname(sys.executable), "msrun")
 
@@ -22,24 +23,73 @@ def run_msrun(script, *args, log_dir, cwd, ranks=2, timeout=300):
     msrun and its workers run in a session of their own, which is killed
     whatever happens - a failing or hanging test leaves no worker behind.
     """
-    env = dict(os.environ, GLOG_v="3", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    command = [MSRUN, f"--worker_num={ranks}", f"--local_worker_num={ranks}", f"--master_port={free_port()}",
-               f"--log_dir={log_dir}", "--join=True", "--cluster_time_out=120", script, *map(str, args)]
-    launcher = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+    options = [f"--worker_num={ranks}", f"--local_worker_num={ranks}", f"--master_port={free_port()}",
+               f"--log_dir={log_dir}"]
+    (status,) = _finish([_start(options, script, args, cwd)], timeout)
+    return status, _logs(log_dir, range(ranks))
+
+
+def run_two_nodes(script, args0, args1, log_dir, cwd, timeout=300):
+    """Two "nodes" on 127.0.0.1: two msrun launches of one worker each (node_rank 0 and 1), args of their own.
+
+    msrun starts a scheduler wherever the master address is local, which on one
+    host is both launches. Node 0 starts first and its scheduler takes the
+    port; node 1's own scheduler then fails at once and that launch exits 1,
+    while its worker joins node 0's scheduler and runs to the end. (On real
+    nodes only the master's address is local.) Returns ([exit status of each
+    launch], {rank: worker log text}).
+    """
+    port = free_port()
+    processes = []
     try:
-        launcher.communicate(timeout=timeout)
+        for node, args in enumerate((args0, args1)):
+            options = ["--worker_num=2", "--local_worker_num=1", f"--node_rank={node}", "--master_addr=127.0.0.1",
+                       f"--master_port={port}", f"--log_dir={log_dir}/node{node}"]
+            processes.append(_start(options, script, args, cwd))
+            if node == 0:
+                _wait_for_port(port, timeout=60)
     finally:
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        launcher.wait()
+        statuses = _finish(processes, timeout)
+    return statuses, {**_logs(f"{log_dir}/node0", [0]), **_logs(f"{log_dir}/node1", [1])}
+
+
+def _start(options, script, args, cwd):
+    env = dict(os.environ, GLOG_v="3", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    return subprocess.Popen([MSRUN, *options, "--join=True", "--cluster_time_out=120", script, *map(str, args)],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_port(port, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"msrun's scheduler did not listen on port {port} within {timeout} s")
+
+
+def _finish(processes, timeout):
+    try:
+        for process in processes:
+            process.communicate(timeout=timeout)
+    finally:
+        for process in processes:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    return [process.returncode for process in processes]
+
+
+def _logs(log_dir, ranks):
     logs = {}
-    for rank in range(ranks):
+    for rank in ranks:
         path = os.path.join(log_dir, f"worker_{rank}.log")
         logs[rank] = open(path, encoding="utf-8", errors="replace").read() if os.path.exists(path) else ""
-    return launcher.returncode, logs
+    return logs
 
 
 def own_lines(log):

@@ -18,7 +18,7 @@ import pytest
 from mindspore import Tensor, nn
 
 from cli import assert_refused, run_script
-from msrun import own_lines, run_msrun
+from msrun import own_lines, run_msrun, run_two_nodes
 from nets import LOSS, MLP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,3 +145,37 @@ def test_a_dataset_too_small_for_every_rank_is_refused(tmp_path, tiny_mnist):
         assert last == (f"train.py: error: batch_size=4 is larger than the 3 samples of the MNIST train split in "
                         f"{tiny_mnist}, shard {rank} of 2: use a batch_size of at most 3"), last
         assert "Traceback" not in logs[rank]
+
+
+def test_two_nodes_of_one_worker_equal_one_node_of_two(tmp_path):
+    """Issue 15: the multi-node launch, as two msruns on 127.0.0.1, against the single-node two-worker run."""
+    args = ("--samples", 42, "--batch_size", 3, "--mini_steps", 3, "--epochs", 2)
+    (tmp_path / "one").mkdir()
+    status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path / "one", *args,
+                             log_dir=tmp_path / "logs1", cwd=tmp_path)
+    assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+    (tmp_path / "two").mkdir()
+    statuses, logs = run_two_nodes(os.path.join(HERE, "dp_worker.py"), ("--out", tmp_path / "two", *args),
+                                   ("--out", tmp_path / "two", *args), log_dir=tmp_path / "logs2", cwd=tmp_path)
+    # Node 1's launch exits 1 on one host: its own scheduler finds the port taken (see run_two_nodes).
+    assert statuses[0] == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+    assert "Traceback" not in logs[0] + logs[1]
+    for rank in (0, 1):
+        one, two = load(tmp_path / "one" / f"final{rank}.npz"), load(tmp_path / "two" / f"final{rank}.npz")
+        for name in one:
+            np.testing.assert_array_equal(two[name], one[name], err_msg=f"rank {rank}, {name}: two nodes vs one")
+
+
+def test_ranks_launched_with_different_settings_all_refuse_naming_the_first_difference(tmp_path, tiny_mnist):
+    """Issue 15 (9): --mini_steps 2 on one node and 4 on the other trained unequal windows, then crashed."""
+    train = os.path.join(os.path.dirname(HERE), "scripts", "train.py")
+    flags = ("--distribute", "--data_path", tiny_mnist, "--batch_size", 4, "--epochs", 1, "--no_progress")
+    statuses, logs = run_two_nodes(train, (*flags, "--mini_steps", 2), (*flags, "--mini_steps", 4),
+                                   log_dir=tmp_path / "logs", cwd=tmp_path)
+    assert statuses[0] != 0
+    for rank in (0, 1):
+        assert "Traceback" not in logs[rank], logs[rank][-2000:]
+        last = own_lines(logs[rank])[-1]
+        assert last == ("train.py: error: --mini_steps is 4 on rank 1 but 2 on rank 0: launch every rank with the "
+                        "same flags"), last
+    assert not (tmp_path / "gradient_accumulation.ckpt").exists()
