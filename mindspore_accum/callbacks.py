@@ -85,10 +85,13 @@ class MetricsLog(Callback):
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _write(self, record):
-        if self._file is None:
-            self._open()
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self._open()
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as error:  # a full disk says "No space left on device" and names no file
+            raise OSError(error.errno, f"cannot write the metrics file: {error.strerror}", self.path) from None
 
     def update(self, record, driver):
         self._write({"kind": "update", "epoch": record.epoch, "update": record.update,

@@ -183,3 +183,16 @@ def test_eval_per_class_and_a_checkpoint_directory(trained_run):
     header = lines.index("class  samples  accuracy")
     per_class = {int(line.split()[0]): int(line.split()[1]) for line in lines[header + 1:header + 11]}
     assert per_class == {label: 3 for label in range(10)}  # digits(30) has labels 0..9 three times each
+
+
+def test_a_metrics_write_that_fails_names_the_file(tmp_path):
+    """Issue 15 (8): every OSError line names the path; /dev/full fails every write with ENOSPC."""
+    import errno
+
+    from mindspore_accum import MetricsLog
+    log = MetricsLog("/dev/full")
+    log._open = lambda: setattr(log, "_file", open("/dev/full", "w", encoding="utf-8"))  # no rewrite of /dev/full
+    with pytest.raises(OSError) as error:
+        log.epoch_end(1, [])
+    assert error.value.errno == errno.ENOSPC
+    assert str(error.value) == "[Errno 28] cannot write the metrics file: No space left on device: '/dev/full'"
