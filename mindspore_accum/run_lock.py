@@ -5,7 +5,8 @@ other's training states, their metrics interleave, and the last to finish
 silently wins. :func:`run_lock` takes ``fcntl.flock`` on a lock file beside
 the checkpoint (``.<name>.lock``). The kernel releases a flock when its
 process ends, however it ends, so a crashed or killed run leaves no stale
-lock, and no lock file needs deleting. The file holds the owner's process id,
+lock: its lock file may stay, but the next run locks it at once. A run that
+ends normally deletes its lock file. The file holds the owner's process id,
 for the refusal message.
 
 Locks are re-entrant within a process: ``train.py`` takes the lock before it
@@ -54,24 +55,36 @@ def run_lock(path):
         yield
     finally:
         fd, _ = _held.pop(lock_file)
+        os.unlink(lock_file)  # while still locked: whoever opens the name next gets a new file (see _acquire)
         os.close(fd)  # closing the descriptor releases the flock
 
 
 def _acquire(lock_file, path):
-    try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise CheckpointError(f"cannot create the lock file {lock_file!r}: {error.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RunInUseError(f"{os.fspath(path)!r} is in use by another run (process {owner}): wait for it to "
-                            f"finish, or give this run another --ckpt_path") from None
+    while True:
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise CheckpointError(f"cannot create the lock file {lock_file!r}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUseError(f"{os.fspath(path)!r} is in use by another run (process {owner}): wait for it to "
+                                f"finish, or give this run another --ckpt_path") from None
+        if _same_file(fd, lock_file):
+            break
+        os.close(fd)  # we locked a file its owner deleted on release: lock the file the name holds now
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[lock_file] = [fd, 1]
+
+
+def _same_file(fd, path):
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager

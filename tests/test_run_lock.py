@@ -57,3 +57,10 @@ def test_lock_files_sit_beside_what_they_guard(tmp_path, name):
     from mindspore_accum.run_lock import lock_path_for
     assert lock_path_for(tmp_path / name) == str(tmp_path / f".{name}.lock")
     assert lock_path_for(str(tmp_path / name) + os.sep) == str(tmp_path / f".{name}.lock")
+
+
+def test_a_run_that_ends_deletes_its_lock_file(tmp_path):
+    from mindspore_accum.run_lock import lock_path_for
+    with run_lock(tmp_path / "m.ckpt"):
+        assert os.path.exists(lock_path_for(tmp_path / "m.ckpt"))
+    assert os.listdir(tmp_path) == []
