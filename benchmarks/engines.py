@@ -12,7 +12,7 @@ and each round's time is divided by its micro-steps; the ratio to plain is the
 median of the per-round ratios, since a 2-core machine shared with other work
 is too noisy for a ratio of medians.
 
-    python benchmarks/engines.py [--rounds 9] [--num_samples 2048] [--epochs 2] [--mini_steps 4]
+    python benchmarks/engines.py [--rounds 21] [--num_samples 2048] [--epochs 2] [--mini_steps 4]
 """
 
 import argparse
@@ -64,7 +64,7 @@ def main():
     parser.add_argument("--mini_steps", type=int, default=4)
     parser.add_argument("--num_samples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per round")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--conv_impl", default="auto", choices=("auto", "native", "im2col"))
     args = parser.parse_args()
 

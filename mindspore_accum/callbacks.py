@@ -31,7 +31,13 @@ class Callback:
         """
 
     def micro_step(self, epoch, micro_step, loss, samples):
-        """After each micro-batch's forward and backward."""
+        """After each micro-batch's forward and backward.
+
+        ``loss`` is the micro-batch's loss as a device Tensor, not read back:
+        ``float(loss)`` waits for the device, which the driver itself does
+        only once per window. The window's losses as floats are in the
+        :class:`~mindspore_accum.driver.UpdateRecord` that ``update`` gets.
+        """
 
     def update(self, record, driver):
         """After each optimizer update, before the buffer is cleared."""

@@ -163,9 +163,10 @@ class TrainOptim(nn.Cell):
 
     In this order, once per window (never per micro-step):
 
-    1. ``amp.all_finite(grad_sum)``: a NaN or inf from any micro-batch reaches
-       the accumulated gradient, while a finite loss can hide one (a ReLU maps
-       NaN to 0 on the way forward, not on the way back).
+    1. ``amp.all_finite`` of ``grad_sum`` and the window's loss: a NaN or inf
+       from any micro-batch reaches the accumulated gradient, while a finite
+       loss can hide one (a ReLU maps NaN to 0 on the way forward, not on the
+       way back); and an infinite loss with a finite gradient is divergence too.
     2. If finite: unscale ``grad_sum`` in place (with a loss scaler), clip the
        result by its global norm (``ops.clip_by_global_norm``, with
        ``clip_grad_norm``), and apply the optimizer. If not, nothing is applied.
@@ -198,6 +199,7 @@ class TrainOptim(nn.Cell):
         self.grad_sum = buffer.grad_sum
         self.window_samples = buffer.window_samples
         self.window_loss = buffer.window_loss
+        self.checked = ParameterTuple((*buffer.grad_sum, buffer.window_loss))  # what must be finite
         self.all_reduce = bool(all_reduce)
         if self.all_reduce:
             self.sum_over_ranks = ops.AllReduce(ops.ReduceOp.SUM)
@@ -215,7 +217,7 @@ class TrainOptim(nn.Cell):
         if self.all_reduce:
             finite = self._reduce_over_ranks()
         else:
-            finite = amp.all_finite(self.grad_sum)
+            finite = amp.all_finite(self.checked)
         if finite:
             if self.scaled:
                 finite = ops.depend(finite, self.hyper_map(ops.partial(_unscale, self.scale_value), self.grad_sum))

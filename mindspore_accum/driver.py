@@ -6,8 +6,9 @@ import logging
 import math
 import os
 
+import mindspore as ms
 import numpy as np
-from mindspore import Parameter, amp, nn
+from mindspore import Parameter, Tensor, amp, nn, ops
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
@@ -70,11 +71,12 @@ class NonFiniteError(ArithmeticError):
     """
 
 
-def current_learning_rate(optimizer):
+def current_learning_rate(optimizer, just_applied=False):
     """The learning rate the optimizer's next update uses, as a float; None for a ``LearningRateSchedule`` Cell.
 
     A list of rates is read at the optimizer's ``global_step``, which counts
-    applied updates.
+    applied updates. With ``just_applied``, the rate of the update just
+    applied: one step back.
     """
     rate = optimizer.learning_rate
     if isinstance(rate, nn.Cell) and isinstance(getattr(rate, "learning_rate", None), Parameter):
@@ -84,12 +86,37 @@ def current_learning_rate(optimizer):
     values = rate.asnumpy().reshape(-1)
     if values.size == 1:
         return float(values[0])
-    step = int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0])
+    step = int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0]) - int(just_applied)
     return float(values[min(step, values.size - 1)])
 
 
 def _batch_size(inputs):
     return int(inputs[0].shape[0])
+
+
+class _MicroStep(nn.Cell):
+    """The driver's micro-step: forward and backward, and the update when the window is full, in one graph.
+
+    It is :class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`
+    without the clear: the driver clears after its callbacks have seen the
+    window's gradient, and flushes a partial window itself at an epoch's end.
+
+    Returns: the micro-batch's loss and whether an update was applied, as
+    device tensors: nothing is read back here.
+    """
+
+    def __init__(self, forward_backward, optim, buffer, mini_steps):
+        super().__init__(auto_prefix=False)
+        self.forward_backward = forward_backward
+        self.optim = optim
+        self.window_micro_steps = buffer.window_micro_steps
+        self.mini_steps = mini_steps
+        self.not_applied = Tensor(False, ms.bool_)
+
+    def construct(self, *inputs):
+        loss = self.forward_backward(*inputs)
+        full = ops.depend(self.window_micro_steps, loss) >= self.mini_steps
+        return loss, self.optim() if full else self.not_applied
 
 
 class GradientAccumulation:
@@ -98,6 +125,12 @@ class GradientAccumulation:
     One update equals one ordinary training step on the concatenation of the
     window's micro-batches (for networks without BatchNorm): the gradients are
     averaged over the window's samples, not summed.
+
+    Each micro-step is one graph: forward and backward, and, when it closes a
+    window, the update stage too. Nothing is read back from the device until
+    the window closes. Then the window's losses, the record and the callbacks
+    are handled once, ``TrainClear`` empties the buffer, and a partial window
+    at an epoch's end is flushed through ``TrainOptim``.
 
     Args:
         network: the bare network; its parameters are what the checkpoint holds.
@@ -184,6 +217,7 @@ class GradientAccumulation:
         #: Samples in those micro-batches.
         self.total_samples = 0
         self._stop = StopSignals(enabled=False)
+        self._micro_steps = {}  # mini_steps -> _MicroStep
         self._states = None
         self._warned_batchnorm = False
 
@@ -287,6 +321,8 @@ class GradientAccumulation:
         self._saved_at = None
         history = []
         self._states = states
+        step = self._micro_step(schedule.mini_steps)
+        pending = []  # the open window's losses, on the device until it closes
         # One run per checkpoint and state directory (rank 0 only: the others write nothing).
         locked = (ckpt_path, states.directory if states is not None else None)
         with StopSignals(handle_signals) as stop, run_locks(*locked):
@@ -303,30 +339,28 @@ class GradientAccumulation:
                 for callback in callbacks:
                     callback.epoch_begin(state.epoch, micro_batches, schedule, start=state.micro_batch)
                 for inputs in batches:
-                    loss = self.train_forward_backward(*inputs)
+                    loss, applied = step(*inputs)  # one graph; nothing is read back until the window closes
                     stop.rearm()  # every graph run takes SIGINT over; take it back
                     samples = _batch_size(inputs)
-                    loss = float(loss.asnumpy())
                     state.micro_batch += 1
-                    # Data parallel: a rank must not stop alone (the others would wait in
-                    # the all-reduce); the loss goes into the reduced window, and every
-                    # rank sees it there.
-                    if not math.isfinite(loss) and not self._skips_overflow and not self.distributed:
-                        self._diverged(f"loss is {loss}", state, epoch_records)
                     self.total_micro_steps += 1
                     self.total_samples += samples
-                    state.window_losses.append(loss)
+                    pending.append(loss)
                     state.window_samples.append(samples)
                     for callback in callbacks:
                         callback.micro_step(state.epoch, state.micro_batch, loss, samples)
-                    if schedule.is_window_full(len(state.window_losses)):
+                    if schedule.is_window_full(len(state.window_samples)):  # the graph has run the update
+                        self._read_losses(pending, state, epoch_records)
                         log = log_every is not None and (len(epoch_records) + 1) % log_every == 0
-                        epoch_records.append(self._apply(state, epoch_records, log, callbacks))
+                        epoch_records.append(self._close_window(state, epoch_records, bool(applied.asnumpy()), log,
+                                                                callbacks))
                         if save_every is not None and not epoch_records[-1].skipped \
                                 and self.total_updates % save_every == 0:
                             self._save_state(states, state, epoch_records)
                     if stop.signum is not None:
+                        self._read_losses(pending, state, epoch_records)
                         self._interrupt(stop.signum, states, state, epoch_records)
+                self._read_losses(pending, state, epoch_records)
                 if schedule.flush_at_epoch_end(len(state.window_losses)):
                     epoch_records.append(self._apply(state, epoch_records, log_every is not None, callbacks))
                 elif state.window_losses:
@@ -398,23 +432,49 @@ class GradientAccumulation:
             self._save_state(states, state, epoch_records)
         raise TrainingInterrupted(signum, states.last_path if states is not None else None, state.where())
 
-    def _diverged(self, what, state, epoch_records):
+    def _micro_step(self, mini_steps):
+        """The one-graph micro-step for ``mini_steps``, built once and kept."""
+        if mini_steps not in self._micro_steps:
+            self._micro_steps[mini_steps] = _MicroStep(self.train_forward_backward, self.train_optim, self.buffer,
+                                                       mini_steps)
+        return self._micro_steps[mini_steps]
+
+    def _read_losses(self, pending, state, epoch_records):
+        """Reads the open window's losses back (one sync a window) into ``state``; stops on a non-finite one.
+
+        Data parallel: a rank must not stop alone (the others would wait in the
+        all-reduce); the loss goes into the reduced window, and every rank sees it there.
+        """
+        losses = [float(loss.asnumpy()) for loss in pending]
+        pending.clear()
+        first = state.micro_batch - len(losses) + 1
+        for offset, loss in enumerate(losses):
+            if not math.isfinite(loss) and not self._skips_overflow and not self.distributed:
+                # The update stage refused the window too: nothing was applied from it.
+                self._diverged(f"loss is {loss}", state, epoch_records, micro_batch=first + offset)
+        state.window_losses.extend(losses)
+
+    def _diverged(self, what, state, epoch_records, micro_batch=None):
         kept = self._states.last_path if self._states is not None else None
-        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {state.micro_batch} (in update "
+        micro_batch = state.micro_batch if micro_batch is None else micro_batch
+        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {micro_batch} (in update "
                              f"{len(epoch_records) + 1} of the epoch): training stopped, nothing saved; "
                              + (f"the last good training state, {kept}, is kept" if kept else
                                 "no training state was saved before it")
                              + "; lower the learning rate or check the data")
 
     def _apply(self, state, epoch_records, log, callbacks):
-        """One optimizer update from the buffer, then an empty buffer and window.
+        """A partial window flushed at an epoch's end: the update stage, then :meth:`_close_window`."""
+        return self._close_window(state, epoch_records, bool(self.train_optim().asnumpy()), log, callbacks)
+
+    def _close_window(self, state, epoch_records, applied, log, callbacks):
+        """The record of a window whose update stage has run, then an empty buffer and window.
 
         Callbacks see the update between the two, while ``grad_sum`` still
         holds the window's gradient.
         """
-        lr = current_learning_rate(self.optimizer)  # before the update moves a dynamic rate on
-        applied = bool(self.train_optim().asnumpy())
         self._stop.rearm()
+        lr = current_learning_rate(self.optimizer, just_applied=applied)
         if not applied and not self._skips_overflow:
             self._diverged("the window's accumulated gradient" + (" or loss, over all ranks," if self.distributed
                                                                     else "") + " is not finite (NaN or inf)",
