@@ -1,5 +1,6 @@
 """The ``GradientAccumulation`` driver: runs the three Cells over a dataset."""
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -92,6 +93,20 @@ def current_learning_rate(optimizer, just_applied=False):
 
 def _batch_size(inputs):
     return int(inputs[0].shape[0])
+
+
+@contextlib.contextmanager
+def _own_outputs(ckpt_path, states):
+    """One run per checkpoint and state directory (rank 0 only: the others write nothing).
+
+    Holding their locks, it removes what dead runs left there: only the owner cleans.
+    """
+    with run_locks(ckpt_path, states.directory if states is not None else None):
+        if ckpt_path is not None:
+            remove_stale_temporaries(os.path.dirname(os.path.abspath(ckpt_path)))
+        if states is not None:
+            remove_stale_temporaries(states.directory)
+        yield
 
 
 class _MicroStep(nn.Cell):
@@ -323,13 +338,7 @@ class GradientAccumulation:
         self._states = states
         step = self._micro_step(schedule.mini_steps)
         pending = []  # the open window's losses, on the device until it closes
-        # One run per checkpoint and state directory (rank 0 only: the others write nothing).
-        locked = (ckpt_path, states.directory if states is not None else None)
-        with StopSignals(handle_signals) as stop, run_locks(*locked):
-            for directory in (os.path.dirname(os.path.abspath(ckpt_path)) if ckpt_path else None,
-                              states.directory if states is not None else None):
-                if directory is not None:
-                    remove_stale_temporaries(directory)  # ours to clean: we hold the lock
+        with StopSignals(handle_signals) as stop, _own_outputs(ckpt_path, states):
             self._stop = stop
             for batches in self._epochs(train_dataset, epoch, state, micro_batches):
                 epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
