@@ -24,7 +24,7 @@ import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from mindspore_accum import GradientAccumulation  # noqa: E402
+from mindspore_accum import GradientAccumulation, SaveConfig  # noqa: E402
 from model_zoo_adapters.conv import Im2ColConv2d, im2col_is_faster  # noqa: E402
 from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
 
@@ -87,7 +87,7 @@ def layer_table(rounds):
         timings = []
         for cls, input_grad in ((nn.Conv2d, True), (Im2ColConv2d, True), (nn.Conv2d, False)):
             step = ConvGrad(cls(cin, cout, k, pad_mode="same"), input_grad)
-            timings.append(median_ms(lambda s=step: last_tensor(s(x)).asnumpy(), rounds, 3))
+            timings.append(median_ms(lambda s=step, x=x: last_tensor(s(x)).asnumpy(), rounds, 3))
         faster = "im2col" if timings[1] < timings[0] else "native"
         picks = "im2col" if im2col_is_faster(cin, cout, k) else "native"
         print(f"{cin:>4} {cout:>4} {k:>2} {hw:>3} {n:>3} {timings[0]:>8.2f} {timings[1]:>8.2f} "
@@ -124,7 +124,7 @@ def epoch_table(data_path, samples):
     for conv_impl, model in lenet_models(("native", "auto")).items():
         dataset = create_dataset(data_path, 32, num_samples=samples)
         start = time.perf_counter()
-        model.train_process(1, dataset, mini_steps=4, ckpt_path=None, log_every=10**9)
+        model.train_process(1, dataset, mini_steps=4, save=SaveConfig(ckpt_path=None), log_every=10**9)
         results[conv_impl] = time.perf_counter() - start
     print(f"{'native':>10} {'auto':>10} {'speed-up':>10}")
     print(f"{results['native']:>10.1f} {results['auto']:>10.1f} {results['native'] / results['auto']:>9.2f}x")

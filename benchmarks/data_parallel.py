@@ -60,7 +60,7 @@ def worker(args):
     from mindspore import Tensor, nn
 
     sys.path.insert(0, REPO)
-    from mindspore_accum import GradientAccumulation, init_data_parallel
+    from mindspore_accum import GradientAccumulation, SaveConfig, init_data_parallel
     from model_zoo_adapters.lenet import LeNet5
 
     ms.set_device("CPU")
@@ -75,8 +75,9 @@ def worker(args):
              Tensor(rng.integers(0, 10, args.batch_size).astype(np.int32)))
 
     def train(windows):
-        model.train_process(1, [batch] * (windows * args.mini_steps), mini_steps=args.mini_steps, ckpt_path=None,
-                            log_every=None, handle_signals=False)
+        model.train_process(1, [batch] * (windows * args.mini_steps), mini_steps=args.mini_steps,
+                            save=SaveConfig(ckpt_path=None, handle_signals=False),
+                            log_every=None)
 
     train(1)  # compiles the three graphs
     start = time.perf_counter()

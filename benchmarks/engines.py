@@ -29,7 +29,7 @@ from mindspore import Model, nn  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mindspore_accum import GradientAccumulation, GradientAccumulationCell  # noqa: E402
+from mindspore_accum import GradientAccumulation, GradientAccumulationCell, SaveConfig  # noqa: E402
 from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
 
 PATHS = ("plain", "boost", "driver", "cell")
@@ -43,8 +43,9 @@ def build(path, args):
     optimizer = nn.Momentum(network.trainable_params(), 0.01, 0.9)
     if path == "driver":
         driver = GradientAccumulation(network, loss_fn, optimizer)
-        return lambda: driver.train_process(args.epochs, dataset, mini_steps=args.mini_steps, ckpt_path=None,
-                                            log_every=None, handle_signals=False)
+        return lambda: driver.train_process(args.epochs, dataset, mini_steps=args.mini_steps,
+                                            save=SaveConfig(ckpt_path=None, handle_signals=False),
+                                            log_every=None)
     if path == "plain":
         model = Model(nn.TrainOneStepCell(nn.WithLossCell(network, loss_fn), optimizer))
     elif path == "boost":

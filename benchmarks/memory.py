@@ -44,7 +44,7 @@ def child(args):
     from mindspore import Tensor, nn
 
     sys.path.insert(0, REPO)
-    from mindspore_accum import GradientAccumulation, resolve_device_target
+    from mindspore_accum import GradientAccumulation, SaveConfig, resolve_device_target
     from model_zoo_adapters.resnet import resnet50
 
     device = resolve_device_target(args.device_target)
@@ -61,7 +61,7 @@ def child(args):
     built = _rss_mib()
     start = time.perf_counter()
     model.train_process(1, [batch] * (args.updates * args.mini_steps), mini_steps=args.mini_steps,
-                        ckpt_path=None, log_every=None, handle_signals=False)
+                        save=SaveConfig(ckpt_path=None, handle_signals=False), log_every=None)
     seconds = time.perf_counter() - start
     result = {"device": device, "rss_built_mib": built, "rss_peak_mib": _rss_mib(), "seconds": seconds,
               "updates": model.total_updates}

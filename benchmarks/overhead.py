@@ -87,8 +87,8 @@ def main():
     ratios = [a / p for a, p in zip(accum_ms, plain_ms)]
     cell_ratios = [c / p for c, p in zip(cell_ms, plain_ms)]
 
-    print(f"LeNet5 (conv_impl {args.conv_impl}), MNIST batch {args.batch_size}, CPU GRAPH_MODE, {args.rounds} rounds x {micro_steps} micro-steps"
-          f" (mini_steps {args.mini_steps})")
+    print(f"LeNet5 (conv_impl {args.conv_impl}), MNIST batch {args.batch_size}, CPU GRAPH_MODE, "
+          f"{args.rounds} rounds x {micro_steps} micro-steps (mini_steps {args.mini_steps})")
     print(f"{'path':<48} {'ms / micro-step (median)':>24}")
     print(f"{'nn.TrainOneStepCell':<48} {statistics.median(plain_ms):>24.2f}")
     print(f"{'TrainForwardBackward (+ TrainOptim, TrainClear)':<48} {statistics.median(accum_ms):>24.2f}")

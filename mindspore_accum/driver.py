@@ -6,20 +6,28 @@ import itertools
 import logging
 import math
 import os
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, amp, nn, ops
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .checkpoint import DEFAULT_CKPT_PATH, check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
+from .checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
 from .distributed import data_parallel_rank
 from .interrupt import StopSignals, TrainingInterrupted
 from .norm import warn_if_batchnorm
 from .run_lock import run_locks
+from .save_config import SaveConfig
 from .schedule import WindowSchedule
-from .training_state import (StateDirectory, TrainingState, find_training_state, read_training_state,
-                             restore_training_state)
+from .training_state import (
+    Progress,
+    StateDirectory,
+    TrainingState,
+    find_training_state,
+    read_training_state,
+    restore_training_state,
+)
 from .validation import check_choice, check_positive_float, check_positive_int
 
 __all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
@@ -223,53 +231,50 @@ class GradientAccumulation:
         # Only a dynamic scaler can answer an overflow (by lowering the scale);
         # without one, a non-finite window means training has diverged.
         self._skips_overflow = isinstance(loss_scaler, amp.DynamicLossScaler)
-        #: Windows skipped because their gradient overflowed (dynamic loss scaling only).
-        self.skipped_updates = 0
-        #: Optimizer updates applied by this driver, over all calls.
-        self.total_updates = 0
-        #: Micro-batches run through forward and backward, over all calls.
-        self.total_micro_steps = 0
-        #: Samples in those micro-batches.
-        self.total_samples = 0
-        self._stop = StopSignals(enabled=False)
+        #: The run's counters, over all calls and across a resume; saved in every training state.
+        self.progress = Progress()
         self._micro_steps = {}  # mini_steps -> _MicroStep
-        self._states = None
         self._warned_batchnorm = False
 
-    def train_process(self, epoch, train_dataset, mini_steps=4, *, remainder="flush",
-                      ckpt_path=DEFAULT_CKPT_PATH, log_every=1, callbacks=(), state_dir=None, save_every=None,
-                      keep_checkpoints=5, resume=None, seed=None, handle_signals=True):
+    # The counters live in ``progress``; these read them.
+    total_updates = property(lambda self: self.progress.total_updates, doc="Optimizer updates applied, over all calls.")
+    total_micro_steps = property(lambda self: self.progress.total_micro_steps,
+                                 doc="Micro-batches run through forward and backward, over all calls.")
+    total_samples = property(lambda self: self.progress.total_samples, doc="Samples in those micro-batches.")
+    skipped_updates = property(lambda self: self.progress.skipped_updates,
+                               doc="Windows skipped because their gradient overflowed (dynamic loss scaling).")
+
+    def state_parameters(self):
+        """What a training state saves and a resume restores, in named groups (see :mod:`.training_state`)."""
+        scaler = [getattr(self.loss_scaler, name) for name in ("scale_value", "counter")
+                  if isinstance(getattr(self.loss_scaler, name, None), Parameter)]
+        return {"network": list(self.network.get_parameters()), "optimizer": list(self.optimizer.get_parameters()),
+                "buffer": list(self.buffer.parameters()), "scaler": scaler}
+
+    def train_process(self, epoch, train_dataset, mini_steps=4, *, remainder="flush", save=None, log_every=1,
+                      callbacks=(), seed=None):
         """Trains until ``epoch`` epochs are done and saves the checkpoint.
 
         Args:
             epoch: the number of passes over ``train_dataset`` - in all, counting
-                those before a ``resume``.
+                those before a resume.
             train_dataset: a ``mindspore.dataset`` Dataset (or any re-iterable of
                 input tuples) yielding micro-batches; the last input is the label.
             mini_steps: micro-batches per optimizer update.
             remainder: ``"flush"`` applies a partial window at the end of each
                 epoch with its true weighting; ``"drop"`` discards it.
-            ckpt_path: where the bare network's checkpoint is written at the
-                end, atomically; ``None`` skips it.
+            save: a :class:`~mindspore_accum.save_config.SaveConfig`: the model
+                checkpoint, the training states, resuming and signals. The
+                default writes ``gradient_accumulation.ckpt`` at the end. On a
+                resume, a MindSpore dataset is positioned with
+                ``set_init_step``, so the micro-batches already consumed are
+                skipped, not re-read.
             log_every: log one line every this many updates; None logs none
                 (a progress bar shows them instead).
             callbacks: :class:`~mindspore_accum.callbacks.Callback` objects,
                 told of every epoch, micro-step and update.
-            state_dir: where training states are written (see
-                :mod:`~mindspore_accum.training_state`): at the end of every
-                epoch, every ``save_every`` updates, and on SIGINT/SIGTERM.
-                None writes none.
-            save_every: also write a state every this many updates.
-            keep_checkpoints: training states kept in ``state_dir``; older ones
-                are deleted.
-            resume: a training-state file (or a directory of them: the newest)
-                to continue from. The run's settings must match the state's.
-                A MindSpore dataset is positioned with ``set_init_step``, so the
-                micro-batches already consumed are skipped, not re-read.
             seed: the seed the caller set, recorded in the state and checked on
                 resume; the driver itself draws no random numbers.
-            handle_signals: on SIGINT/SIGTERM, finish the micro-step, save the
-                state and raise :class:`~mindspore_accum.interrupt.TrainingInterrupted`.
 
         Returns:
             A list of :class:`UpdateRecord`, one per optimizer update of this call.
@@ -280,27 +285,52 @@ class GradientAccumulation:
                 the last saved state and the checkpoint are left as they were.
             TrainingInterrupted: a signal stopped training (after saving).
         """
-        schedule = WindowSchedule(mini_steps, remainder)
+        save = SaveConfig() if save is None else save
+        if not isinstance(save, SaveConfig):
+            raise TypeError(f"save must be a mindspore_accum.SaveConfig or None, got {save!r}: pass "
+                            f"save=SaveConfig(ckpt_path=..., state_dir=...)")
+        run = self._begin(epoch, train_dataset, WindowSchedule(mini_steps, remainder), save, log_every, callbacks,
+                          seed)
+        with StopSignals(save.handle_signals) as run.stop, _own_outputs(run.ckpt_path, run.states):
+            for batches in self._epochs(train_dataset, epoch, run.state, run.micro_batches):
+                self._train_epoch(run, batches)
+            if run.ckpt_path is not None:
+                save_network_checkpoint(self.network, run.ckpt_path)
+        return run.history
+
+    # Set-up and resume.
+
+    def _begin(self, epoch, train_dataset, schedule, save, log_every, callbacks, seed):
+        """Checks the arguments and the outputs, resumes or starts afresh; returns the call's :class:`_Run`."""
         epoch = check_positive_int("epoch", epoch, example=10)
         if log_every is not None:
             log_every = check_positive_int("log_every", log_every)
-        if save_every is not None:
-            save_every = check_positive_int("save_every", save_every)
-            if state_dir is None:
-                raise ValueError(f"save_every={save_every} needs a state_dir to save to: pass state_dir")
-        callbacks = tuple(callbacks)
         writer = self.rank == 0  # data parallel: one copy of every file, from rank 0
+        ckpt_path = check_ckpt_path(save.ckpt_path) if save.ckpt_path is not None and writer else None
+        states = StateDirectory(save.state_dir,
+                                save.keep_checkpoints) if save.state_dir is not None and writer else None
         micro_batches = train_dataset.get_dataset_size() if hasattr(train_dataset, "get_dataset_size") else None
-        if ckpt_path is not None:
-            ckpt_path = check_ckpt_path(ckpt_path) if writer else None
-        states = StateDirectory(state_dir, keep_checkpoints) if state_dir is not None and writer else None
-        state = TrainingState(
+        run = _Run(schedule, self._new_state(schedule, train_dataset, micro_batches, seed), states, ckpt_path,
+                   micro_batches, tuple(callbacks), log_every, save.save_every, self._micro_step(schedule.mini_steps))
+        self._warn_about(schedule, micro_batches, run.states, save.resume)
+        if save.resume is not None:
+            run.state = self._resume(save.resume, epoch, run.state)
+        else:
+            self.train_clear()  # a window left by an interrupted earlier call must not leak in
+        return run
+
+    def _new_state(self, schedule, train_dataset, micro_batches, seed):
+        """This call's settings, at the start, with the driver's counters."""
+        return TrainingState(
             model=type(self.network).__name__, optimizer=type(self.optimizer).__name__,
             mini_steps=schedule.mini_steps, remainder=schedule.remainder,
             batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
             loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
-            clip_grad_norm=self.clip_grad_norm, ranks=self.ranks)
+            clip_grad_norm=self.clip_grad_norm, ranks=self.ranks, progress=self.progress)
+
+    def _warn_about(self, schedule, micro_batches, states, resume):
+        """Settings that run, but not as the user probably meant."""
         if not self._warned_batchnorm:  # once per driver: it is about the network, not the call
             self._warned_batchnorm = warn_if_batchnorm(self.network, schedule.mini_steps)
         if micro_batches is not None and micro_batches < schedule.mini_steps:
@@ -308,105 +338,40 @@ class GradientAccumulation:
                            "partial window of %d micro-batches%s", schedule.mini_steps, micro_batches,
                            micro_batches, " (flushed at the epoch's end)" if schedule.remainder == "flush"
                            else ", and remainder='drop' discards it: no update will happen")
-
         earlier = StateDirectory.files_in(states.directory) if resume is None and states is not None else []
         if earlier:
             # Lightning's choice: warn, not refuse, so that running the same command twice works.
             logger.warning("the training-state directory %s holds %d states of an earlier run, which this run's "
                            "states will push out (newest %d kept); to continue that run instead, pass "
                            "resume=%s (--resume)", states.directory, len(earlier), states.keep, states.directory)
-        if resume is not None:
-            resume = find_training_state(resume)
-            loaded = read_training_state(resume)
-            saved = loaded[0]
-            epochs_started = saved.epoch if saved.micro_batch or saved.epoch_done else saved.epoch - 1
-            if epochs_started > epoch:
-                raise ValueError(f"epoch={epoch} but the state {resume} is already at {saved.where()}: "
-                                 f"pass an epoch of at least {epochs_started} (epoch counts the epochs before "
-                                 f"the resume too)")
-            state = restore_training_state(self, resume, state, loaded)
-            self.total_updates, self.total_micro_steps = state.total_updates, state.total_micro_steps
-            self.total_samples, self.skipped_updates = state.total_samples, state.skipped_updates
-            if state.epoch_done:
-                state = dataclasses.replace(state, epoch=state.epoch + 1, micro_batch=0, epoch_done=False,
-                                            epoch_records=[])
-        else:
-            self.train_clear()  # a window left by an interrupted earlier call must not leak in
 
-        self._saved_at = None
-        history = []
-        self._states = states
-        step = self._micro_step(schedule.mini_steps)
-        pending = []  # the open window's losses, on the device until it closes
-        with StopSignals(handle_signals) as stop, _own_outputs(ckpt_path, states):
-            self._stop = stop
-            for batches in self._epochs(train_dataset, epoch, state, micro_batches):
-                epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
-                restored = len(epoch_records)  # made by the run that saved the state, not by this call
-                # Every epoch: an evaluation callback may have switched the network to eval mode.
-                self.network_with_loss.set_train(True)
-                for callback in callbacks:
-                    callback.epoch_begin(state.epoch, micro_batches, schedule, start=state.micro_batch)
-                for inputs in batches:
-                    loss, applied = step(*inputs)  # one graph; nothing is read back until the window closes
-                    stop.rearm()  # every graph run takes SIGINT over; take it back
-                    samples = _batch_size(inputs)
-                    state.micro_batch += 1
-                    self.total_micro_steps += 1
-                    self.total_samples += samples
-                    pending.append(loss)
-                    state.window_samples.append(samples)
-                    for callback in callbacks:
-                        callback.micro_step(state.epoch, state.micro_batch, loss, samples)
-                    if schedule.is_window_full(len(state.window_samples)):  # the graph has run the update
-                        self._read_losses(pending, state, epoch_records)
-                        log = log_every is not None and (len(epoch_records) + 1) % log_every == 0
-                        epoch_records.append(self._close_window(state, epoch_records, bool(applied.asnumpy()), log,
-                                                                callbacks))
-                        if save_every is not None and not epoch_records[-1].skipped \
-                                and self.total_updates % save_every == 0:
-                            self._save_state(states, state, epoch_records)
-                    if stop.signum is not None:
-                        self._read_losses(pending, state, epoch_records)
-                        self._interrupt(stop.signum, states, state, epoch_records)
-                self._read_losses(pending, state, epoch_records)
-                if schedule.flush_at_epoch_end(len(state.window_losses)):
-                    epoch_records.append(self._apply(state, epoch_records, log_every is not None, callbacks))
-                elif state.window_losses:
-                    logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')",
-                                state.epoch, len(state.window_losses))
-                    state.window_losses, state.window_samples = [], []
-                    self.train_clear()
-                if state.micro_batch == 0:
-                    raise ValueError(f"train_dataset gave no micro-batches in epoch {state.epoch}: pass a "
-                                     f"mindspore dataset or a re-iterable such as a list, not an empty or "
-                                     f"one-shot iterator")
-                if not epoch_records:
-                    logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
-                                   "mini_steps=%d and remainder='drop'", state.epoch, state.micro_batch,
-                                   schedule.mini_steps)
-                history.extend(epoch_records[restored:])
-                for callback in callbacks:
-                    callback.epoch_end(state.epoch, epoch_records)
-                stop.rearm()  # an evaluation callback runs graphs too
-                state.epoch_done = True
-                self._save_state(states, state, epoch_records)
-                if stop.signum is not None:
-                    self._interrupt(stop.signum, states, state, epoch_records)
-                state = dataclasses.replace(state, epoch=state.epoch + 1, micro_batch=0, epoch_done=False,
-                                            epoch_records=[])
-            if ckpt_path is not None:
-                save_network_checkpoint(self.network, ckpt_path)
-        return history
+    def _resume(self, path, epoch, expected):
+        """Loads the state at ``path`` (checked against ``expected``) and its counters; returns its position."""
+        path = find_training_state(path)
+        loaded = read_training_state(path)
+        saved = loaded[0]
+        epochs_started = saved.epoch if saved.micro_batch or saved.epoch_done else saved.epoch - 1
+        if epochs_started > epoch:
+            raise ValueError(f"epoch={epoch} but the state {path} is already at {saved.where()}: "
+                             f"pass an epoch of at least {epochs_started} (epoch counts the epochs before "
+                             f"the resume too)")
+        state = restore_training_state(self, path, expected, loaded)
+        self.progress = state.progress
+        if state.epoch_done:
+            state.next_epoch()
+        return state
+
+    # The epoch loop.
 
     @staticmethod
     def _epochs(train_dataset, epoch, state, micro_batches):
         """The micro-batch iterables of epochs ``state.epoch .. epoch``, the first one skipping what was consumed."""
-        remaining = epoch - state.epoch + 1
+        # The position when the run starts: ``state`` moves on while this generator is paused.
+        start_epoch, first = state.epoch, state.micro_batch
+        remaining = epoch - start_epoch + 1
         if remaining <= 0:
             return
         if hasattr(train_dataset, "create_tuple_iterator"):
-            first = state.micro_batch
             if first >= micro_batches:  # stopped after the epoch's last micro-batch, before its end ran
                 yield ()
                 remaining, first = remaining - 1, micro_batches
@@ -415,7 +380,7 @@ class GradientAccumulation:
             # MindSpore's own resume cursor: the pipeline restarts at that global
             # micro-batch with the same shuffle order, without reading what it skips.
             previous = train_dataset.get_init_step()
-            train_dataset.set_init_step((state.epoch - 1) * micro_batches + first)
+            train_dataset.set_init_step((start_epoch - 1) * micro_batches + first)
             try:
                 iterator = train_dataset.create_tuple_iterator(num_epochs=epoch)
             finally:
@@ -423,23 +388,72 @@ class GradientAccumulation:
             for _ in range(remaining):
                 yield iterator
         else:
-            yield itertools.islice(train_dataset, state.micro_batch, None)
+            yield itertools.islice(train_dataset, first, None)
             for _ in range(remaining - 1):
                 yield train_dataset
 
-    def _save_state(self, states, state, epoch_records):
-        if states is None:
-            return None
-        state.total_updates, state.total_micro_steps = self.total_updates, self.total_micro_steps
-        state.total_samples, state.skipped_updates = self.total_samples, self.skipped_updates
-        state.epoch_records = [dataclasses.asdict(record) for record in epoch_records]
-        self._saved_at = (state.epoch, state.micro_batch, state.epoch_done)
-        return states.save(self, state)
+    def _train_epoch(self, run, batches):
+        state = run.state
+        run.epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
+        restored = len(run.epoch_records)  # made by the run that saved the state, not by this call
+        # Every epoch: an evaluation callback may have switched the network to eval mode.
+        self.network_with_loss.set_train(True)
+        for callback in run.callbacks:
+            callback.epoch_begin(state.epoch, run.micro_batches, run.schedule, start=state.micro_batch)
+        for inputs in batches:
+            self._train_micro_batch(run, inputs)
+        self._end_epoch(run)
+        run.history.extend(run.epoch_records[restored:])
+        state.next_epoch()
 
-    def _interrupt(self, signum, states, state, epoch_records):
-        if states is not None and self._saved_at != (state.epoch, state.micro_batch, state.epoch_done):
-            self._save_state(states, state, epoch_records)
-        raise TrainingInterrupted(signum, states.last_path if states is not None else None, state.where())
+    def _train_micro_batch(self, run, inputs):
+        """One micro-step; at a full window, the update (in the same graph) and its record."""
+        loss, applied = run.step(*inputs)  # one graph; nothing is read back until the window closes
+        run.stop.rearm()  # every graph run takes SIGINT over; take it back
+        samples = _batch_size(inputs)
+        state = run.state
+        state.micro_batch += 1
+        self.progress.total_micro_steps += 1
+        self.progress.total_samples += samples
+        run.pending.append(loss)
+        state.window_samples.append(samples)
+        for callback in run.callbacks:
+            callback.micro_step(state.epoch, state.micro_batch, loss, samples)
+        if run.schedule.is_window_full(len(state.window_samples)):
+            record = self._close_window(run, applied)
+            if run.save_every is not None and not record.skipped and self.total_updates % run.save_every == 0:
+                self._save_state(run)
+        if run.stop.signum is not None:
+            self._interrupt(run)
+
+    def _end_epoch(self, run):
+        """The partial window (flushed or dropped), the epoch's callbacks, and its training state."""
+        state = run.state
+        self._read_losses(run)
+        if run.schedule.flush_at_epoch_end(len(state.window_losses)):
+            self._close_window(run, self.train_optim(), flushed=True)
+        elif state.window_losses:
+            logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')",
+                        state.epoch, len(state.window_losses))
+            state.window_losses, state.window_samples = [], []
+            self.train_clear()
+        if state.micro_batch == 0:
+            raise ValueError(f"train_dataset gave no micro-batches in epoch {state.epoch}: pass a "
+                             f"mindspore dataset or a re-iterable such as a list, not an empty or "
+                             f"one-shot iterator")
+        if not run.epoch_records:
+            logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
+                           "mini_steps=%d and remainder='drop'", state.epoch, state.micro_batch,
+                           run.schedule.mini_steps)
+        for callback in run.callbacks:
+            callback.epoch_end(state.epoch, run.epoch_records)
+        run.stop.rearm()  # an evaluation callback runs graphs too
+        state.epoch_done = True
+        self._save_state(run)
+        if run.stop.signum is not None:
+            self._interrupt(run)
+
+    # The end of a window.
 
     def _micro_step(self, mini_steps):
         """The one-graph micro-step for ``mini_steps``, built once and kept."""
@@ -448,69 +462,116 @@ class GradientAccumulation:
                                                        mini_steps)
         return self._micro_steps[mini_steps]
 
-    def _read_losses(self, pending, state, epoch_records):
-        """Reads the open window's losses back (one sync a window) into ``state``; stops on a non-finite one.
+    def _read_losses(self, run):
+        """Reads the open window's losses back (one sync a window) into the state; stops on a non-finite one.
 
         Data parallel: a rank must not stop alone (the others would wait in the
         all-reduce); the loss goes into the reduced window, and every rank sees it there.
         """
-        losses = [float(loss.asnumpy()) for loss in pending]
-        pending.clear()
+        state = run.state
+        losses = [float(loss.asnumpy()) for loss in run.pending]
+        run.pending.clear()
         first = state.micro_batch - len(losses) + 1
         for offset, loss in enumerate(losses):
             if not math.isfinite(loss) and not self._skips_overflow and not self.distributed:
                 # The update stage refused the window too: nothing was applied from it.
-                self._diverged(f"loss is {loss}", state, epoch_records, micro_batch=first + offset)
+                self._diverged(run, f"loss is {loss}", micro_batch=first + offset)
         state.window_losses.extend(losses)
 
-    def _diverged(self, what, state, epoch_records, micro_batch=None):
-        kept = self._states.last_path if self._states is not None else None
-        micro_batch = state.micro_batch if micro_batch is None else micro_batch
-        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {micro_batch} (in update "
-                             f"{len(epoch_records) + 1} of the epoch): training stopped, nothing saved; "
-                             + (f"the last good training state, {kept}, is kept" if kept else
-                                "no training state was saved before it")
-                             + "; lower the learning rate or check the data")
-
-    def _apply(self, state, epoch_records, log, callbacks):
-        """A partial window flushed at an epoch's end: the update stage, then :meth:`_close_window`."""
-        return self._close_window(state, epoch_records, bool(self.train_optim().asnumpy()), log, callbacks)
-
-    def _close_window(self, state, epoch_records, applied, log, callbacks):
-        """The record of a window whose update stage has run, then an empty buffer and window.
+    def _close_window(self, run, applied, flushed=False):
+        """The record of a window whose update stage has run (``applied``: its device flag), then an empty window.
 
         Callbacks see the update between the two, while ``grad_sum`` still
         holds the window's gradient.
         """
-        self._stop.rearm()
+        self._read_losses(run)
+        applied = bool(applied.asnumpy())
+        run.stop.rearm()
+        state = run.state
         lr = current_learning_rate(self.optimizer, just_applied=applied)
         if not applied and not self._skips_overflow:
-            self._diverged("the window's accumulated gradient" + (" or loss, over all ranks," if self.distributed
-                                                                    else "") + " is not finite (NaN or inf)",
-                           state, epoch_records)
+            self._diverged(run, "the window's accumulated gradient" + (" or loss, over all ranks," if self.distributed
+                                                                        else "") + " is not finite (NaN or inf)")
         if applied:
-            self.total_updates += 1
+            self.progress.total_updates += 1
         else:
-            self.skipped_updates += 1
+            self.progress.skipped_updates += 1
         loss_scale = float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
-        if self.distributed:  # TrainOptim left the figures over all ranks in the buffer
-            samples = int(round(float(self.buffer.window_samples.asnumpy())))
-            loss = float(self.buffer.window_loss.asnumpy())
-        else:
-            samples = sum(state.window_samples)
-            # Sample-weighted, so that it is the loss of the concatenated window.
-            loss = sum(l * n for l, n in zip(state.window_losses, state.window_samples)) / samples
-        record = UpdateRecord(state.epoch, len(epoch_records) + 1, len(state.window_losses), samples, loss, lr,
+        samples, loss = self._window_samples_and_loss(state)
+        record = UpdateRecord(state.epoch, len(run.epoch_records) + 1, len(state.window_losses), samples, loss, lr,
                               self.total_updates, self.total_samples * self.ranks, not applied, loss_scale)
+        run.epoch_records.append(record)
         if not applied:
             logger.warning("epoch: %d step: %d gradient overflow: update skipped, loss scale lowered to %g "
                            "(%d skipped so far)", state.epoch, record.update, loss_scale, self.skipped_updates)
-        for callback in callbacks:
+        for callback in run.callbacks:
             callback.update(record, self)
         self.train_clear()
-        self._stop.rearm()
+        run.stop.rearm()
         state.window_losses, state.window_samples = [], []
-        if log and applied:
+        if applied and run.log_every is not None and (flushed or record.update % run.log_every == 0):
             logger.info("epoch: %d step: %d loss is %.6f%s", state.epoch, record.update, loss,
                         "" if loss_scale is None else f" (loss scale {loss_scale:g}, {self.skipped_updates} skipped)")
         return record
+
+    def _window_samples_and_loss(self, state):
+        if self.distributed:  # TrainOptim left the figures over all ranks in the buffer
+            return int(round(float(self.buffer.window_samples.asnumpy()))), float(self.buffer.window_loss.asnumpy())
+        samples = sum(state.window_samples)
+        # Sample-weighted, so that it is the loss of the concatenated window.
+        return samples, sum(loss * n for loss, n in zip(state.window_losses, state.window_samples)) / samples
+
+    # Saving and stopping.
+
+    def _save_state(self, run):
+        if run.states is None:
+            return
+        state = run.state
+        state.epoch_records = [dataclasses.asdict(record) for record in run.epoch_records]
+        run.saved_at = (state.epoch, state.micro_batch, state.epoch_done)
+        run.states.save(self, state)
+
+    def _interrupt(self, run):
+        """Stops on the signal received: the state saved (unless it just was), then :class:`TrainingInterrupted`."""
+        self._read_losses(run)
+        state = run.state
+        if run.states is not None and run.saved_at != (state.epoch, state.micro_batch, state.epoch_done):
+            self._save_state(run)
+        raise TrainingInterrupted(run.stop.signum, run.states.last_path if run.states is not None else None,
+                                  state.where())
+
+    def _diverged(self, run, what, micro_batch=None):
+        kept = run.states.last_path if run.states is not None else None
+        state = run.state
+        micro_batch = state.micro_batch if micro_batch is None else micro_batch
+        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {micro_batch} (in update "
+                             f"{len(run.epoch_records) + 1} of the epoch): training stopped, nothing saved; "
+                             + (f"the last good training state, {kept}, is kept" if kept else
+                                "no training state was saved before it")
+                             + "; lower the learning rate or check the data")
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """One ``train_process`` call: what it was asked, where it is, and what it has made."""
+
+    schedule: WindowSchedule
+    state: TrainingState
+    #: None when this process writes no training state (no ``state_dir``, or not rank 0).
+    states: Optional[StateDirectory]
+    #: None when this process writes no model checkpoint.
+    ckpt_path: Optional[str]
+    micro_batches: Optional[int]
+    callbacks: tuple
+    log_every: Optional[int]
+    save_every: Optional[int]
+    step: nn.Cell
+    stop: StopSignals = None
+    #: The open window's losses, device tensors until the window closes.
+    pending: list = dataclasses.field(default_factory=list)
+    #: The epoch's records, those of a resumed state included.
+    epoch_records: list = dataclasses.field(default_factory=list)
+    #: The records this call made, returned at the end.
+    history: list = dataclasses.field(default_factory=list)
+    #: The position of the last state written, so that an interrupt does not write it twice.
+    saved_at: tuple = None

@@ -27,11 +27,18 @@ import os
 import mindspore as ms
 import numpy as np
 
-from .checkpoint import (NETWORK_PREFIX, TRAINING_STATE_KEY, CheckpointError, check_writable_directory, mismatches,
-                         read_checkpoint, write_checkpoint_atomically)
+from .checkpoint import (
+    NETWORK_PREFIX,
+    TRAINING_STATE_KEY,
+    CheckpointError,
+    check_writable_directory,
+    mismatches,
+    read_checkpoint,
+    write_checkpoint_atomically,
+)
 from .validation import check_positive_int
 
-__all__ = ["TrainingState", "StateDirectory", "save_training_state", "read_training_state",
+__all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state", "read_training_state",
            "restore_training_state", "find_training_state", "STATE_PREFIX"]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +56,27 @@ _OPTIMIZER_SETTINGS = ("optimizer/learning_rate", "optimizer/momentum")
 #: any of them different, "continue exactly" has no meaning.
 _SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
              "amp_level", "loss_scaler", "clip_grad_norm", "ranks")
+
+
+@dataclasses.dataclass
+class Progress:
+    """A run's counters, over every ``train_process`` call of one driver and across resumes.
+
+    The driver owns one (``driver.progress``) and its :class:`TrainingState`
+    holds the same object, so a state saves the counters as they are.
+    """
+
+    #: Optimizer updates applied.
+    total_updates: int = 0
+    #: Micro-batches run through forward and backward.
+    total_micro_steps: int = 0
+    #: Samples in those micro-batches (this rank's).
+    total_samples: int = 0
+    #: Windows skipped because their gradient overflowed (dynamic loss scaling).
+    skipped_updates: int = 0
+
+
+_PROGRESS_FIELDS = tuple(field.name for field in dataclasses.fields(Progress))
 
 
 @dataclasses.dataclass
@@ -70,8 +98,8 @@ class TrainingState:
         epoch: the 1-based epoch in progress (or just finished, with ``epoch_done``).
         micro_batch: micro-batches of that epoch consumed.
         epoch_done: True once the epoch's end (flush, callbacks) has run.
-        total_updates, total_micro_steps, total_samples, skipped_updates: the
-            driver's counters.
+        progress: the driver's :class:`Progress` (saved as its four fields,
+            beside the others).
         window_losses, window_samples: the open window's micro-batch losses
             and sizes (the tensors are in the buffer); empty between windows.
         epoch_records: the epoch's updates so far, as dicts of
@@ -92,10 +120,7 @@ class TrainingState:
     epoch: int = 1
     micro_batch: int = 0
     epoch_done: bool = False
-    total_updates: int = 0
-    total_micro_steps: int = 0
-    total_samples: int = 0
-    skipped_updates: int = 0
+    progress: Progress = dataclasses.field(default_factory=Progress)
     window_losses: list = dataclasses.field(default_factory=list)
     window_samples: list = dataclasses.field(default_factory=list)
     epoch_records: list = dataclasses.field(default_factory=list)
@@ -105,7 +130,31 @@ class TrainingState:
         """The position in words, for messages."""
         return (f"epoch {self.epoch}, micro-batch {self.micro_batch}"
                 + (" (end of epoch)" if self.epoch_done else "")
-                + f", after {self.total_updates} updates")
+                + f", after {self.progress.total_updates} updates")
+
+    def next_epoch(self):
+        """Moves the position to the start of the next epoch."""
+        self.epoch, self.micro_batch, self.epoch_done, self.epoch_records = self.epoch + 1, 0, False, []
+
+    def to_json(self):
+        """The record written into a state file: one flat JSON object (the counters beside the position)."""
+        fields = dataclasses.asdict(self)
+        fields.update(fields.pop("progress"))
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text):
+        """The inverse of :meth:`to_json`.
+
+        Raises:
+            ValueError, TypeError: not a record of this format.
+        """
+        fields = json.loads(text)
+        if not isinstance(fields, dict) or fields.get("format") != STATE_FORMAT:
+            found = fields.get("format") if isinstance(fields, dict) else fields
+            raise ValueError(f"format {found!r}, expected {STATE_FORMAT}")
+        progress = Progress(**{name: fields.pop(name) for name in _PROGRESS_FIELDS if name in fields})
+        return cls(progress=progress, **fields)
 
     def differences(self, other):
         """The settings that differ from ``other``'s, as ``name=<ours> ... vs <theirs>`` phrases."""
@@ -113,15 +162,16 @@ class TrainingState:
                 for name in _SETTINGS if getattr(self, name) != getattr(other, name)]
 
 
-def _state_tensors(driver):
-    """``{file name: live Parameter}`` of everything a resumed run must get back."""
+def _state_tensors(trainer):
+    """``{file name: live Parameter}`` of everything a resumed run must get back.
+
+    ``trainer.state_parameters()`` gives them in groups: ``{"network":
+    [...], "optimizer": [...], "buffer": [...], "scaler": [...]}``; a group's
+    name is its prefix in the file.
+    """
     tensors, seen = {}, set()
-    scaler = [getattr(driver.loss_scaler, name) for name in ("scale_value", "counter")
-              if isinstance(getattr(driver.loss_scaler, name, None), ms.Parameter)]
-    for prefix, params in ((NETWORK_PREFIX, driver.network.get_parameters()),
-                           ("optimizer/", driver.optimizer.get_parameters()),
-                           ("buffer/", driver.buffer.parameters()),
-                           ("scaler/", scaler)):
+    for group, params in trainer.state_parameters().items():
+        prefix = NETWORK_PREFIX if group == "network" else group + "/"
         for param in params:
             if id(param) in seen:  # the optimizer also lists the network's weights
                 continue
@@ -130,8 +180,8 @@ def _state_tensors(driver):
     return tensors
 
 
-def save_training_state(driver, state, path):
-    """Writes ``driver``'s tensors and ``state`` to ``path`` atomically.
+def save_training_state(trainer, state, path):
+    """Writes ``trainer``'s tensors (its ``state_parameters()``) and ``state`` to ``path`` atomically.
 
     The network's and optimizer's tensors must be finite: a state that would
     only reproduce a divergence is never written, so the last good one stays.
@@ -140,14 +190,14 @@ def save_training_state(driver, state, path):
     Raises:
         CheckpointError: a tensor is not finite, or the file cannot be written.
     """
-    tensors = _state_tensors(driver)
+    tensors = _state_tensors(trainer)
     for name, param in tensors.items():
         if not name.startswith("buffer/") and param.dtype in (ms.float16, ms.float32, ms.float64, ms.bfloat16) \
                 and not np.isfinite(param.asnumpy().astype(np.float32)).all():
             raise CheckpointError(f"not writing training state {path!r}: {name} is not finite "
                                   f"(training diverged); the last good state is kept")
     save_obj = [{"name": name, "data": param} for name, param in tensors.items()]
-    record = {TRAINING_STATE_KEY: json.dumps(dataclasses.asdict(state))}
+    record = {TRAINING_STATE_KEY: state.to_json()}
     write_checkpoint_atomically(save_obj, path, append_dict=record)
     logger.info("saved training state %s (%s)", path, state.where())
     return path
@@ -167,21 +217,18 @@ def read_training_state(path):
         raise CheckpointError(f"{path!r} is a MindSpore checkpoint but not a training state (a model checkpoint?): "
                               f"resume from a {STATE_PREFIX}*.ckpt file")
     try:
-        fields = json.loads(record)
-        if fields.get("format") != STATE_FORMAT:
-            raise ValueError(f"format {fields.get('format')!r}, expected {STATE_FORMAT}")
-        state = TrainingState(**fields)
+        state = TrainingState.from_json(record)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path!r}: its training-state record cannot be read: {error}") from None
     return state, saved
 
 
-def restore_training_state(driver, path, expected, loaded=None):
-    """Loads the state at ``path`` into ``driver``, after checking it fits; returns its :class:`TrainingState`.
+def restore_training_state(trainer, path, expected, loaded=None):
+    """Loads the state at ``path`` into ``trainer.state_parameters()`` if it fits; returns its :class:`TrainingState`.
 
     ``expected`` is this run's :class:`TrainingState` (its settings are
     compared). Everything is checked - settings, names, shapes, dtypes - before
-    any tensor is touched, so a refused state leaves the driver as it was.
+    any tensor is touched, so a refused state leaves the trainer as it was.
     ``loaded`` is what :func:`read_training_state` already returned for
     ``path``, to spare reading the file again.
 
@@ -191,7 +238,7 @@ def restore_training_state(driver, path, expected, loaded=None):
     path = find_training_state(path)
     state, saved = loaded if loaded is not None else read_training_state(path)
     problems = state.differences(expected)
-    tensors = _state_tensors(driver)
+    tensors = _state_tensors(trainer)
     problems += _optimizer_setting_differences(tensors, saved)
     problems += mismatches({name: param.shape for name, param in tensors.items() if name not in _OPTIMIZER_SETTINGS},
                            {name: value.shape for name, value in saved.items() if name not in _OPTIMIZER_SETTINGS})
@@ -265,10 +312,10 @@ class StateDirectory:
         paths = glob.glob(os.path.join(glob.escape(os.fspath(directory)), STATE_PREFIX + "*.ckpt"))
         return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns, p))
 
-    def save(self, driver, state):
+    def save(self, trainer, state):
         """Writes ``state`` as ``state-<epoch>_<micro-batch>.ckpt``, then deletes all but the newest ``keep``."""
         path = os.path.join(self.directory, f"{STATE_PREFIX}{state.epoch}_{state.micro_batch}.ckpt")
-        save_training_state(driver, state, path)
+        save_training_state(trainer, state, path)
         self.last_path = path
         for old in self.files_in(self.directory)[:-self.keep]:
             if old != path:

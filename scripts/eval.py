@@ -11,9 +11,16 @@
 import argparse
 import os
 
-from common import (add_common_args, build_dataset, build_network, evaluate, resolve_model_args, run, setup_logging,
-                    setup_mindspore)
-
+from common import (
+    add_common_args,
+    build_dataset,
+    build_network,
+    evaluate,
+    resolve_model_args,
+    run,
+    setup_logging,
+    setup_mindspore,
+)
 from mindspore_accum import load_network_checkpoint
 
 

@@ -20,13 +20,38 @@ import os
 import shlex
 import sys
 
-from common import (add_common_args, build_dataset, build_network, evaluate, non_negative_int, positive_float,
-                    positive_int, resolve_model_args, run, setup_logging, setup_mindspore)
 from mindspore import nn
 
-from mindspore_accum import (AMP_LEVELS, LR_SCHEDULES, REMAINDER_POLICIES, GradFlowSaver, GradientAccumulation,
-                             MetricsLog, ProgressBar, TrainingInterrupted, WindowSchedule, check_ckpt_path,
-                             find_training_state, init_data_parallel, learning_rates, read_training_state)
+from common import (
+    add_common_args,
+    build_dataset,
+    build_network,
+    evaluate,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resolve_model_args,
+    run,
+    setup_logging,
+    setup_mindspore,
+)
+from mindspore_accum import (
+    AMP_LEVELS,
+    LR_SCHEDULES,
+    REMAINDER_POLICIES,
+    GradFlowSaver,
+    GradientAccumulation,
+    MetricsLog,
+    ProgressBar,
+    SaveConfig,
+    TrainingInterrupted,
+    WindowSchedule,
+    check_ckpt_path,
+    find_training_state,
+    init_data_parallel,
+    learning_rates,
+    read_training_state,
+)
 from mindspore_accum.checkpoint import check_writable_directory
 from mindspore_accum.distributed import check_same_settings
 from mindspore_accum.run_lock import run_lock
@@ -193,15 +218,15 @@ def train(args, rank, ranks, shards, resumed, device):
         callbacks = [progress, MetricsLog(metrics_path_for(args.ckpt_path), evaluate_epoch, resume=resumed)]
         if args.grad_flow_every:
             callbacks.append(GradFlowSaver(os.path.join(out_dir, "grad_flow"), args.grad_flow_every))
+    save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir, save_every=args.save_every,
+                      keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+                      # Data parallel: a rank that stopped alone would leave the others
+                      # waiting in the all-reduce; a signal ends every rank at once.
+                      handle_signals=not args.distribute)
     try:
-        model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder,
-                            ckpt_path=args.ckpt_path,
+        model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
                             log_every=None if progress.replaces_log_lines else args.log_every, callbacks=callbacks,
-                            state_dir=state_dir, save_every=args.save_every,
-                            keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
-                            # Data parallel: a rank that stopped alone would leave the others
-                            # waiting in the all-reduce; a signal ends every rank at once.
-                            handle_signals=not args.distribute)
+                            seed=args.seed)
     except TrainingInterrupted as stopped:
         print(f"{stopped}\nresume with:\n  {resume_command(stopped.state_path)}", file=sys.stderr)
         sys.exit(128 + stopped.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -15,11 +15,20 @@ resume from, exactly, even mid-window:
 import argparse
 import os
 
-from common import (add_common_args, build_dataset, build_network, positive_float, positive_int, resolve_model_args,
-                    run, setup_logging, setup_mindspore)
 from mindspore import Model, amp, load_checkpoint, load_param_into_net, nn
 from mindspore.train import Callback, CheckpointConfig, LossMonitor, ModelCheckpoint, TimeMonitor
 
+from common import (
+    add_common_args,
+    build_dataset,
+    build_network,
+    positive_float,
+    positive_int,
+    resolve_model_args,
+    run,
+    setup_logging,
+    setup_mindspore,
+)
 from mindspore_accum import AMP_LEVELS, GradientAccumulationCell, WindowSchedule
 
 

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from mindspore import Model, nn  # noqa: E402
 from mindspore.train import Callback  # noqa: E402
 
-from mindspore_accum import GradientAccumulation, GradientAccumulationCell, init_data_parallel  # noqa: E402
+from mindspore_accum import GradientAccumulation, GradientAccumulationCell, SaveConfig, init_data_parallel  # noqa: E402
 from nets import LOSS, MLP, params_of  # noqa: E402
 
 
@@ -89,8 +89,9 @@ def main():
     else:
         model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9),
                                      distributed=True)
-        history = model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, ckpt_path=None,
-                                      log_every=None, handle_signals=False)
+        history = model.train_process(args.epochs, dataset, mini_steps=args.mini_steps,
+                                      save=SaveConfig(ckpt_path=None, handle_signals=False),
+                                      log_every=None)
         records = {"samples": [r.samples for r in history], "loss": [r.loss for r in history],
                    "micro_steps": [r.micro_steps for r in history]}
     np.savez(os.path.join(args.out, f"final{rank}.npz"), **params_of(network))

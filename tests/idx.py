@@ -11,7 +11,8 @@ from model_zoo_adapters.mnist_files import SPLIT_FILES
 
 def idx_bytes(array):
     kind = {3: 0x0803, 1: 0x0801}[array.ndim]
-    return struct.pack(">I", kind) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
+    return struct.pack(">I", kind) + struct.pack(">" + "I" * array.ndim,
+                                                 *array.shape) + array.astype(np.uint8).tobytes()
 
 
 def write_split(directory, split, images, labels, gz=False, sums=False):

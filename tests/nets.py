@@ -4,9 +4,12 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal
 
+from mindspore_accum import SaveConfig
 from model_zoo_adapters.lenet import LeNet5
 
 LOSS = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+#: train_process saving nothing: the tests compare parameters in memory.
+NO_CKPT = SaveConfig(ckpt_path=None)
 
 
 class MLP(nn.Cell):

@@ -22,7 +22,7 @@ from mindspore import Model, Tensor, amp, nn
 from mindspore.train import Callback, CheckpointConfig, EarlyStopping, LossMonitor, ModelCheckpoint, TimeMonitor
 
 from mindspore_accum import GradientAccumulation, GradientAccumulationCell
-from nets import LOSS, MLP, OPTIMIZERS, concat, micro_batches, params_of, reference_steps, twin
+from nets import LOSS, MLP, NO_CKPT, OPTIMIZERS, concat, micro_batches, params_of, reference_steps, twin
 
 BATCH = 4
 RTOL, ATOL = 1e-5, 1e-6
@@ -84,7 +84,7 @@ def test_model_train_is_bit_identical_to_the_three_cell_loop(mini_steps, optimiz
                       callbacks=[outputs], remainder=remainder)
     driver = GradientAccumulation(twin_network, LOSS, make_optimizer(twin_network.trainable_params()))
     history = driver.train_process(2, dataset_of(batches), mini_steps=mini_steps, remainder=remainder,
-                                   ckpt_path=None)
+                                   save=NO_CKPT)
 
     assert history, "the three-Cell loop made no update"
     assert_same_bits(cell, driver)
@@ -103,7 +103,7 @@ def test_o2_with_an_overflowing_window_is_bit_identical_and_skips_it():
                       loss_scaler=amp.DynamicLossScaler(2 ** 10, 2, 1))
     driver = GradientAccumulation(twin_network, LOSS, nn.SGD(twin_network.trainable_params(), 0.1), amp_level="O2",
                                   loss_scaler=amp.DynamicLossScaler(2 ** 10, 2, 1))
-    history = driver.train_process(1, dataset_of(batches), mini_steps=2, ckpt_path=None)
+    history = driver.train_process(1, dataset_of(batches), mini_steps=2, save=NO_CKPT)
 
     assert [r.skipped for r in history] == [False, False, True, False], "the test needs one skipped window"
     assert_same_bits(cell, driver)
@@ -122,7 +122,7 @@ def test_clipping_is_bit_identical(scaler):
                       clip_grad_norm=0.05, loss_scaler=make_scaler())
     driver = GradientAccumulation(twin_network, LOSS, nn.SGD(twin_network.trainable_params(), 0.1),
                                   clip_grad_norm=0.05, loss_scaler=make_scaler())
-    driver.train_process(1, dataset_of(batches), mini_steps=4, ckpt_path=None)
+    driver.train_process(1, dataset_of(batches), mini_steps=4, save=NO_CKPT)
     assert_same_bits(cell, driver)
 
 

@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 from mindspore import Tensor, amp, nn
 
-from mindspore_accum import (AccumulationBuffer, Callback, GradientAccumulation, TrainForwardBackward,
-                             WindowSchedule, learning_rates)
-from nets import LOSS, MLP, concat, micro_batches, params_of, twin
+from mindspore_accum import (
+    AccumulationBuffer,
+    Callback,
+    GradientAccumulation,
+    TrainForwardBackward,
+    WindowSchedule,
+    learning_rates,
+)
+from nets import LOSS, MLP, NO_CKPT, concat, micro_batches, params_of, twin
 
 BATCH, MINI_STEPS = 4, 4
 
@@ -55,7 +61,7 @@ def test_overflow_in_one_micro_batch_skips_the_window_and_the_next_trains_normal
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level="O2",
                                  loss_scaler=scaler)
     snapshots = Snapshots()
-    history = model.train_process(1, windows(3, poison=(1, 2, poison)), mini_steps=MINI_STEPS, ckpt_path=None,
+    history = model.train_process(1, windows(3, poison=(1, 2, poison)), mini_steps=MINI_STEPS, save=NO_CKPT,
                                   callbacks=[snapshots])
 
     assert [r.skipped for r in history] == [False, True, False]
@@ -70,7 +76,7 @@ def test_overflow_in_one_micro_batch_skips_the_window_and_the_next_trains_normal
         param.set_data(Tensor(snapshots.params[0][param.name]))
     alone = GradientAccumulation(reference, LOSS, nn.SGD(reference.trainable_params(), 0.1), amp_level="O2",
                                  loss_scaler=amp.DynamicLossScaler(512, 2, 1000))
-    alone.train_process(1, windows(3)[2 * MINI_STEPS:], mini_steps=MINI_STEPS, ckpt_path=None)
+    alone.train_process(1, windows(3)[2 * MINI_STEPS:], mini_steps=MINI_STEPS, save=NO_CKPT)
     for name, value in params_of(reference).items():
         np.testing.assert_array_equal(params_of(network)[name], value, err_msg=f"{name} after window 3")
 
@@ -84,7 +90,7 @@ def test_clipping_is_once_per_update_on_the_unscaled_mean_gradient(scaler):
                                  loss_scaler=amp.StaticLossScaler(1024) if scaler else None)
     snapshots = Snapshots()
     batches = windows(1, seed=3)
-    model.train_process(1, batches, mini_steps=MINI_STEPS, ckpt_path=None, callbacks=[snapshots])
+    model.train_process(1, batches, mini_steps=MINI_STEPS, save=NO_CKPT, callbacks=[snapshots])
 
     names = [p.name for p in network.trainable_params()]
     grads = snapshots.grads[0]  # the window's mean gradient, unscaled, before clipping
@@ -120,7 +126,7 @@ def test_schedule_counts_updates_so_mini_steps_1_and_4_read_the_same_rates():
         rates = learning_rates("cosine", 0.1, total, warmup_updates=3)
         model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), rates, 0.9))
         history = model.train_process(epochs, micro_batches([BATCH] * micro_batch_count, (8,), 4), mini_steps,
-                                      ckpt_path=None)
+                                      save=NO_CKPT)
         rates_read[mini_steps] = [record.lr for record in history]
 
     assert rates_read[1] == rates_read[4], rates_read
@@ -154,7 +160,7 @@ def test_o2_window_matches_one_float16_step_on_the_concatenated_batch_and_the_bu
     batches = micro_batches([4, 4, 4, 3], (8,), 4, seed=5)
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level="O2",
                                  loss_scaler=amp.StaticLossScaler(1024))
-    model.train_process(1, batches, mini_steps=4, ckpt_path=None)
+    model.train_process(1, batches, mini_steps=4, save=NO_CKPT)
     assert all(str(g.dtype) == "Float32" for g in model.buffer.grad_sum), [g.dtype for g in model.buffer.grad_sum]
 
     def step_on_concatenation(level):

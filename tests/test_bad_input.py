@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-
 from cli import assert_refused, run_script
 from idx import digits, write_split
+
 from mindspore_accum import load_network_checkpoint, read_training_state
 from model_zoo_adapters.lenet import LeNet5
 
@@ -94,7 +94,7 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_good_sta
     assert_refused(result, "loss is inf at epoch 1, micro-batch 3 (in update 2 of the epoch): training stopped",
                    "the last good training state", "state-1_2.ckpt, is kept")
     state, tensors = read_training_state(tmp_path / "gradient_accumulation_state" / "state-1_2.ckpt")
-    assert state.total_updates == 1 and all(np.isfinite(t.asnumpy()).all() for t in tensors.values())
+    assert state.progress.total_updates == 1 and all(np.isfinite(t.asnumpy()).all() for t in tensors.values())
     assert (tmp_path / "gradient_accumulation.ckpt").read_bytes() == model_ckpt, "the good checkpoint was replaced"
     load_network_checkpoint(LeNet5(), str(tmp_path / "gradient_accumulation.ckpt"))
 
@@ -180,7 +180,7 @@ def test_an_image_folder_without_class_subfolders_is_refused(tmp_path):
 
 @pytest.mark.parametrize("label", [10, 12, 200])
 def test_an_mnist_label_out_of_range_is_refused_by_name_and_sample(tmp_path, label):
-    """Issue 15 (6): 12 and 200 ended in a loss-kernel traceback; 10 trained silently (the CPU kernel does not check)."""
+    """Issue 15 (6): 12 and 200 ended in a loss-kernel traceback; 10 trained silently (the CPU kernel doesn't check)."""
     images, labels = digits(40)
     labels[37] = label
     _, label_file = write_split(tmp_path / "data", "train", images, labels)
@@ -201,6 +201,7 @@ def test_a_label_within_num_classes_is_accepted(tmp_path):
 
 def test_a_cifar10_label_out_of_range_is_refused_by_name_and_sample(tmp_path):
     from images import write_cifar10
+
     from model_zoo_adapters.image_files import CIFAR10_RECORD_BYTES
     data = write_cifar10(tmp_path, train_files=1, seed=4)
     path = os.path.join(data, "data_batch_1.bin")

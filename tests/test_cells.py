@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from mindspore_accum import AccumulationBuffer, GradientAccumulation, TrainClear, TrainForwardBackward, TrainOptim
-from nets import LOSS, MLP, MeanOfInputs, micro_batches, params_of, twin
+from mindspore_accum import (
+    AccumulationBuffer,
+    GradientAccumulation,
+    TrainClear,
+    TrainForwardBackward,
+    TrainOptim,
+)
+from nets import LOSS, MLP, NO_CKPT, MeanOfInputs, micro_batches, params_of, twin
 
 
 def one_weight_cells(learning_rate=1.0):
@@ -86,7 +92,7 @@ def test_mini_steps_1_is_bit_identical_to_train_one_step_cell(batch_size):
     accumulated = MLP()
     reference = twin(MLP, accumulated)
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
-    model.train_process(1, batches, mini_steps=1, ckpt_path=None)
+    model.train_process(1, batches, mini_steps=1, save=NO_CKPT)
     step = nn.TrainOneStepCell(nn.WithLossCell(reference, LOSS), nn.Momentum(reference.trainable_params(), 0.1, 0.9))
     for batch in batches:
         step(*batch)
@@ -100,7 +106,7 @@ def test_bad_mini_steps_is_refused_naming_the_argument_and_value(bad):
     network = MLP()
     model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9))
     with pytest.raises((ValueError, TypeError)) as raised:
-        model.train_process(1, micro_batches([4], (8,), 4), mini_steps=bad, ckpt_path=None)
+        model.train_process(1, micro_batches([4], (8,), 4), mini_steps=bad, save=NO_CKPT)
     message = str(raised.value)
     assert "mini_steps" in message and repr(bad) in message, message
     assert isinstance(raised.value, TypeError if not isinstance(bad, int) or isinstance(bad, bool) else ValueError)
@@ -115,4 +121,4 @@ def test_constructor_refuses_a_summing_loss_and_wrong_types():
         GradientAccumulation(network, LOSS, "sgd")
     with pytest.raises(ValueError, match="remainder must be one of 'flush', 'drop', got 'keep'"):
         GradientAccumulation(network, LOSS, optimizer).train_process(1, [], mini_steps=2, remainder="keep",
-                                                                   ckpt_path=None)
+                                                                   save=NO_CKPT)

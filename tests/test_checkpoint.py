@@ -8,7 +8,13 @@ import pytest
 from mindspore import Model, Tensor, nn
 from mindspore import dataset as ds
 
-from mindspore_accum import CheckpointError, GradientAccumulation, load_network_checkpoint, save_network_checkpoint
+from mindspore_accum import (
+    CheckpointError,
+    GradientAccumulation,
+    SaveConfig,
+    load_network_checkpoint,
+    save_network_checkpoint,
+)
 from model_zoo_adapters.lenet import LeNet5
 from nets import LOSS, MLP, params_of
 
@@ -37,7 +43,8 @@ def test_checkpoint_holds_the_bare_network_and_evaluates_the_same(tmp_path):
     network = LeNet5()
     model = GradientAccumulation(network, LOSS, nn.Adam(network.trainable_params(), 2e-3))
     ckpt = tmp_path / "lenet.ckpt"
-    model.train_process(3, as_dataset(*synthetic_digits(512, seed=1), 8), mini_steps=2, ckpt_path=str(ckpt))
+    model.train_process(3, as_dataset(*synthetic_digits(512, seed=1), 8), mini_steps=2,
+                        save=SaveConfig(ckpt_path=str(ckpt)))
 
     saved = ms.load_checkpoint(str(ckpt))
     assert sorted(saved) == sorted(p.name for p in LeNet5().get_parameters()), "no grad_sum, moments or prefixes"
@@ -108,5 +115,5 @@ def test_an_unwritable_checkpoint_path_fails_before_training(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(CheckpointError, match=r"cannot create the checkpoint directory"):
         model.train_process(1, [(Tensor(np.ones((2, 8), np.float32)), Tensor(np.zeros(2, np.int32)))],
-                            mini_steps=1, ckpt_path=str(tmp_path / "file" / "model.ckpt"))
+                            mini_steps=1, save=SaveConfig(ckpt_path=str(tmp_path / "file" / "model.ckpt")))
     assert all(np.array_equal(v, before[n]) for n, v in params_of(network).items()), "trained before failing"

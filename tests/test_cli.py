@@ -1,8 +1,8 @@
 """scripts/train.py and scripts/eval.py as a user runs them: bad input is one line and exit status 2."""
 
 import pytest
-
 from cli import assert_refused, run_script
+
 from mindspore_accum import save_network_checkpoint
 from model_zoo_adapters.lenet import LeNet5
 

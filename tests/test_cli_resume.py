@@ -13,9 +13,9 @@ import sys
 import mindspore as ms
 import numpy as np
 import pytest
-
 from cli import SCRIPTS, run_script
 from idx import digits, write_split
+
 from mindspore_accum import read_training_state
 
 # 256 samples, batch 8: 32 micro-batches an epoch, windows of 3 with a flushed partial window of 2.

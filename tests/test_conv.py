@@ -8,13 +8,13 @@ import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
+from test_checkpoint import accuracy, synthetic_digits
 
 from mindspore_accum import GradientAccumulation, load_network_checkpoint, save_network_checkpoint
 from model_zoo_adapters import conv as conv_module
 from model_zoo_adapters.conv import Im2ColConv2d, make_conv2d
 from model_zoo_adapters.lenet import LeNet5
-from nets import LOSS, micro_batches, params_of, twin
-from test_checkpoint import accuracy, synthetic_digits
+from nets import LOSS, NO_CKPT, micro_batches, params_of, twin
 
 
 def random_configs(count, seed=2024):
@@ -27,7 +27,8 @@ def random_configs(count, seed=2024):
                       dilation=tuple(int(d) for d in rng.integers(1, 3, 2)),
                       has_bias=bool(index % 2), pad_mode=("valid", "same", "pad", "pad")[index % 4])
         if kwargs["pad_mode"] == "pad":
-            kwargs["padding"] = int(rng.integers(0, 3)) if index % 8 == 2 else tuple(int(p) for p in rng.integers(0, 3, 4))
+            kwargs["padding"] = int(rng.integers(0, 3)) if index % 8 == 2 else tuple(int(p) for p in rng.integers(0,
+                                                                                                                  3, 4))
         configs.append((int(rng.integers(1, 6)), int(rng.integers(1, 9)), kernel, kwargs))
     return configs
 
@@ -70,7 +71,7 @@ def test_three_windows_train_the_same_with_either_implementation():
     batches = micro_batches([8] * 12, (1, 32, 32), 10, seed=5)
     for network in (native, im2col):
         model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.05, 0.9))
-        history = model.train_process(1, batches, mini_steps=4, ckpt_path=None)
+        history = model.train_process(1, batches, mini_steps=4, save=NO_CKPT)
         assert len(history) == 3
     expected = params_of(native)
     for name, value in params_of(im2col).items():
@@ -82,7 +83,7 @@ def test_a_checkpoint_moves_between_implementations(tmp_path):
     images, labels = synthetic_digits(512, seed=1)
     model = GradientAccumulation(trained, LOSS, nn.Adam(trained.trainable_params(), 2e-3))
     model.train_process(2, [(Tensor(images[i:i + 8]), Tensor(labels[i:i + 8])) for i in range(0, 512, 8)],
-                        mini_steps=2, ckpt_path=None)
+                        mini_steps=2, save=NO_CKPT)
     save_network_checkpoint(trained, str(tmp_path / "im2col.ckpt"))
     native = load_network_checkpoint(LeNet5(conv_impl="native"), tmp_path / "im2col.ckpt")
     test_images, test_labels = synthetic_digits(200, seed=2)

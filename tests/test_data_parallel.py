@@ -15,9 +15,9 @@ import re
 import mindspore as ms
 import numpy as np
 import pytest
+from cli import assert_refused, run_script
 from mindspore import Tensor, nn
 
-from cli import assert_refused, run_script
 from msrun import own_lines, run_msrun, run_two_nodes
 from nets import LOSS, MLP
 

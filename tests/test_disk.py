@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from cli import assert_refused, run_script
+
 from mindspore_accum.checkpoint import remove_stale_temporaries
 
 

@@ -12,9 +12,17 @@ import numpy as np
 import pytest
 from mindspore import Tensor, amp, nn
 
-from mindspore_accum import (AccumulationBuffer, Callback, GradientAccumulation, TrainClear, TrainForwardBackward,
-                             TrainOptim, WindowSchedule)
-from nets import LOSS, MLP, OPTIMIZERS, micro_batches, twin
+from mindspore_accum import (
+    AccumulationBuffer,
+    Callback,
+    GradientAccumulation,
+    SaveConfig,
+    TrainClear,
+    TrainForwardBackward,
+    TrainOptim,
+    WindowSchedule,
+)
+from nets import LOSS, MLP, NO_CKPT, OPTIMIZERS, micro_batches, twin
 
 BATCHES = [4] * 6 + [2]  # 7 micro-batches an epoch; the last is smaller
 
@@ -67,7 +75,7 @@ def test_the_driver_is_bit_identical_to_the_three_cell_loop(mini_steps, optimize
     make = OPTIMIZERS[optimizer_name]
     optimizer, reference_optimizer = make(network.trainable_params()), make(reference.trainable_params())
     history = GradientAccumulation(network, LOSS, optimizer).train_process(
-        2, batches, mini_steps=mini_steps, remainder=remainder, ckpt_path=None)
+        2, batches, mini_steps=mini_steps, remainder=remainder, save=NO_CKPT)
     applied = three_cell_loop(reference, reference_optimizer, batches, 2, mini_steps, remainder)
     assert [not r.skipped for r in history] == applied and applied
     assert_same_state(optimizer, reference_optimizer)
@@ -89,7 +97,7 @@ def test_o2_with_an_overflowing_window_and_clipping_are_bit_identical(options):
     make_scaler = scalers[kind] if kind else (lambda: None)
     optimizer, reference_optimizer = nn.SGD(network.trainable_params(), 0.1), nn.SGD(reference.trainable_params(), 0.1)
     driver = GradientAccumulation(network, LOSS, optimizer, loss_scaler=make_scaler(), **options)
-    history = driver.train_process(1, batches, mini_steps=2, ckpt_path=None)
+    history = driver.train_process(1, batches, mini_steps=2, save=NO_CKPT)
     reference_scaler = make_scaler()
     applied = three_cell_loop(reference, reference_optimizer, batches, 1, 2, loss_scaler=reference_scaler, **options)
     assert [not r.skipped for r in history] == applied
@@ -123,7 +131,8 @@ def test_the_loss_is_read_back_once_per_window_not_on_every_micro_step(monkeypat
     network = MLP()
     reads = Reads(monkeypatch, read_every_loss)
     GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9)).train_process(
-        2, batches, mini_steps=mini_steps, ckpt_path=None, log_every=None, handle_signals=False, callbacks=[reads])
+        2, batches, mini_steps=mini_steps, save=SaveConfig(ckpt_path=None,
+                                                           handle_signals=False), log_every=None, callbacks=[reads])
     between = sorted({at for at in reads.read_at if at % mini_steps})
     if read_every_loss:  # the control: a callback that reads each loss shows up on every micro-step
         assert between == [m for m in range(1, 17) if m % mini_steps], between

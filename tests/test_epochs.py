@@ -6,7 +6,7 @@ from mindspore import dataset as ds
 from mindspore import nn
 
 from mindspore_accum import GradientAccumulation
-from nets import LOSS, MLP, params_of, reference_steps, twin
+from nets import LOSS, MLP, NO_CKPT, params_of, reference_steps, twin
 
 SAMPLES, BATCH = 40, 4  # 10 micro-batches
 
@@ -35,7 +35,7 @@ def test_ten_micro_batches_with_mini_steps_4_give_three_updates(epochs):
     accumulated = MLP()
     reference = twin(MLP, accumulated)
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
-    history = model.train_process(epochs, mnist_like_dataset(features, labels), mini_steps=4, ckpt_path=None)
+    history = model.train_process(epochs, mnist_like_dataset(features, labels), mini_steps=4, save=NO_CKPT)
 
     assert [(r.epoch, r.update, r.micro_steps, r.samples) for r in history] == [
         (epoch, update, steps, steps * BATCH) for epoch in range(1, epochs + 1)
@@ -58,7 +58,7 @@ def test_drop_policy_discards_the_partial_window():
     reference = twin(MLP, accumulated)
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
     history = model.train_process(1, mnist_like_dataset(features, labels), mini_steps=4, remainder="drop",
-                                  ckpt_path=None)
+                                  save=NO_CKPT)
     assert [r.micro_steps for r in history] == [4, 4]
     expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.1, 0.9),
                                windows_of(features, labels, [(0, 4), (4, 8)]))
@@ -74,7 +74,7 @@ def test_logged_window_loss_is_the_loss_of_the_concatenated_window():
     network = MLP()
     probe = twin(MLP, network)
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), learning_rate=0.0))
-    history = model.train_process(1, mnist_like_dataset(features, labels), mini_steps=4, ckpt_path=None)
+    history = model.train_process(1, mnist_like_dataset(features, labels), mini_steps=4, save=NO_CKPT)
     loss_of = nn.WithLossCell(probe, LOSS)
     from mindspore import Tensor
     for record, (start, stop) in zip(history, [(0, 16), (16, 32), (32, 40)]):
@@ -90,6 +90,6 @@ def test_an_exhausted_one_shot_iterator_is_refused_in_the_epoch_it_runs_dry():
     from mindspore import Tensor
     one_shot = iter([(Tensor(features[:4]), Tensor(labels[:4]))])
     with pytest.raises(ValueError, match=r"no micro-batches in epoch 2: pass a mindspore dataset or a re-iterable"):
-        model.train_process(2, one_shot, mini_steps=1, ckpt_path=None)
+        model.train_process(2, one_shot, mini_steps=1, save=NO_CKPT)
     assert model.total_updates == 1  # epoch 1 trained on its one micro-batch, then epoch 2 found nothing
     assert any(not np.array_equal(v, before[n]) for n, v in params_of(network).items())

@@ -13,7 +13,7 @@ import pytest
 from mindspore import nn
 
 from mindspore_accum import GradientAccumulation
-from nets import LOSS, MLP, NETWORKS, OPTIMIZERS, concat, micro_batches, params_of, reference_steps, twin
+from nets import LOSS, MLP, NETWORKS, NO_CKPT, OPTIMIZERS, concat, micro_batches, params_of, reference_steps, twin
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -39,7 +39,7 @@ def test_one_window_equals_one_step_on_the_concatenated_batch(network_name, opti
     reference = twin(network_cls, accumulated)
     initial = params_of(accumulated)
     model = GradientAccumulation(accumulated, LOSS, make_optimizer(accumulated.trainable_params()))
-    history = model.train_process(1, window, mini_steps=mini_steps, ckpt_path=None)
+    history = model.train_process(1, window, mini_steps=mini_steps, save=NO_CKPT)
 
     assert [record.samples for record in history] == [sum(WINDOW_SIZES[mini_steps])]
     expected = reference_steps(reference, make_optimizer(reference.trainable_params()), [window])
@@ -53,7 +53,7 @@ def test_control_summing_like_the_tutorial_does_not_match():
     accumulated = MLP()
     summed = twin(MLP, accumulated)
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
-    model.train_process(1, window, mini_steps=4, ckpt_path=None)
+    model.train_process(1, window, mini_steps=4, save=NO_CKPT)
     # sens=4 multiplies the concatenated batch's gradient by 4: the tutorial's sum of 4 micro-batch gradients.
     step = nn.TrainOneStepCell(nn.WithLossCell(summed, LOSS), nn.Momentum(summed.trainable_params(), 0.1, 0.9),
                                sens=4.0)
@@ -68,7 +68,7 @@ def test_control_batchnorm_does_not_match():
     accumulated = MLP(batchnorm=True)
     reference = twin(MLP, accumulated, batchnorm=True)
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
-    model.train_process(1, window, mini_steps=4, ckpt_path=None)
+    model.train_process(1, window, mini_steps=4, save=NO_CKPT)
     expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.1, 0.9), [window])
     actual = params_of(accumulated)
     mismatched = [n for n in expected if not np.allclose(actual[n], expected[n], rtol=RTOL, atol=ATOL)]

@@ -10,13 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+from cli import SCRIPTS, run_script
+from idx import digits, write_split
 from mindspore import Tensor, nn, ops
 from PIL import Image
 
-from idx import digits, write_split
 from mindspore_accum import Callback, GradientAccumulation, MetricsLog, plot_grad_flow
-from nets import LOSS, MLP, micro_batches, twin
-from cli import SCRIPTS, run_script
+from nets import LOSS, MLP, NO_CKPT, micro_batches, twin
 
 TRAIN_SAMPLES, BATCH, MINI_STEPS, EPOCHS = 64, 8, 3, 2  # 8 micro-batches: updates of 3, 3 and a flushed 2
 
@@ -102,7 +102,7 @@ def test_logged_window_loss_equals_the_loss_of_the_window_recomputed_independent
     frozen = twin(MLP, network)
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), learning_rate=0.0))
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    model.train_process(1, batches, mini_steps=2, ckpt_path=None, callbacks=[log])
+    model.train_process(1, batches, mini_steps=2, save=NO_CKPT, callbacks=[log])
     log.close()
     loss_of = nn.WithLossCell(frozen, LOSS)
     updates = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "update"]
@@ -125,7 +125,7 @@ def test_update_callbacks_see_the_window_gradient_before_the_clear():
 
     capture = Capture()
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), learning_rate=0.0))
-    model.train_process(1, window, mini_steps=3, ckpt_path=None, callbacks=[capture])
+    model.train_process(1, window, mini_steps=3, save=NO_CKPT, callbacks=[capture])
     concatenated = [Tensor(np.concatenate([b[i].asnumpy() for b in window])) for i in range(2)]
     weights = frozen.trainable_params()
     expected = ops.GradOperation(get_by_list=True)(nn.WithLossCell(frozen, LOSS), weights)(*concatenated)
@@ -164,7 +164,8 @@ def test_plot_script_writes_pngs_that_open(trained_run, tmp_path):
 
 def test_plot_script_refuses_a_file_that_is_not_metrics(tmp_path):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "plot.py"), "--metrics", str(tmp_path / "bad.jsonl")],
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "plot.py"), "--metrics",
+                             str(tmp_path / "bad.jsonl")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "bad.jsonl:1: not a JSON line" in result.stderr
     assert "Traceback" not in result.stderr

@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-
 from idx import digits, idx_bytes, write_split
+
 from model_zoo_adapters.lenet import MNIST_MEAN, MNIST_STD, create_dataset
 from model_zoo_adapters.mnist_files import MnistFormatError, prepare_mnist_split
 

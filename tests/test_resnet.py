@@ -14,14 +14,14 @@ import os
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn
-
 from cli import run_script
 from images import write_image_folder
+from mindspore import Tensor, nn
+
 from mindspore_accum import GradientAccumulation, batchnorm_cells, convert_bn_to_gn
 from model_zoo_adapters.image_files import CIFAR10_RECORD_BYTES
 from model_zoo_adapters.resnet import CIFAR10_MEAN, CIFAR10_STD, RESNETS, create_dataset, resnet18
-from nets import LOSS, micro_batches, params_of, reference_steps
+from nets import LOSS, NO_CKPT, micro_batches, params_of, reference_steps
 
 RTOL, ATOL = 1e-4, 1e-5
 IMAGE = (3, 32, 32)
@@ -56,7 +56,7 @@ def _one_window(norm, seed=11):
         mine.set_data(theirs.data.copy())
     initial = params_of(accumulated)
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.01, 0.9))
-    model.train_process(1, window, mini_steps=4, ckpt_path=None)
+    model.train_process(1, window, mini_steps=4, save=NO_CKPT)
     expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.01, 0.9), [window])
     return params_of(accumulated), expected, initial
 

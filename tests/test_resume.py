@@ -5,6 +5,7 @@ tolerance is the issue's rtol 1e-6, atol 0 (the runs are in fact the same
 float operations on the same data, so they agree to the bit).
 """
 
+import dataclasses
 import os
 import signal
 
@@ -14,13 +15,24 @@ import pytest
 from mindspore import dataset as ds
 from mindspore import nn
 
-from mindspore_accum import (Callback, CheckpointError, GradientAccumulation, NonFiniteError, StateDirectory,
-                             StopSignals, TrainingInterrupted, load_network_checkpoint, read_training_state,
-                             save_network_checkpoint)
+from mindspore_accum import (
+    Callback,
+    CheckpointError,
+    GradientAccumulation,
+    NonFiniteError,
+    SaveConfig,
+    StateDirectory,
+    StopSignals,
+    TrainingInterrupted,
+    load_network_checkpoint,
+    read_training_state,
+    save_network_checkpoint,
+)
 from nets import LOSS, MLP, params_of
 
 SAMPLES, BATCH, MINI_STEPS, EPOCHS, DATA_SEED = 40, 4, 4, 3, 5  # 10 micro-batches an epoch: windows 4, 4, 2
 
+SAVE_OPTIONS = [field.name for field in dataclasses.fields(SaveConfig)]
 OPTIMIZERS = {
     "momentum": lambda params: nn.Momentum(params, 0.1, 0.9),
     # Adam carries the most state: two moments, beta powers and a step counter.
@@ -66,8 +78,11 @@ class SignalAt(Callback):
 
 
 def train(model, state_dir, **kwargs):
+    """train_process over the shuffled dataset; ``kwargs`` may mix its arguments and SaveConfig's."""
+    saving = {name: kwargs.pop(name) for name in SAVE_OPTIONS if name in kwargs}
     return model.train_process(EPOCHS, kwargs.pop("dataset", None) or shuffled_dataset(), mini_steps=MINI_STEPS,
-                               ckpt_path=None, state_dir=state_dir, seed=DATA_SEED, **kwargs)
+                               save=SaveConfig(**{"ckpt_path": None, "state_dir": state_dir, **saving}),
+                               seed=DATA_SEED, **kwargs)
 
 
 def summary(records):
@@ -151,7 +166,7 @@ def test_a_state_that_does_not_fit_is_refused_naming_the_difference(tmp_path, ch
     mini_steps = change.pop("mini_steps", MINI_STEPS)
     with pytest.raises(CheckpointError, match="does not fit this run") as refused:
         model.train_process(EPOCHS, change.pop("dataset", None) or shuffled_dataset(), mini_steps=mini_steps,
-                            ckpt_path=None, resume=stopped.value.state_path,
+                            save=SaveConfig(ckpt_path=None, resume=stopped.value.state_path),
                             **{"seed": DATA_SEED, **change})
     assert fragment in str(refused.value), str(refused.value)
     after = params_of(model.network)
@@ -177,8 +192,8 @@ def test_a_file_truncated_at_random_lengths_is_refused_and_never_half_loaded(tmp
         cut.write_bytes(data[:length])
         with pytest.raises(CheckpointError) as refused:
             if kind == "training state":
-                target.train_process(EPOCHS, shuffled_dataset(), mini_steps=MINI_STEPS, ckpt_path=None,
-                                     resume=str(cut), seed=DATA_SEED)
+                target.train_process(EPOCHS, shuffled_dataset(), mini_steps=MINI_STEPS,
+                                     save=SaveConfig(ckpt_path=None, resume=str(cut)), seed=DATA_SEED)
             else:
                 load_network_checkpoint(target.network, str(cut))
         assert str(cut) in str(refused.value), f"length {length}: {refused.value}"
@@ -204,12 +219,12 @@ def test_divergence_stops_with_its_position_and_keeps_the_last_good_state(tmp_pa
     rows = lambda: ((features[i], labels[i]) for i in range(SAMPLES))  # noqa: E731
     dataset = ds.GeneratorDataset(rows, ["data", "label"], shuffle=False).batch(BATCH)
     with pytest.raises(NonFiniteError, match=message) as stopped:
-        model.train_process(EPOCHS, dataset, mini_steps=MINI_STEPS, ckpt_path=good_ckpt,
-                            state_dir=tmp_path / "states", save_every=1)
+        model.train_process(EPOCHS, dataset, mini_steps=MINI_STEPS,
+                            save=SaveConfig(ckpt_path=good_ckpt, state_dir=tmp_path / "states", save_every=1))
     assert "state-1_4.ckpt, is kept" in str(stopped.value), stopped.value
     assert os.listdir(tmp_path / "states") == ["state-1_4.ckpt"]
     state, tensors = read_training_state(tmp_path / "states")
-    assert state.total_updates == 1 and all(np.isfinite(t.asnumpy()).all() for t in tensors.values())
+    assert state.progress.total_updates == 1 and all(np.isfinite(t.asnumpy()).all() for t in tensors.values())
     assert all(np.isfinite(p.asnumpy()).all() for p in model.network.get_parameters()), "the update was applied"
     assert open(good_ckpt, "rb").read() == good_bytes, "the good model checkpoint was overwritten"
 
@@ -219,7 +234,8 @@ def test_resuming_a_finished_run_only_writes_the_checkpoint_and_too_few_epochs_a
     train(driver(), tmp_path / "states")
     finished = driver(init_seed=4)
     assert finished.train_process(EPOCHS, shuffled_dataset(), mini_steps=MINI_STEPS, seed=DATA_SEED,
-                                  ckpt_path=str(tmp_path / "final.ckpt"), resume=tmp_path / "states") == []
+                                  save=SaveConfig(ckpt_path=str(tmp_path / "final.ckpt"),
+                                                  resume=tmp_path / "states")) == []
     restored = MLP()
     load_network_checkpoint(restored, str(tmp_path / "final.ckpt"))
     for name, value in uninterrupted["adam"][0].items():
@@ -227,22 +243,22 @@ def test_resuming_a_finished_run_only_writes_the_checkpoint_and_too_few_epochs_a
     with pytest.raises(ValueError, match=r"epoch=2 but the state .*state-3_10.ckpt is already at epoch 3, "
                                          r"micro-batch 10 \(end of epoch\), after 9 updates: pass an epoch of "
                                          r"at least 3"):
-        driver().train_process(2, shuffled_dataset(), mini_steps=MINI_STEPS, seed=DATA_SEED, ckpt_path=None,
-                               resume=tmp_path / "states")
+        driver().train_process(2, shuffled_dataset(), mini_steps=MINI_STEPS, seed=DATA_SEED,
+                               save=SaveConfig(ckpt_path=None, resume=tmp_path / "states"))
 
 
 def test_bad_state_arguments_are_refused_before_training(tmp_path):
     model = driver()
     with pytest.raises(ValueError, match="save_every=2 needs a state_dir"):
-        model.train_process(1, shuffled_dataset(), ckpt_path=None, save_every=2)
+        model.train_process(1, shuffled_dataset(), save=SaveConfig(ckpt_path=None, save_every=2))
     with pytest.raises(ValueError, match="keep_checkpoints must be"):
         StateDirectory(tmp_path, keep=0)
     with pytest.raises(CheckpointError, match="not a training state"):
-        model.train_process(1, shuffled_dataset(), ckpt_path=None,
-                            resume=save_network_checkpoint(model.network, str(tmp_path / "model.ckpt")))
+        bare = save_network_checkpoint(model.network, str(tmp_path / "model.ckpt"))
+        model.train_process(1, shuffled_dataset(), save=SaveConfig(ckpt_path=None, resume=bare))
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no state-\\*.ckpt training state in directory"):
-        model.train_process(1, shuffled_dataset(), ckpt_path=None, resume=tmp_path / "empty")
+        model.train_process(1, shuffled_dataset(), save=SaveConfig(ckpt_path=None, resume=tmp_path / "empty"))
 
 
 def test_a_second_signal_aborts_at_once_and_handlers_are_given_back():

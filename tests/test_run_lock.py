@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-
 from cli import SCRIPTS, assert_refused, run_script
+
 from mindspore_accum.run_lock import RunInUseError, run_lock
 
 

@@ -10,8 +10,8 @@ import re
 
 import mindspore as ms
 import numpy as np
-
 from cli import assert_refused, run_script
+
 from mindspore_accum import load_network_checkpoint
 from model_zoo_adapters.lenet import LeNet5
 
