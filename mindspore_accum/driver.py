@@ -6,12 +6,13 @@ import itertools
 import logging
 import math
 import os
-from typing import Optional
+from typing import Dict, Iterable, List, Optional, Union
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, amp, nn, ops
 
+from .callbacks import Callback
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
 from .distributed import data_parallel_rank
@@ -45,8 +46,8 @@ class UpdateRecord:
     Attributes:
         epoch: 1-based epoch of the update.
         update: 1-based count of updates within the epoch.
-        micro_steps: micro-batches in the window (``mini_steps``, or fewer for a
-            flushed partial window).
+        micro_batches: micro-batches in the window (``mini_steps``, or fewer
+            for a flushed partial window).
         samples: samples in the window (over all ranks, when data parallel).
         loss: the window's loss, a mean over its samples - the loss of one step
             on the concatenated window (of all ranks, when data parallel).
@@ -62,7 +63,7 @@ class UpdateRecord:
 
     epoch: int
     update: int
-    micro_steps: int
+    micro_batches: int
     samples: int
     loss: float
     lr: float = None
@@ -190,8 +191,9 @@ class GradientAccumulation:
         model.train_process(10, ds_train, mini_steps=4)
     """
 
-    def __init__(self, network, loss_fn, optimizer, *, amp_level="O0", loss_scaler="auto", clip_grad_norm=None,
-                 distributed=False):
+    def __init__(self, network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *, amp_level: str = "O0",
+                 loss_scaler: Union[str, amp.LossScaler, None] = "auto", clip_grad_norm: Optional[float] = None,
+                 distributed: bool = False):
         if not isinstance(network, nn.Cell):
             raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
         if not isinstance(loss_fn, nn.Cell):
@@ -244,15 +246,16 @@ class GradientAccumulation:
     skipped_updates = property(lambda self: self.progress.skipped_updates,
                                doc="Windows skipped because their gradient overflowed (dynamic loss scaling).")
 
-    def state_parameters(self):
+    def state_parameters(self) -> Dict[str, List[Parameter]]:
         """What a training state saves and a resume restores, in named groups (see :mod:`.training_state`)."""
         scaler = [getattr(self.loss_scaler, name) for name in ("scale_value", "counter")
                   if isinstance(getattr(self.loss_scaler, name, None), Parameter)]
         return {"network": list(self.network.get_parameters()), "optimizer": list(self.optimizer.get_parameters()),
                 "buffer": list(self.buffer.parameters()), "scaler": scaler}
 
-    def train_process(self, epoch, train_dataset, mini_steps=4, *, remainder="flush", save=None, log_every=1,
-                      callbacks=(), seed=None):
+    def train_process(self, epoch: int, train_dataset: Iterable, mini_steps: int = 4, *, remainder: str = "flush",
+                      save: Optional[SaveConfig] = None, log_every: Optional[int] = 1,
+                      callbacks: Iterable[Callback] = (), seed: Optional[int] = None) -> List[UpdateRecord]:
         """Trains until ``epoch`` epochs are done and saves the checkpoint.
 
         Args:
@@ -307,8 +310,9 @@ class GradientAccumulation:
             log_every = check_positive_int("log_every", log_every)
         writer = self.rank == 0  # data parallel: one copy of every file, from rank 0
         ckpt_path = check_ckpt_path(save.ckpt_path) if save.ckpt_path is not None and writer else None
-        states = StateDirectory(save.state_dir,
-                                save.keep_checkpoints) if save.state_dir is not None and writer else None
+        states = None
+        if save.state_dir is not None and writer:
+            states = StateDirectory(save.state_dir, save.keep_checkpoints)
         micro_batches = train_dataset.get_dataset_size() if hasattr(train_dataset, "get_dataset_size") else None
         run = _Run(schedule, self._new_state(schedule, train_dataset, micro_batches, seed), states, ckpt_path,
                    micro_batches, tuple(callbacks), log_every, save.save_every, self._micro_step(schedule.mini_steps))
