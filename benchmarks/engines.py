@@ -2,7 +2,7 @@
 
 * plain: ``Model(nn.TrainOneStepCell(...)).train``, an update every micro-batch;
 * boost: ``Model(..., boost_level="O1")`` with ``mindspore.boost``'s gradient accumulation;
-* driver: ``GradientAccumulation.train_process``, the three Cells run from Python;
+* driver: ``GradientAccumulation.train_process``, one graph per micro-step, Python once per window;
 * cell: ``Model(GradientAccumulationCell(...)).train``, one graph per micro-step.
 
 Every path reads the same ``create_dataset`` pipeline (decode, resize,

@@ -44,7 +44,8 @@ def child(args):
     from mindspore import Tensor, nn
 
     sys.path.insert(0, REPO)
-    from mindspore_accum import GradientAccumulation, SaveConfig, resolve_device_target
+    from mindspore_accum import GradientAccumulation, SaveConfig
+    from mindspore_accum.device import resolve_device_target
     from model_zoo_adapters.resnet import resnet50
 
     device = resolve_device_target(args.device_target)

@@ -9,42 +9,27 @@ window's samples, never summed.
 from .accumulation_cell import GradientAccumulationCell
 from .callbacks import Callback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .checkpoint import (
-                         DEFAULT_CKPT_PATH,
-                         CheckpointError,
-                         check_ckpt_path,
-                         load_network_checkpoint,
-                         save_network_checkpoint,
-)
-from .device import DEVICE_TARGETS, resolve_device_target
-from .distributed import data_parallel_rank, init_data_parallel, launched_by_msrun
-from .driver import AMP_LEVELS, GradientAccumulation, NonFiniteError, UpdateRecord, current_learning_rate
+from .checkpoint import CheckpointError, load_network_checkpoint, save_network_checkpoint
+from .distributed import init_data_parallel
+from .driver import GradientAccumulation, NonFiniteError, UpdateRecord
 from .grad_flow import plot_grad_flow
-from .interrupt import StopSignals, TrainingInterrupted
-from .lr_schedule import LR_SCHEDULES, learning_rates
-from .norm import batchnorm_cells, convert_bn_to_gn
+from .interrupt import TrainingInterrupted
+from .lr_schedule import learning_rates
+from .norm import convert_bn_to_gn
 from .save_config import SaveConfig
-from .schedule import REMAINDER_POLICIES, WindowSchedule
-from .training_state import (
-                         StateDirectory,
-                         TrainingState,
-                         find_training_state,
-                         read_training_state,
-                         restore_training_state,
-                         save_training_state,
-)
+from .training_state import read_training_state
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    # The tutorial's three Cells, the single-graph Cell for Model, and the driver.
     "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear", "GradientAccumulationCell",
-    "GradientAccumulation", "SaveConfig", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS",
-    "LR_SCHEDULES", "learning_rates", "convert_bn_to_gn", "batchnorm_cells",
-    "TrainingState", "StateDirectory", "save_training_state", "read_training_state", "restore_training_state",
-    "find_training_state", "StopSignals", "TrainingInterrupted",
+    "GradientAccumulation", "SaveConfig", "UpdateRecord",
+    # What stops a run.
+    "NonFiniteError", "TrainingInterrupted", "CheckpointError",
+    # Callbacks of the driver.
     "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver", "plot_grad_flow",
-    "WindowSchedule", "REMAINDER_POLICIES",
-    "DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "save_network_checkpoint", "load_network_checkpoint",
-    "DEVICE_TARGETS", "resolve_device_target",
-    "init_data_parallel", "launched_by_msrun", "data_parallel_rank",
+    # Helpers a training script needs.
+    "learning_rates", "convert_bn_to_gn", "save_network_checkpoint", "load_network_checkpoint",
+    "read_training_state", "init_data_parallel",
 ]

@@ -18,6 +18,7 @@ bit for bit; this module only adds *when*.
 """
 
 import logging
+from typing import Optional
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, amp, nn, ops
@@ -82,8 +83,10 @@ class GradientAccumulationCell(nn.Cell):
     into a fresh Cell with ``load_param_into_net``, continues mid-window exactly.
     """
 
-    def __init__(self, network_with_loss, optimizer, mini_steps=4, *, micro_batches_per_epoch=None,
-                 remainder="flush", loss_scaler=None, clip_grad_norm=None, all_reduce=False):
+    def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, mini_steps: int = 4, *,
+                 micro_batches_per_epoch: Optional[int] = None, remainder: str = "flush",
+                 loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
+                 all_reduce: bool = False):
         super().__init__(auto_prefix=False)
         _check_arguments(network_with_loss, optimizer, loss_scaler)
         schedule = WindowSchedule(mini_steps, remainder)

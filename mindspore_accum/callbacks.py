@@ -12,8 +12,12 @@ import os
 import shutil
 import sys
 import time
+from typing import TYPE_CHECKING, Callable, Optional, TextIO, Union
 
 from .validation import check_positive_int
+
+if TYPE_CHECKING:  # only for the annotations: training_state imports MindSpore
+    from .training_state import TrainingState
 
 __all__ = ["Callback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
 
@@ -30,8 +34,8 @@ class Callback:
         only in the first epoch of a resumed run.
         """
 
-    def micro_step(self, epoch, micro_step, loss, samples):
-        """After each micro-batch's forward and backward.
+    def micro_step(self, epoch, micro_batch, loss, samples):
+        """After each micro-step: ``micro_batch`` counts the epoch's micro-batches from 1.
 
         ``loss`` is the micro-batch's loss as a device Tensor, not read back:
         ``float(loss)`` waits for the device, which the driver itself does
@@ -49,15 +53,9 @@ class Callback:
 class MetricsLog(Callback):
     """Writes ``metrics.jsonl``: one JSON object a line, flushed as it goes.
 
-    Records (the ``kind`` field tells them apart):
-
-    * ``"update"``: ``epoch``, ``update`` (in the epoch), ``total_updates``,
-      ``micro_batches``, ``samples``, ``samples_seen``, ``loss`` (the window's),
-      ``lr``, ``skipped`` (an overflowing window, not applied), ``loss_scale``
-      and ``skipped_updates`` (with loss scaling; else null and 0);
-    * ``"epoch"``: ``epoch``, ``updates``, ``skipped``, ``train_loss`` (the
-      sample-weighted mean of the epoch's applied windows' losses), and whatever ``evaluate(epoch)``
-      returns, e.g. ``test_loss`` and ``test_accuracy``.
+    A record per update (``"kind": "update"``) and per epoch (``"kind":
+    "epoch"``, with whatever ``evaluate(epoch)`` returns). The fields are
+    listed in docs/cli.md, which tests/test_docs.py checks against this class.
 
     Args:
         path: the file, named after the checkpoint it describes (train.py:
@@ -73,7 +71,8 @@ class MetricsLog(Callback):
             run's.
     """
 
-    def __init__(self, path, evaluate=None, resume=None):
+    def __init__(self, path: Union[str, "os.PathLike[str]"], evaluate: Optional[Callable[[int], dict]] = None,
+                 resume: Optional["TrainingState"] = None):
         self.path = os.fspath(path)
         self.evaluate = evaluate
         self.resume = resume
@@ -101,7 +100,7 @@ class MetricsLog(Callback):
 
     def update(self, record, driver):
         self._write({"kind": "update", "epoch": record.epoch, "update": record.update,
-                     "total_updates": record.total_updates, "micro_batches": record.micro_steps,
+                     "total_updates": record.total_updates, "micro_batches": record.micro_batches,
                      "samples": record.samples, "samples_seen": record.samples_seen, "loss": record.loss,
                      "lr": record.lr, "skipped": record.skipped, "loss_scale": record.loss_scale,
                      "skipped_updates": driver.skipped_updates})
@@ -149,7 +148,7 @@ class ProgressBar(Callback):
         enabled: False to never draw a bar.
     """
 
-    def __init__(self, stream=None, enabled=True):
+    def __init__(self, stream: Optional[TextIO] = None, enabled: bool = True):
         self.stream = stream if stream is not None else sys.stderr
         self.active = bool(enabled) and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._bar = None
@@ -165,7 +164,7 @@ class ProgressBar(Callback):
                          ncols=size.columns, nrows=size.lines, leave=True, initial=start)
         self._start, self._samples = time.perf_counter(), 0
 
-    def micro_step(self, epoch, micro_step, loss, samples):
+    def micro_step(self, epoch, micro_batch, loss, samples):
         if self._bar is None:
             return
         self._samples += samples
@@ -200,7 +199,7 @@ class GradFlowSaver(Callback):
     Files: ``<directory>/grad_flow_<update>.png``.
     """
 
-    def __init__(self, directory, every):
+    def __init__(self, directory: Union[str, "os.PathLike[str]"], every: int):
         self.every = check_positive_int("grad_flow_every", every)
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)

@@ -26,6 +26,8 @@ micro-batch gives ``w = 1`` and ``grad_sum = g`` to the bit, so ``mini_steps=1``
 is bit-identical to ``nn.TrainOneStepCell``.
 """
 
+from typing import Iterable, Optional
+
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
 from mindspore.common.initializer import initializer
@@ -64,7 +66,7 @@ class AccumulationBuffer:
         window_loss: float32 scalar, the sample-weighted mean loss of the window so far.
     """
 
-    def __init__(self, weights):
+    def __init__(self, weights: Iterable[Parameter]):
         weights = tuple(weights)
         if not weights:
             raise ValueError("weights is empty: the network has no trainable parameters to accumulate")
@@ -104,7 +106,8 @@ class TrainForwardBackward(nn.Cell):
     Returns: the micro-batch's loss (unscaled).
     """
 
-    def __init__(self, network, weights, buffer, loss_scaler=None):
+    def __init__(self, network: nn.Cell, weights: Iterable[Parameter], buffer: AccumulationBuffer,
+                 loss_scaler: Optional[amp.LossScaler] = None):
         super().__init__(auto_prefix=False)
         self.network = network
         self.network.set_grad()
@@ -193,7 +196,9 @@ class TrainOptim(nn.Cell):
     Returns: a bool scalar, True if the update was applied.
     """
 
-    def __init__(self, optimizer, buffer, loss_scaler=None, clip_grad_norm=None, all_reduce=False):
+    def __init__(self, optimizer: nn.Optimizer, buffer: AccumulationBuffer,
+                 loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
+                 all_reduce: bool = False):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
         self.grad_sum = buffer.grad_sum
@@ -245,7 +250,7 @@ class TrainOptim(nn.Cell):
 class TrainClear(nn.Cell):
     """Zeroes ``grad_sum``, the window's counters and its loss."""
 
-    def __init__(self, buffer):
+    def __init__(self, buffer: AccumulationBuffer):
         super().__init__(auto_prefix=False)
         self.grad_sum = buffer.grad_sum
         self.window_samples = buffer.window_samples

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import tempfile
+from typing import Union
 
 import mindspore as ms
 import numpy as np
@@ -76,7 +77,7 @@ def check_writable_directory(directory, what):
     return directory
 
 
-def save_network_checkpoint(network, path):
+def save_network_checkpoint(network: ms.nn.Cell, path: Union[str, "os.PathLike[str]"]) -> str:
     """Writes ``network``'s parameters to ``path`` atomically.
 
     The file is written under a temporary name in the same directory, flushed
@@ -203,7 +204,7 @@ def mismatches(expected, saved):
     return problems
 
 
-def load_network_checkpoint(network, path):
+def load_network_checkpoint(network: ms.nn.Cell, path: Union[str, "os.PathLike[str]"]) -> ms.nn.Cell:
     """Loads the checkpoint at ``path`` into ``network``, all of it or nothing.
 
     Names and shapes are compared before anything is loaded, so a checkpoint of

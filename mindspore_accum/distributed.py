@@ -14,6 +14,7 @@ environment variables; :func:`init_data_parallel` joins the group
 import json
 import logging
 import os
+from typing import Tuple
 
 import mindspore as ms
 import numpy as np
@@ -37,7 +38,7 @@ def launched_by_msrun(environ=None):
     return all(name in environ for name in MSRUN_VARIABLES) and environ["MS_ROLE"] in ("MS_WORKER", "MS_SCHED")
 
 
-def init_data_parallel():
+def init_data_parallel() -> Tuple[int, int]:
     """Joins the ranks started by ``msrun`` and sets ``DATA_PARALLEL``; returns ``(rank, ranks)``.
 
     Set the device (``ms.set_device``) first.

@@ -1,6 +1,7 @@
 """The gradient-flow plot: the mean absolute gradient of each layer's weight."""
 
 import os
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -14,7 +15,7 @@ def grad_flow_heights(named_grads):
             for name, grad in items if "bias" not in name.split(".")[-1]]
 
 
-def plot_grad_flow(named_grads, path, title="gradient flow"):
+def plot_grad_flow(named_grads: Sequence[Tuple[str, np.ndarray]], path: str, title: str = "gradient flow") -> str:
     """Draws one bar per layer, the mean absolute value of its gradient, into the PNG at ``path``.
 
     Args:

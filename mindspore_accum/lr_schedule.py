@@ -10,6 +10,7 @@ flushed partial window. The lists come from MindSpore's own helpers
 """
 
 import numbers
+from typing import List
 
 from mindspore import nn
 
@@ -23,7 +24,7 @@ __all__ = ["LR_SCHEDULES", "learning_rates"]
 LR_SCHEDULES = ("constant", "cosine", "step")
 
 
-def learning_rates(schedule, lr, total_updates, warmup_updates=0):
+def learning_rates(schedule: str, lr: float, total_updates: int, warmup_updates: int = 0) -> List[float]:
     """The learning rate of each optimizer update, as a list of ``total_updates`` floats.
 
     Args:

@@ -38,7 +38,7 @@ def warn_if_batchnorm(network, mini_steps):
     return True
 
 
-def convert_bn_to_gn(network, num_groups=32):
+def convert_bn_to_gn(network: nn.Cell, num_groups: int = 32) -> nn.Cell:
     """Replaces every ``nn.BatchNorm2d`` in ``network`` with an ``nn.GroupNorm``, in place.
 
     Each GroupNorm has the BatchNorm's channels and eps, ``num_groups``

@@ -1,21 +1,12 @@
 """The training state: everything needed to continue a run exactly where it stopped.
 
 The model checkpoint (:mod:`.checkpoint`) holds the bare network for eval.py.
-A training-state checkpoint holds, beside it:
-
-* the network's parameters, under ``network/<name>``;
-* the optimizer's state - moments, step counter, learning rate - under
-  ``optimizer/<name>``;
-* the accumulation buffer and the window's counters, under ``buffer/<name>``;
-* the loss scaler's scale and counter, under ``scaler/<name>``;
-* a JSON record, :class:`TrainingState`: the run's settings (model, optimizer,
-  ``mini_steps``, batch size, seed, ...) and its position (epoch, micro-batches
-  of the epoch consumed, the open window's losses, the epoch's updates so far).
-
-It is an ordinary MindSpore checkpoint (``save_checkpoint`` with an
-``append_dict``), written atomically with a CRC. Files are named
-``state-<epoch>_<micro-batch>.ckpt`` after the position they hold, as
-MindSpore's ``ModelCheckpoint`` names ``<prefix>-<epoch>_<step>.ckpt``.
+A training-state checkpoint holds, beside it, the trainer's
+``state_parameters()`` in groups (``network/``, ``optimizer/``, ``buffer/``,
+``scaler/``) and a JSON record, :class:`TrainingState`. It is an ordinary
+MindSpore checkpoint, written atomically with a CRC. The layout, field by
+field, is in docs/resuming.md, which tests/test_docs.py checks against this
+module.
 """
 
 import dataclasses
@@ -23,6 +14,7 @@ import glob
 import json
 import logging
 import os
+from typing import Dict, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -154,6 +146,9 @@ class TrainingState:
             found = fields.get("format") if isinstance(fields, dict) else fields
             raise ValueError(f"format {found!r}, expected {STATE_FORMAT}")
         progress = Progress(**{name: fields.pop(name) for name in _PROGRESS_FIELDS if name in fields})
+        for record in fields.get("epoch_records", []):  # UpdateRecord.micro_batches was micro_steps before 0.2
+            if "micro_steps" in record:
+                record["micro_batches"] = record.pop("micro_steps")
         return cls(progress=progress, **fields)
 
     def differences(self, other):
@@ -203,7 +198,7 @@ def save_training_state(trainer, state, path):
     return path
 
 
-def read_training_state(path):
+def read_training_state(path: Union[str, "os.PathLike[str]"]) -> Tuple["TrainingState", Dict[str, ms.Tensor]]:
     """Reads a training-state file: ``(TrainingState, {name: tensor})``; all of it or an error.
 
     Raises:

@@ -9,7 +9,7 @@ one dense layer. As in the zoo, each block's last norm starts with gamma = 0
 ``norm="group"`` puts ``nn.GroupNorm`` where the zoo has ``nn.BatchNorm2d``.
 GroupNorm normalises each sample on its own, so gradient accumulation is
 exactly one step on the concatenated batch; BatchNorm normalises each
-micro-batch with that micro-batch's statistics, and is not (see the README).
+micro-batch with that micro-batch's statistics, and is not (see docs/design.md).
 Nothing is downloaded: the weights start from MindSpore's initialisers.
 """
 

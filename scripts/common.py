@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from mindspore import Model, nn  # noqa: E402
 from mindspore.train import ConfusionMatrix  # noqa: E402
 
-from mindspore_accum import DEVICE_TARGETS, resolve_device_target  # noqa: E402
+from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from model_zoo_adapters import lenet, resnet  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
 from model_zoo_adapters.image_files import image_folder_classes, image_folder_split  # noqa: E402

@@ -4,7 +4,7 @@
     python scripts/train.py --model resnet18 --norm group --image_size 32 --data_path cifar-10-batches-bin \
         --mini_steps 4 --ckpt_path resnet18.ckpt
 
-Beside the checkpoint it writes <ckpt name>_metrics.jsonl (see the README for its
+Beside the checkpoint it writes <ckpt name>_metrics.jsonl (see docs/cli.md for its
 format) and a directory of training states, <ckpt name>_state/, to resume from:
 
     python scripts/train.py --data_path data/mnist --mini_steps 4 --resume gradient_accumulation_state
@@ -36,25 +36,23 @@ from common import (
     setup_mindspore,
 )
 from mindspore_accum import (
-    AMP_LEVELS,
-    LR_SCHEDULES,
-    REMAINDER_POLICIES,
     GradFlowSaver,
     GradientAccumulation,
     MetricsLog,
     ProgressBar,
     SaveConfig,
     TrainingInterrupted,
-    WindowSchedule,
-    check_ckpt_path,
-    find_training_state,
     init_data_parallel,
     learning_rates,
     read_training_state,
 )
-from mindspore_accum.checkpoint import check_writable_directory
+from mindspore_accum.checkpoint import check_ckpt_path, check_writable_directory
 from mindspore_accum.distributed import check_same_settings
+from mindspore_accum.driver import AMP_LEVELS
+from mindspore_accum.lr_schedule import LR_SCHEDULES
 from mindspore_accum.run_lock import run_lock
+from mindspore_accum.schedule import REMAINDER_POLICIES, WindowSchedule
+from mindspore_accum.training_state import find_training_state
 
 
 def parse_args():

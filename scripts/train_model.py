@@ -29,7 +29,9 @@ from common import (
     setup_logging,
     setup_mindspore,
 )
-from mindspore_accum import AMP_LEVELS, GradientAccumulationCell, WindowSchedule
+from mindspore_accum import GradientAccumulationCell
+from mindspore_accum.driver import AMP_LEVELS
+from mindspore_accum.schedule import WindowSchedule
 
 
 def parse_args():

@@ -93,7 +93,7 @@ def main():
                                       save=SaveConfig(ckpt_path=None, handle_signals=False),
                                       log_every=None)
         records = {"samples": [r.samples for r in history], "loss": [r.loss for r in history],
-                   "micro_steps": [r.micro_steps for r in history]}
+                   "micro_batches": [r.micro_batches for r in history]}
     np.savez(os.path.join(args.out, f"final{rank}.npz"), **params_of(network))
     np.savez(os.path.join(args.out, f"records{rank}.npz"), **records)
 

@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, amp, nn
 
-from mindspore_accum import (
-    AccumulationBuffer,
-    Callback,
-    GradientAccumulation,
-    TrainForwardBackward,
-    WindowSchedule,
-    learning_rates,
-)
+from mindspore_accum import AccumulationBuffer, Callback, GradientAccumulation, TrainForwardBackward, learning_rates
+from mindspore_accum.schedule import WindowSchedule
 from nets import LOSS, MLP, NO_CKPT, concat, micro_batches, params_of, twin
 
 BATCH, MINI_STEPS = 4, 4

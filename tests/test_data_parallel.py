@@ -80,7 +80,7 @@ def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path, mon
         records = load(tmp_path / f"records{rank}.npz")
         if engine == "driver":
             assert records["samples"].tolist() == [18, 18, 6] * 2, records["samples"]  # over both ranks
-            assert records["micro_steps"].tolist() == [3, 3, 1] * 2
+            assert records["micro_batches"].tolist() == [3, 3, 1] * 2
         np.testing.assert_allclose(records["loss"], expected_losses, rtol=1e-5,
                                    err_msg=f"rank {rank}: the window's loss over both ranks")
     if engine == "model":

@@ -20,8 +20,8 @@ from mindspore_accum import (
     TrainClear,
     TrainForwardBackward,
     TrainOptim,
-    WindowSchedule,
 )
+from mindspore_accum.schedule import WindowSchedule
 from nets import LOSS, MLP, NO_CKPT, OPTIMIZERS, micro_batches, twin
 
 BATCHES = [4] * 6 + [2]  # 7 micro-batches an epoch; the last is smaller
@@ -119,7 +119,7 @@ class Reads(Callback):
             return original(tensor)
         monkeypatch.setattr(Tensor, "asnumpy", asnumpy)
 
-    def micro_step(self, epoch, micro_step, loss, samples):
+    def micro_step(self, epoch, micro_batch, loss, samples):
         self.micro_steps += 1
         if self.read_every_loss:
             float(loss.asnumpy())

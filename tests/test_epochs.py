@@ -37,7 +37,7 @@ def test_ten_micro_batches_with_mini_steps_4_give_three_updates(epochs):
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
     history = model.train_process(epochs, mnist_like_dataset(features, labels), mini_steps=4, save=NO_CKPT)
 
-    assert [(r.epoch, r.update, r.micro_steps, r.samples) for r in history] == [
+    assert [(r.epoch, r.update, r.micro_batches, r.samples) for r in history] == [
         (epoch, update, steps, steps * BATCH) for epoch in range(1, epochs + 1)
         for update, steps in ((1, 4), (2, 4), (3, 2))]
     # The third update of each epoch is a plain step on the last 2 micro-batches, then the next epoch starts clean.
@@ -59,7 +59,7 @@ def test_drop_policy_discards_the_partial_window():
     model = GradientAccumulation(accumulated, LOSS, nn.Momentum(accumulated.trainable_params(), 0.1, 0.9))
     history = model.train_process(1, mnist_like_dataset(features, labels), mini_steps=4, remainder="drop",
                                   save=NO_CKPT)
-    assert [r.micro_steps for r in history] == [4, 4]
+    assert [r.micro_batches for r in history] == [4, 4]
     expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.1, 0.9),
                                windows_of(features, labels, [(0, 4), (4, 8)]))
     actual = params_of(accumulated)

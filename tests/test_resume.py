@@ -21,13 +21,13 @@ from mindspore_accum import (
     GradientAccumulation,
     NonFiniteError,
     SaveConfig,
-    StateDirectory,
-    StopSignals,
     TrainingInterrupted,
     load_network_checkpoint,
     read_training_state,
     save_network_checkpoint,
 )
+from mindspore_accum.interrupt import StopSignals
+from mindspore_accum.training_state import StateDirectory
 from nets import LOSS, MLP, params_of
 
 SAMPLES, BATCH, MINI_STEPS, EPOCHS, DATA_SEED = 40, 4, 4, 3, 5  # 10 micro-batches an epoch: windows 4, 4, 2
@@ -68,8 +68,8 @@ class SignalAt(Callback):
     def __init__(self, at, signum=signal.SIGINT):
         self.at, self.signum = at, signum
 
-    def micro_step(self, epoch, micro_step, loss, samples):
-        if (epoch, micro_step) == self.at:
+    def micro_step(self, epoch, micro_batch, loss, samples):
+        if (epoch, micro_batch) == self.at:
             os.kill(os.getpid(), self.signum)
 
     def epoch_end(self, epoch, records):
@@ -86,7 +86,7 @@ def train(model, state_dir, **kwargs):
 
 
 def summary(records):
-    return [(r.epoch, r.update, r.micro_steps, r.samples, r.loss, r.total_updates, r.samples_seen, r.skipped,
+    return [(r.epoch, r.update, r.micro_batches, r.samples, r.loss, r.total_updates, r.samples_seen, r.skipped,
              r.loss_scale) for r in records]
 
 
