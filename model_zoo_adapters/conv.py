@@ -1,10 +1,10 @@
 """A CPU fast path for narrow convolutions: im2col (``ops.unfold``) and one matmul.
 
-MindSpore 2.10's CPU ``Conv2D`` kernel is slow for convolutions with few
-channels (LeNet5's conv layers take 12-18 ms at batch 32), while unfolding the
-input into columns and multiplying by the weight matrix takes about 1 ms. For
-wide convolutions the native kernel wins, so the choice is made per layer
-(:func:`make_conv2d`).
+MindSpore 2.10's CPU ``Conv2D`` kernel is slow, above all its gradient with
+respect to the input; unfolding the input into columns and multiplying by the
+weight matrix is much faster for every kernel larger than 1x1. The choice is
+made per layer (:func:`make_conv2d`); the measurements are in
+docs/performance.md.
 
 :class:`Im2ColConv2d` subclasses ``nn.Conv2d``: the same constructor, the same
 parameters (``weight`` of shape ``(out, in, kh, kw)``, optional ``bias``), the
@@ -78,16 +78,11 @@ class Im2ColConv2d(nn.Conv2d):
 def im2col_is_faster(in_channels, out_channels, kernel_size):
     """The measured rule for ``conv_impl="auto"`` on the CPU: im2col for every kernel larger than 1x1.
 
-    Measured with MindSpore 2.10 on the CPU (``benchmarks/cpu_conv.py``, table
-    in the README): what makes the native kernel slow is the gradient with
-    respect to the input, which every layer but a network's first needs - for
-    64->64 3x3 at 32x32, batch 16, forward and backward take 714 ms natively
-    against 70 ms with im2col, though the native forward and weight gradient
-    alone take 24 ms. Across the shapes measured, from LeNet5's 1->6 5x5 to
-    512->512 3x3, im2col was 2-15x faster for every kernel larger than 1x1,
-    whatever the channel counts. For 1x1 kernels the native kernel wins (about
-    4x): im2col then only copies the input. The channel counts are part of the
-    signature so that a later measurement can refine the rule.
+    Measured with MindSpore 2.10 on the CPU by ``benchmarks/cpu_conv.py``
+    (figures in docs/performance.md): im2col was faster for every kernel larger
+    than 1x1 whatever the channel counts, and the native kernel for 1x1
+    kernels, where im2col only copies the input. The channel counts are part of
+    the signature so that a later measurement can refine the rule.
     """
     del in_channels, out_channels  # no threshold on them was needed on the shapes measured
     kernel_h, kernel_w = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size

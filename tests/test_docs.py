@@ -1,0 +1,156 @@
+"""The docs against the code: every field, flag, parameter and hook is documented, and every link resolves.
+
+The reference is the code itself - dataclass fields, ``inspect.signature``,
+the scripts' ``--help``, the keys ``MetricsLog`` writes - so a field or flag
+added without its doc line fails here. Each check has a control: the same
+check given one made-up name must report it.
+"""
+
+import dataclasses
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+from mindspore import amp, nn
+
+from mindspore_accum import Callback, GradientAccumulation, MetricsLog, SaveConfig, UpdateRecord
+from mindspore_accum.training_state import Progress, TrainingState
+from nets import LOSS, MLP
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+PAGES = ["README.md"] + [os.path.join("docs", name) for name in sorted(os.listdir(DOCS)) if name.endswith(".md")]
+MADE_UP = "made_up_name"  # the control: a name no page documents
+
+
+def section(page, heading):
+    """The text of ``page`` from the heading that starts with ``heading`` to the next heading of its level."""
+    text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+    match = re.search(rf"^(#+) {re.escape(heading)}.*$", text, re.M)
+    assert match, f"{page} has no heading starting {heading!r}"
+    level = len(match.group(1))
+    end = re.search(rf"^#{{1,{level}}} ", text[match.end():], re.M)
+    return text[match.end(): match.end() + end.start() if end else len(text)]
+
+
+def undocumented(names, text):
+    """The names that do not appear in ``text`` in inline code: `` `name` ``, or a word of a span such as
+    `` `train_process(epoch, ...)` `` or `` `network/<name>` ``."""
+    spans = set(re.findall(r"`([^`]+)`", text))
+    words = {word for span in spans for word in re.findall(r"(?:--)?[A-Za-z_][\w]*", span)}
+    return [name for name in names if name not in spans and name not in words]
+
+
+def check(names, text):
+    """Asserts every name is documented and that the made-up one is not (the control)."""
+    assert undocumented(names, text) == [], "documented nowhere: add a doc line for each"
+    assert undocumented([*names, MADE_UP], text) == [MADE_UP], "the check cannot fail"
+
+
+def field_names(cls):
+    return [field.name for field in dataclasses.fields(cls)]
+
+
+def parameters(function):
+    return [name for name in inspect.signature(function).parameters if name != "self"]
+
+
+def test_every_update_record_field_is_in_the_driver_page():
+    check(field_names(UpdateRecord), section("docs/driver.md", "What `train_process` returns"))
+
+
+def test_every_train_process_parameter_and_save_config_field_is_in_the_driver_page():
+    text = section("docs/driver.md", "Arguments") + section("docs/driver.md", "Saving")
+    check(parameters(GradientAccumulation.train_process) + parameters(GradientAccumulation.__init__), text)
+    check(field_names(SaveConfig), text)
+
+
+def test_every_callback_hook_and_its_arguments_are_in_the_driver_page():
+    text = section("docs/driver.md", "Callbacks")
+    hooks = [name for name, _ in inspect.getmembers(Callback, inspect.isfunction) if not name.startswith("_")]
+    check(hooks, text)
+    for hook in hooks:  # the signature as written, e.g. `micro_step(epoch, micro_batch, loss, samples)`
+        arguments = [p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                     for p in inspect.signature(getattr(Callback, hook)).parameters.values()][1:]
+        written = f"{hook}({', '.join(arguments)})"
+        assert f"`{written}`" in text, f"docs/driver.md does not show {written}"
+
+
+def test_every_training_state_field_and_tensor_group_is_in_the_resuming_page():
+    text = section("docs/resuming.md", "Stopping and resuming")
+    state_fields = [name for name in field_names(TrainingState) if name != "progress"] + field_names(Progress)
+    check(state_fields, text)
+    network = MLP()
+    trainer = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9),
+                                   loss_scaler=amp.DynamicLossScaler(1024, 2, 100))
+    check([f"{group}/<name>" for group in trainer.state_parameters()], text)
+
+
+def test_every_metrics_key_is_in_the_cli_page(tmp_path):
+    """The keys are those MetricsLog writes for an update and an epoch, with an evaluation."""
+    log = MetricsLog(tmp_path / "m.jsonl", evaluate=lambda epoch: {"test_loss": 0.5, "test_accuracy": 0.9})
+    record = UpdateRecord(1, 1, 4, 128, 0.5, 0.01, 1, 128, False, None)
+    log.update(record, types.SimpleNamespace(skipped_updates=0))
+    log.epoch_end(1, [record])
+    log.close()
+    keys = sorted({key for line in open(tmp_path / "m.jsonl") for key in json.loads(line)})
+    check(keys, section("docs/cli.md", "What a run shows and writes"))
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_every_script_flag_is_in_the_cli_page(script):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--help"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    options = result.stdout[result.stdout.index("options:"):]  # not the examples in the description
+    flags = sorted(set(re.findall(r"^\s+(?:-\w, )?(--[a-z_]+)", options, re.M)) - {"--help"})
+    assert len(flags) > (20 if script == "train.py" else 10), flags
+    check(flags, section("docs/cli.md", script))
+
+
+def slug(heading):
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page):
+    text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # a '# comment' in a code block is no heading
+    return {slug(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def broken_links(page):
+    text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+        if not os.path.exists(os.path.join(ROOT, resolved)):
+            broken.append(target)
+        elif anchor and resolved.endswith(".md") and anchor not in anchors(resolved):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_link_resolves(page):
+    assert broken_links(page) == []
+
+
+def test_the_link_check_can_fail(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A title\n[ok](#a-title) [gone](b.md) [no anchor](a.md#nothing)\n")
+    assert broken_links("docs/a.md") == ["b.md", "a.md#nothing"]
+
+
+def test_the_readme_is_short():
+    lines = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().count("\n")
+    assert lines <= 250, f"README.md has {lines} lines; move detail to a page in docs/"
