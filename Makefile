@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: mnist test bench clean
+.PHONY: mnist test lint bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ mnist: $(VENV)/.installed
 	$(PY) scripts/train.py --data_path data/mnist --mini_steps 4
 	$(PY) scripts/eval.py --data_path data/mnist --ckpt_path gradient_accumulation.ckpt
 
-test: $(VENV)/.installed
+# The linter first: a finding fails the run before the 11-minute suite starts.
+test: lint
 	$(PY) -m pytest tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
