@@ -166,12 +166,32 @@ def train(args, rank, ranks, shards, resumed, device):
     """Builds the data, the network and the callbacks, prints the derived numbers, and trains."""
     say = print if rank == 0 else _silent  # one copy of the output: rank 0's
     dataset = build_dataset(args, train=True, num_samples=args.num_samples, **shards)
-    micro_batches = dataset.get_dataset_size()
-    updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
-    # Derived numbers up front, so that a wrong setting shows before the run.
+    updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(dataset.get_dataset_size())
+    print_plan(say, args, device, ranks, dataset.get_dataset_size(), updates, resumed)
+    model = build_model(args, updates * args.epochs)
+    callbacks = build_callbacks(say, args, model.network, resumed) if rank == 0 else []  # the others write nothing
+    progress = next((c for c in callbacks if isinstance(c, ProgressBar)), None)
+    save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir_for(args.ckpt_path), save_every=args.save_every,
+                      keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+                      # Data parallel: a rank that stopped alone would leave the others
+                      # waiting in the all-reduce; a signal ends every rank at once.
+                      handle_signals=not args.distribute)
+    try:
+        model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
+                            log_every=None if progress is not None and progress.replaces_log_lines
+                            else args.log_every, callbacks=callbacks, seed=args.seed)
+    except TrainingInterrupted as stopped:
+        print(f"{stopped}\nresume with:\n  {resume_command(stopped.state_path)}", file=sys.stderr)
+        sys.exit(128 + stopped.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    say(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates), metrics: "
+        f"{metrics_path_for(args.ckpt_path)}")
+
+
+def print_plan(say, args, device, ranks, micro_batches, updates, resumed):
+    """The derived numbers, up front, so that a wrong setting shows before the run."""
     say(f"device: {device} (GRAPH_MODE), conv_impl: {args.conv_impl}, seed: {args.seed}")
     say(f"model: {args.model}" + (f" (norm: {args.norm})" if args.norm else "") + f", dataset: {args.dataset} "
-          f"({args.image_size}x{args.image_size}, {args.num_classes} classes)")
+        f"({args.image_size}x{args.image_size}, {args.num_classes} classes)")
     if args.distribute:
         say(f"data parallel: {ranks} ranks, each training on {micro_batches * args.batch_size} samples of its "
             f"shard per epoch")
@@ -179,28 +199,32 @@ def train(args, rank, ranks, shards, resumed, device):
             f"{args.mini_steps} (ranks x batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     else:
         say(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
-              f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+            f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     say(f"micro-batches per epoch: {micro_batches}" + (" per rank" if args.distribute else "")
-          + f", updates per epoch: {updates}, epochs: {args.epochs}")
+        + f", updates per epoch: {updates}, epochs: {args.epochs}")
     say(f"lr schedule: {args.lr_schedule} over {updates * args.epochs} updates, warm-up {args.warmup_steps}; "
-          f"amp_level: {args.amp_level}, clip_grad_norm: {args.clip_grad_norm}")
-    state_dir = state_dir_for(args.ckpt_path)
-    say(f"training states: {state_dir} (every epoch"
-          + (f" and every {args.save_every} updates" if args.save_every else "")
-          + f", newest {args.keep_checkpoints} kept)")
+        f"amp_level: {args.amp_level}, clip_grad_norm: {args.clip_grad_norm}")
+    say(f"training states: {state_dir_for(args.ckpt_path)} (every epoch"
+        + (f" and every {args.save_every} updates" if args.save_every else "")
+        + f", newest {args.keep_checkpoints} kept)")
     if resumed is not None:
         say(f"resuming from {args.resume}: {resumed.where()}")
 
+
+def build_model(args, total_updates):
+    """The network, the model zoo's loss and Momentum (with the rate schedule over updates), and the driver."""
     network = build_network(args)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     lr = args.lr
     if args.lr_schedule != "constant" or args.warmup_steps:
-        lr = learning_rates(args.lr_schedule, args.lr, updates * args.epochs, args.warmup_steps)
+        lr = learning_rates(args.lr_schedule, args.lr, total_updates, args.warmup_steps)
     optimizer = nn.Momentum(network.trainable_params(), lr, args.momentum)
-    model = GradientAccumulation(network, loss_fn, optimizer, amp_level=args.amp_level,
-                                 clip_grad_norm=args.clip_grad_norm, distributed=args.distribute)
+    return GradientAccumulation(network, loss_fn, optimizer, amp_level=args.amp_level,
+                                clip_grad_norm=args.clip_grad_norm, distributed=args.distribute)
 
-    out_dir = os.path.dirname(os.path.abspath(args.ckpt_path))
+
+def build_callbacks(say, args, network, resumed):
+    """Rank 0's callbacks: the progress bar, the metrics file (with the test set, if asked), gradient flow."""
     evaluate_epoch = None
     if args.eval_every_epoch:
         test_set = build_dataset(args, train=False, drop_remainder=False)
@@ -210,26 +234,12 @@ def train(args, rank, ranks, shards, resumed, device):
             say(f"epoch: {epoch} test loss: {result['Loss']:.6f} test accuracy: {result['Accuracy']:.4f}")
             return {"test_loss": result["Loss"], "test_accuracy": result["Accuracy"]}
 
-    progress = ProgressBar(enabled=not args.no_progress and rank == 0)
-    callbacks = []
-    if rank == 0:  # the other ranks write nothing
-        callbacks = [progress, MetricsLog(metrics_path_for(args.ckpt_path), evaluate_epoch, resume=resumed)]
-        if args.grad_flow_every:
-            callbacks.append(GradFlowSaver(os.path.join(out_dir, "grad_flow"), args.grad_flow_every))
-    save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir, save_every=args.save_every,
-                      keep_checkpoints=args.keep_checkpoints, resume=args.resume,
-                      # Data parallel: a rank that stopped alone would leave the others
-                      # waiting in the all-reduce; a signal ends every rank at once.
-                      handle_signals=not args.distribute)
-    try:
-        model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
-                            log_every=None if progress.replaces_log_lines else args.log_every, callbacks=callbacks,
-                            seed=args.seed)
-    except TrainingInterrupted as stopped:
-        print(f"{stopped}\nresume with:\n  {resume_command(stopped.state_path)}", file=sys.stderr)
-        sys.exit(128 + stopped.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-    say(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates), metrics: "
-          f"{metrics_path_for(args.ckpt_path)}")
+    callbacks = [ProgressBar(enabled=not args.no_progress),
+                 MetricsLog(metrics_path_for(args.ckpt_path), evaluate_epoch, resume=resumed)]
+    if args.grad_flow_every:
+        out_dir = os.path.dirname(os.path.abspath(args.ckpt_path))
+        callbacks.append(GradFlowSaver(os.path.join(out_dir, "grad_flow"), args.grad_flow_every))
+    return callbacks
 
 
 if __name__ == "__main__":
