@@ -118,6 +118,31 @@ def _own_outputs(ckpt_path, states):
         yield
 
 
+def _check_arguments(network, loss_fn, optimizer):
+    if not isinstance(network, nn.Cell):
+        raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
+    if not isinstance(loss_fn, nn.Cell):
+        raise TypeError(f"loss_fn must be a mindspore.nn.Cell, got {type(loss_fn).__name__}")
+    if not isinstance(optimizer, nn.Optimizer):
+        raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction != "mean":
+        # Averaging over the window's samples assumes each micro-batch loss
+        # is a mean; a sum would weight micro-batches by their size twice.
+        raise ValueError(f"loss_fn.reduction must be 'mean', got {reduction!r}: "
+                         f"construct the loss with reduction='mean'")
+
+
+def _loss_scaler_for(amp_level, loss_scaler):
+    """``"auto"``: MindSpore's ``DynamicLossScaleManager`` defaults below O0, none at O0; else as given, checked."""
+    if isinstance(loss_scaler, str) and loss_scaler == "auto":
+        return None if amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
+    if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
+        raise TypeError(f"loss_scaler must be 'auto', None, or a mindspore.amp.DynamicLossScaler or "
+                        f"StaticLossScaler, got {loss_scaler!r}")
+    return loss_scaler
+
+
 class _MicroStep(nn.Cell):
     """The driver's micro-step: forward and backward, and the update when the window is full, in one graph.
 
@@ -194,24 +219,9 @@ class GradientAccumulation:
     def __init__(self, network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *, amp_level: str = "O0",
                  loss_scaler: Union[str, amp.LossScaler, None] = "auto", clip_grad_norm: Optional[float] = None,
                  distributed: bool = False):
-        if not isinstance(network, nn.Cell):
-            raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
-        if not isinstance(loss_fn, nn.Cell):
-            raise TypeError(f"loss_fn must be a mindspore.nn.Cell, got {type(loss_fn).__name__}")
-        if not isinstance(optimizer, nn.Optimizer):
-            raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
-        reduction = getattr(loss_fn, "reduction", "mean")
-        if reduction != "mean":
-            # Averaging over the window's samples assumes each micro-batch loss
-            # is a mean; a sum would weight micro-batches by their size twice.
-            raise ValueError(f"loss_fn.reduction must be 'mean', got {reduction!r}: "
-                             f"construct the loss with reduction='mean'")
+        _check_arguments(network, loss_fn, optimizer)
         self.amp_level = check_choice("amp_level", amp_level, AMP_LEVELS)
-        if isinstance(loss_scaler, str) and loss_scaler == "auto":
-            loss_scaler = None if amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
-        if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
-            raise TypeError(f"loss_scaler must be 'auto', None, or a mindspore.amp.DynamicLossScaler or "
-                            f"StaticLossScaler, got {loss_scaler!r}")
+        loss_scaler = _loss_scaler_for(amp_level, loss_scaler)
         if clip_grad_norm is not None:
             clip_grad_norm = check_positive_float("clip_grad_norm", clip_grad_norm, "or None for no clipping")
         #: This process's rank and the number of ranks (0 and 1 unless ``distributed``).
@@ -500,23 +510,28 @@ class GradientAccumulation:
             self.progress.total_updates += 1
         else:
             self.progress.skipped_updates += 1
-        loss_scale = float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
-        samples, loss = self._window_samples_and_loss(state)
-        record = UpdateRecord(state.epoch, len(run.epoch_records) + 1, len(state.window_losses), samples, loss, lr,
-                              self.total_updates, self.total_samples * self.ranks, not applied, loss_scale)
+        record = self._record(run, lr, applied)
         run.epoch_records.append(record)
         if not applied:
             logger.warning("epoch: %d step: %d gradient overflow: update skipped, loss scale lowered to %g "
-                           "(%d skipped so far)", state.epoch, record.update, loss_scale, self.skipped_updates)
+                           "(%d skipped so far)", state.epoch, record.update, record.loss_scale, self.skipped_updates)
         for callback in run.callbacks:
             callback.update(record, self)
         self.train_clear()
         run.stop.rearm()
         state.window_losses, state.window_samples = [], []
         if applied and run.log_every is not None and (flushed or record.update % run.log_every == 0):
-            logger.info("epoch: %d step: %d loss is %.6f%s", state.epoch, record.update, loss,
-                        "" if loss_scale is None else f" (loss scale {loss_scale:g}, {self.skipped_updates} skipped)")
+            scale = "" if record.loss_scale is None else \
+                f" (loss scale {record.loss_scale:g}, {self.skipped_updates} skipped)"
+            logger.info("epoch: %d step: %d loss is %.6f%s", state.epoch, record.update, record.loss, scale)
         return record
+
+    def _record(self, run, lr, applied):
+        state = run.state
+        loss_scale = float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
+        samples, loss = self._window_samples_and_loss(state)
+        return UpdateRecord(state.epoch, len(run.epoch_records) + 1, len(state.window_losses), samples, loss, lr,
+                            self.total_updates, self.total_samples * self.ranks, not applied, loss_scale)
 
     def _window_samples_and_loss(self, state):
         if self.distributed:  # TrainOptim left the figures over all ranks in the buffer
