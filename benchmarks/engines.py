@@ -22,15 +22,12 @@ is too noisy for a ratio of medians.
     python benchmarks/engines.py [--rounds 21] [--num_samples 2048] [--epochs 2] [--mini_steps 4]
 """
 
-import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("GLOG_v", "3")
 
-import mindspore as ms  # noqa: E402
 from mindspore import Model, nn  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +35,7 @@ sys.path.insert(0, REPO)
 
 from mindspore_accum import GradientAccumulation, GradientAccumulationCell, SaveConfig  # noqa: E402
 from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
+from rounds import lenet_parser, set_up_cpu_graph_mode, time_rotated  # noqa: E402
 
 PATHS = ("plain", "boost", "driver", "cell", "pipeline")
 
@@ -68,30 +66,14 @@ def build(path, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", default=os.path.join(REPO, "data", "mnist"))
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--mini_steps", type=int, default=4)
+    parser = lenet_parser(__doc__)
     parser.add_argument("--num_samples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per round")
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--conv_impl", default="auto", choices=("auto", "native", "im2col"))
     args = parser.parse_args()
 
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_seed(1)
-    runs = {path: build(path, args) for path in PATHS}
-    for run in runs.values():
-        run()  # compile, warm the caches
+    set_up_cpu_graph_mode()
     micro_steps = args.epochs * (args.num_samples // args.batch_size)
-    times = {path: [] for path in PATHS}
-    for round_index in range(args.rounds):
-        shift = round_index % len(PATHS)
-        for path in PATHS[shift:] + PATHS[:shift]:
-            start = time.perf_counter()
-            runs[path]()
-            times[path].append((time.perf_counter() - start) * 1000 / micro_steps)
+    times = time_rotated({path: build(path, args) for path in PATHS}, args.rounds, micro_steps)
 
     print(f"LeNet5 (conv_impl {args.conv_impl}) on the MNIST pipeline, batch {args.batch_size}, mini_steps "
           f"{args.mini_steps}, CPU GRAPH_MODE: {args.rounds} rounds x {micro_steps} micro-steps per path")

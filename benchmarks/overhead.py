@@ -14,36 +14,25 @@ no path reads its output before the end of a round.
     python benchmarks/overhead.py [--rounds 7] [--windows 10] [--mini_steps 4]
 """
 
-import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("GLOG_v", "3")
 
-import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 from mindspore_accum import GradientAccumulation, GradientAccumulationCell  # noqa: E402
 from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from rounds import lenet_parser, set_up_cpu_graph_mode, time_rotated  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", default=os.path.join(REPO, "data", "mnist"))
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--mini_steps", type=int, default=4)
+    parser = lenet_parser(__doc__)
     parser.add_argument("--windows", type=int, default=10, help="windows per round")
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--conv_impl", default="auto", choices=("auto", "native", "im2col"))
     args = parser.parse_args()
 
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_seed(1)
+    set_up_cpu_graph_mode()
     micro_steps = args.windows * args.mini_steps
     dataset = create_dataset(args.data_path, args.batch_size, num_samples=micro_steps * args.batch_size)
     batches = list(dataset.create_tuple_iterator())
@@ -75,15 +64,8 @@ def main():
             loss = cell(data, label)
         loss.asnumpy()
 
-    run_plain(), run_accumulated(), run_cell()  # compile all, warm the caches
-    plain_ms, accum_ms, cell_ms = [], [], []
-    order = ((plain_ms, run_plain), (accum_ms, run_accumulated), (cell_ms, run_cell))
-    for round_index in range(args.rounds):
-        shift = round_index % len(order)  # rotate: no first-mover bias
-        for times, run in order[shift:] + order[:shift]:
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) * 1000 / micro_steps)
+    times = time_rotated({"plain": run_plain, "accum": run_accumulated, "cell": run_cell}, args.rounds, micro_steps)
+    plain_ms, accum_ms, cell_ms = times["plain"], times["accum"], times["cell"]
     ratios = [a / p for a, p in zip(accum_ms, plain_ms)]
     cell_ratios = [c / p for c, p in zip(cell_ms, plain_ms)]
 
