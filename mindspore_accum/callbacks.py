@@ -12,9 +12,9 @@ import os
 import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Optional, TextIO, Union
+from typing import TYPE_CHECKING, Callable, Optional, TextIO
 
-from .validation import check_positive_int
+from .validation import PathLike, check_positive_int
 
 if TYPE_CHECKING:  # only for the annotations: training_state imports MindSpore
     from .training_state import TrainingState
@@ -71,7 +71,7 @@ class MetricsLog(Callback):
             run's.
     """
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"], evaluate: Optional[Callable[[int], dict]] = None,
+    def __init__(self, path: PathLike, evaluate: Optional[Callable[[int], dict]] = None,
                  resume: Optional["TrainingState"] = None):
         self.path = os.fspath(path)
         self.evaluate = evaluate
@@ -199,7 +199,7 @@ class GradFlowSaver(Callback):
     Files: ``<directory>/grad_flow_<update>.png``.
     """
 
-    def __init__(self, directory: Union[str, "os.PathLike[str]"], every: int):
+    def __init__(self, directory: PathLike, every: int):
         self.every = check_positive_int("grad_flow_every", every)
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)

@@ -10,10 +10,11 @@ import logging
 import os
 import re
 import tempfile
-from typing import Union
 
 import mindspore as ms
 import numpy as np
+
+from .validation import PathLike
 
 __all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
            "save_network_checkpoint",
@@ -77,7 +78,7 @@ def check_writable_directory(directory, what):
     return directory
 
 
-def save_network_checkpoint(network: ms.nn.Cell, path: Union[str, "os.PathLike[str]"]) -> str:
+def save_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> str:
     """Writes ``network``'s parameters to ``path`` atomically.
 
     The file is written under a temporary name in the same directory, flushed
@@ -204,7 +205,7 @@ def mismatches(expected, saved):
     return problems
 
 
-def load_network_checkpoint(network: ms.nn.Cell, path: Union[str, "os.PathLike[str]"]) -> ms.nn.Cell:
+def load_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> ms.nn.Cell:
     """Loads the checkpoint at ``path`` into ``network``, all of it or nothing.
 
     Names and shapes are compared before anything is loaded, so a checkpoint of

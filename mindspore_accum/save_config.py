@@ -1,15 +1,12 @@
 """``SaveConfig``: what the driver saves, where and when - its ``mindspore.train.CheckpointConfig``."""
 
 import dataclasses
-import os
-from typing import Optional, Union
+from typing import Optional
 
 from .checkpoint import DEFAULT_CKPT_PATH
-from .validation import check_positive_int
+from .validation import PathLike, check_positive_int
 
 __all__ = ["SaveConfig"]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclasses.dataclass(frozen=True)

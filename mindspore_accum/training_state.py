@@ -14,13 +14,12 @@ import glob
 import json
 import logging
 import os
-from typing import Dict, Tuple, Union
+from typing import Dict, Tuple
 
 import mindspore as ms
 import numpy as np
 
 from .checkpoint import (
-    NETWORK_PREFIX,
     TRAINING_STATE_KEY,
     CheckpointError,
     check_writable_directory,
@@ -28,7 +27,7 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint_atomically,
 )
-from .validation import check_positive_int
+from .validation import PathLike, check_positive_int
 
 __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state", "read_training_state",
            "restore_training_state", "find_training_state", "STATE_PREFIX"]
@@ -166,7 +165,7 @@ def _state_tensors(trainer):
     """
     tensors, seen = {}, set()
     for group, params in trainer.state_parameters().items():
-        prefix = NETWORK_PREFIX if group == "network" else group + "/"
+        prefix = f"{group}/"  # the "network" group is what checkpoint.NETWORK_PREFIX reads back
         for param in params:
             if id(param) in seen:  # the optimizer also lists the network's weights
                 continue
@@ -198,7 +197,7 @@ def save_training_state(trainer, state, path):
     return path
 
 
-def read_training_state(path: Union[str, "os.PathLike[str]"]) -> Tuple["TrainingState", Dict[str, ms.Tensor]]:
+def read_training_state(path: PathLike) -> Tuple["TrainingState", Dict[str, ms.Tensor]]:
     """Reads a training-state file: ``(TrainingState, {name: tensor})``; all of it or an error.
 
     Raises:

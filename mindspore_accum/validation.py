@@ -5,8 +5,13 @@ that the command-line scripts can print it as it is.
 """
 
 import numbers
+import os
+from typing import Union
 
-__all__ = ["check_positive_int", "check_positive_float", "check_choice"]
+__all__ = ["check_positive_int", "check_positive_float", "check_choice", "PathLike"]
+
+#: What a path argument accepts: a string or an ``os.PathLike``.
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def check_positive_int(name, value, example=None):
