@@ -17,6 +17,7 @@ from mindspore import Model, nn  # noqa: E402
 from mindspore.train import ConfusionMatrix  # noqa: E402
 
 from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
+from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
 from model_zoo_adapters import lenet, resnet  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
 from model_zoo_adapters.image_files import image_folder_classes, image_folder_split  # noqa: E402
@@ -141,7 +142,8 @@ def setup_mindspore(device_target, seed=None):
 
 def evaluate(network, dataset, num_classes=None):
     """Mean loss and accuracy of ``network`` on ``dataset``; with ``num_classes``, the confusion matrix too."""
-    metrics = {"Loss": nn.Loss(), "Accuracy": nn.Accuracy()}
+    # MeanCrossEntropy, not nn.Loss: nn.Loss averages batch means, so a short last batch would weigh as a full one.
+    metrics = {"Loss": MeanCrossEntropy(), "Accuracy": nn.Accuracy()}
     if num_classes:
         metrics["ConfusionMatrix"] = ConfusionMatrix(num_classes)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")

@@ -24,11 +24,15 @@ def write_cifar10(directory, train_files=1, seed=0):
 
 
 def write_image_folder(directory, classes=("cat", "dog", "fox"), per_class=4, size=(40, 48), seed=0):
-    """``<directory>/<class>/<n>.jpg``: random RGB images of ``size`` (width, height)."""
+    """``<directory>/<class>/<n>.jpg``: random RGB images of ``size`` (width, height).
+
+    ``per_class`` is a count for every class, or one count per class, in ``classes``' order.
+    """
     rng = np.random.default_rng(seed)
-    for name in classes:
+    counts = per_class if isinstance(per_class, (list, tuple)) else [per_class] * len(classes)
+    for name, count in zip(classes, counts):
         os.makedirs(os.path.join(directory, name), exist_ok=True)
-        for index in range(per_class):
+        for index in range(count):
             pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(os.path.join(directory, name, f"{index}.jpg"))
     return directory

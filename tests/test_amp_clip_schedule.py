@@ -10,11 +10,11 @@ import math
 
 import numpy as np
 import pytest
-from mindspore import Tensor, amp, nn
+from mindspore import Tensor, amp, nn, ops
 
 from mindspore_accum import AccumulationBuffer, Callback, GradientAccumulation, TrainForwardBackward, learning_rates
 from mindspore_accum.schedule import WindowSchedule
-from nets import LOSS, MLP, NO_CKPT, concat, micro_batches, params_of, twin
+from nets import LOSS, MLP, NO_CKPT, concat, micro_batches, params_of, reference_steps, twin
 
 BATCH, MINI_STEPS = 4, 4
 
@@ -75,24 +75,36 @@ def test_overflow_in_one_micro_batch_skips_the_window_and_the_next_trains_normal
         np.testing.assert_array_equal(params_of(network)[name], value, err_msg=f"{name} after window 3")
 
 
+@pytest.mark.parametrize("bites", [True, False])
 @pytest.mark.parametrize("scaler", [None, "static"])
-def test_clipping_is_once_per_update_on_the_unscaled_mean_gradient(scaler):
+def test_clipping_is_once_per_update_on_the_unscaled_mean_gradient(scaler, bites):
+    """Reference: the gradient of the mean loss over the concatenated window, by GradOperation, clipped in NumPy.
+
+    Not the driver's own grad_sum: clipping that bites cancels any scale
+    factor. So the micro-batches differ in size (wrong weights change the
+    direction), and in the case where clipping does not bite the limit is 1.5x
+    the true norm, which a sum of 4 micro-batch gradients would exceed.
+    """
     network = MLP()
     initial = params_of(network)
-    lr, max_norm = 0.1, 0.05
+    lr = 0.1
+    batches = micro_batches([4, 3, 4, 1], (8,), 4, seed=3)
+    names = [p.name for p in network.trainable_params()]
+    probe = twin(MLP, network)
+    window_grad = ops.GradOperation(get_by_list=True)(nn.WithLossCell(probe, LOSS), probe.trainable_params())
+    grads = [g.asnumpy().astype(np.float64) for g in window_grad(*concat(batches))]
+    norm = math.sqrt(sum(float(np.sum(g ** 2)) for g in grads))
+    max_norm = 0.05 if bites else 1.5 * norm
+    assert (norm > 2 * max_norm) == bites, f"the case needs clipping to {'' if bites else 'not '}bite: norm {norm}"
+
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), lr), clip_grad_norm=max_norm,
                                  loss_scaler=amp.StaticLossScaler(1024) if scaler else None)
-    snapshots = Snapshots()
-    batches = windows(1, seed=3)
-    model.train_process(1, batches, mini_steps=MINI_STEPS, save=NO_CKPT, callbacks=[snapshots])
-
-    names = [p.name for p in network.trainable_params()]
-    grads = snapshots.grads[0]  # the window's mean gradient, unscaled, before clipping
-    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
-    assert norm > 2 * max_norm, f"the test needs clipping to bite: global norm {norm}"
+    model.train_process(1, batches, mini_steps=MINI_STEPS, save=NO_CKPT)
     for name, grad in zip(names, grads):
-        expected = initial[name] - lr * grad * (max_norm / norm)
+        expected = initial[name] - lr * grad * min(1.0, max_norm / norm)
         np.testing.assert_allclose(params_of(network)[name], expected, rtol=1e-5, atol=1e-7, err_msg=name)
+    if not bites:
+        return
 
     # Control: clipping each micro-batch's gradient, then averaging, is a different update.
     per_micro_step = [np.zeros_like(g) for g in grads]
@@ -104,12 +116,18 @@ def test_clipping_is_once_per_update_on_the_unscaled_mean_gradient(scaler):
         TrainForwardBackward(nn.WithLossCell(probe, LOSS), probe.trainable_params(), buffer)(data, label)
         g_i = [g.asnumpy() for g in buffer.grad_sum]
         n_i = math.sqrt(sum(float(np.sum(g ** 2)) for g in g_i))
-        per_micro_step = [acc + g * min(1.0, max_norm / n_i) / MINI_STEPS for acc, g in zip(per_micro_step, g_i)]
+        per_micro_step = [acc + g * min(1.0, max_norm / n_i) * len(label) / 12 for acc, g in zip(per_micro_step, g_i)]
     wrong = {name: initial[name] - lr * g for name, g in zip(names, per_micro_step)}
     assert max(np.max(np.abs(wrong[name] - params_of(network)[name])) for name in names) > 1e-4
 
 
 def test_schedule_counts_updates_so_mini_steps_1_and_4_read_the_same_rates():
+    """References: the rates by hand, and the parameters of nn.TrainOneStepCell stepping with the same rate list.
+
+    The reference steps once per window on the concatenated micro-batches, so
+    its optimizer's global_step counts updates. A schedule that counted
+    micro-steps would read other rates, and the parameters would differ.
+    """
     epochs, updates_per_epoch = 2, 6
     rates_read = {}
     for mini_steps, micro_batch_count in ((1, 6), (4, 22)):  # 22 = 5 full windows and a flushed partial one
@@ -117,11 +135,18 @@ def test_schedule_counts_updates_so_mini_steps_1_and_4_read_the_same_rates():
         assert schedule.updates_per_epoch(micro_batch_count) == updates_per_epoch
         total = schedule.updates_per_epoch(micro_batch_count) * epochs
         network = MLP()
+        reference = twin(MLP, network)
         rates = learning_rates("cosine", 0.1, total, warmup_updates=3)
+        batches = micro_batches([BATCH] * micro_batch_count, (8,), 4)
         model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), rates, 0.9))
-        history = model.train_process(epochs, micro_batches([BATCH] * micro_batch_count, (8,), 4), mini_steps,
-                                      save=NO_CKPT)
+        history = model.train_process(epochs, batches, mini_steps, save=NO_CKPT)
         rates_read[mini_steps] = [record.lr for record in history]
+        windows = [batches[start:start + mini_steps] for start in range(0, micro_batch_count, mini_steps)]
+        expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), rates, 0.9),
+                                   windows * epochs)
+        for name, value in params_of(network).items():
+            np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"mini_steps={mini_steps}: {name}")
 
     assert rates_read[1] == rates_read[4], rates_read
     # By hand: warm-up 0.1 * i / 3 for updates 1-3, then half a cosine over the other 9 updates.

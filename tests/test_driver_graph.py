@@ -7,7 +7,6 @@ networks from the same weights. Parameters and optimizer state must agree to
 the bit (``assert_array_equal``): the driver runs the same Cells, composed.
 """
 
-import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, amp, nn
@@ -107,22 +106,44 @@ def test_o2_with_an_overflowing_window_and_clipping_are_bit_identical(options):
     assert_same_state(optimizer, reference_optimizer)
 
 
+#: Every way a Tensor's value reaches the host: ``asnumpy`` (and ``numpy``, ``__array__``), and the C++
+#: ``_item`` and ``_tolist`` behind ``float(t)``, ``int(t)``, ``bool(t)``, ``t.item()`` and ``t.tolist()``,
+#: which do not go through ``asnumpy``.
+READ_BACKS = ("asnumpy", "_item", "_tolist")
+
+
 class Reads(Callback):
-    """Where tensors are read back: the micro-step count at each ``Tensor.asnumpy`` call during training."""
+    """Where tensors are read back: the micro-step count at each read-back during training.
+
+    ``read_every_loss`` is the control: a callback that reads each micro-batch's
+    loss with ``float(loss)``, the commonest host sync, must show up.
+    """
 
     def __init__(self, monkeypatch, read_every_loss=False):
         self.micro_steps, self.read_at, self.read_every_loss = 0, [], read_every_loss
-        original = Tensor.asnumpy
+        for name in READ_BACKS:
+            monkeypatch.setattr(Tensor, name, self._counted(getattr(Tensor, name)))
 
-        def asnumpy(tensor):
+    def _counted(self, original):
+        def read_back(tensor, *args, **kwargs):
             self.read_at.append(self.micro_steps)
-            return original(tensor)
-        monkeypatch.setattr(Tensor, "asnumpy", asnumpy)
+            return original(tensor, *args, **kwargs)
+        return read_back
 
     def micro_step(self, epoch, micro_batch, loss, samples):
         self.micro_steps += 1
         if self.read_every_loss:
-            float(loss.asnumpy())
+            float(loss)
+
+
+def test_every_read_back_path_is_counted(monkeypatch):
+    """The probe itself: each entry point a user's code takes to the host is seen."""
+    probe = Reads(monkeypatch)
+    tensor = Tensor(np.array([2.5], np.float32))
+    for read in (float, bool, int, lambda t: t.item(), lambda t: t.tolist(), lambda t: t.asnumpy(), np.asarray):
+        before = len(probe.read_at)
+        read(tensor)
+        assert len(probe.read_at) > before, f"{read} reached the host unseen"
 
 
 @pytest.mark.parametrize("read_every_loss", [False, True])
@@ -134,9 +155,8 @@ def test_the_loss_is_read_back_once_per_window_not_on_every_micro_step(monkeypat
         2, batches, mini_steps=mini_steps, save=SaveConfig(ckpt_path=None,
                                                            handle_signals=False), log_every=None, callbacks=[reads])
     between = sorted({at for at in reads.read_at if at % mini_steps})
-    if read_every_loss:  # the control: a callback that reads each loss shows up on every micro-step
+    if read_every_loss:  # the control: a float(loss) on each micro-step shows up on every micro-step
         assert between == [m for m in range(1, 17) if m % mini_steps], between
     else:
         assert between == [], f"tensors were read back mid-window, after micro-steps {between}"
         assert {at for at in reads.read_at} <= {0, 4, 8, 12, 16}
-        assert ms.get_context("mode") == ms.GRAPH_MODE

@@ -16,7 +16,7 @@ from mindspore import Tensor, nn, ops
 from PIL import Image
 
 from mindspore_accum import Callback, GradientAccumulation, MetricsLog, plot_grad_flow
-from nets import LOSS, MLP, NO_CKPT, micro_batches, twin
+from nets import LOSS, MLP, NO_CKPT, micro_batches, numpy_scores, twin
 
 TRAIN_SAMPLES, BATCH, MINI_STEPS, EPOCHS = 64, 8, 3, 2  # 8 micro-batches: updates of 3, 3 and a flushed 2
 
@@ -41,7 +41,7 @@ def read_jsonl(path):
 
 
 def test_metrics_jsonl_has_an_update_record_per_window_and_an_epoch_record_per_epoch(trained_run):
-    _, out, _ = trained_run
+    data, out, _ = trained_run
     records = read_jsonl(out / "lenet_metrics.jsonl")  # every line parses, or this raises
     updates = [r for r in records if r["kind"] == "update"]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -59,7 +59,14 @@ def test_metrics_jsonl_has_an_update_record_per_window_and_an_epoch_record_per_e
         mine = [u for u in updates if u["epoch"] == epoch_record["epoch"]]
         expected = sum(u["loss"] * u["samples"] for u in mine) / sum(u["samples"] for u in mine)
         assert epoch_record["train_loss"] == pytest.approx(expected, rel=1e-9)
-        assert 0.0 <= epoch_record["test_accuracy"] <= 1.0 and epoch_record["test_loss"] > 0
+    # The test numbers, against the network of each epoch's end run here and scored in NumPy: epoch 1's from its
+    # training state, epoch 2's from the checkpoint. 30 test images in batches of 8: a mean of batch means
+    # (nn.Loss) would differ.
+    for epoch_record, ckpt in zip(epochs, (out / "lenet_state" / "state-1_8.ckpt", out / "lenet.ckpt")):
+        loss, accuracy, _, _ = numpy_scores(ckpt, data)
+        assert epoch_record["test_loss"] == pytest.approx(loss, rel=1e-5), epoch_record
+        assert epoch_record["test_accuracy"] == pytest.approx(accuracy), epoch_record
+    assert abs(epochs[0]["test_loss"] - epochs[1]["test_loss"]) > 1e-5, "control: the two epochs score alike"
 
 
 def test_progress_on_a_non_terminal_is_plain_lines_without_carriage_returns(trained_run):
@@ -182,8 +189,14 @@ def test_eval_per_class_and_a_checkpoint_directory(trained_run):
     assert matrix.shape == (10, 10) and matrix.sum() == 30
     assert np.trace(matrix) / matrix.sum() == pytest.approx(accuracy)
     header = lines.index("class  samples  accuracy")
-    per_class = {int(line.split()[0]): int(line.split()[1]) for line in lines[header + 1:header + 11]}
-    assert per_class == {label: 3 for label in range(10)}  # digits(30) has labels 0..9 three times each
+    rows = [line.split() for line in lines[header + 1:header + 11]]
+    _, expected_accuracy, predictions, labels = numpy_scores(out / "lenet.ckpt", data)
+    assert accuracy == pytest.approx(expected_accuracy)
+    for label, (name, samples, class_accuracy) in enumerate(rows):
+        mine = labels == label
+        assert (int(name), int(samples)) == (label, int(mine.sum()))  # digits(30): labels 0..9, three each
+        assert float(class_accuracy) == pytest.approx(np.mean(predictions[mine] == label), abs=5e-5), rows[label]
+        np.testing.assert_array_equal(matrix[label], np.bincount(predictions[mine], minlength=10))
 
 
 def test_a_metrics_write_that_fails_names_the_file(tmp_path):

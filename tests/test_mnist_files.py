@@ -14,17 +14,36 @@ def first_batch(dataset):
     return next(dataset.create_tuple_iterator(output_numpy=True))
 
 
+def block_images(count):
+    """Image i is black with one white 7x7 block at cell (i // 4, i % 4) of a 4x4 grid; its label is 3i mod 10.
+
+    Each image is its own and tied to its label, so a transposed, flipped or
+    permuted image, or an image given another's label, lands its block elsewhere.
+    """
+    images = np.zeros((count, 28, 28), np.uint8)
+    for index in range(count):
+        row, col = divmod(index, 4)
+        images[index, 7 * row:7 * row + 7, 7 * col:7 * col + 7] = 255
+    return images, (3 * np.arange(count) % 10).astype(np.uint8)
+
+
 @pytest.mark.parametrize("layout", ["flat", "tutorial"])
 @pytest.mark.parametrize("gz", [False, True])
 def test_layouts_and_gzip_load_the_same_images(tmp_path, layout, gz):
-    images, labels = digits(12, constant=200)
+    images, labels = block_images(12)
     base = tmp_path if layout == "flat" else tmp_path / "train"
     write_split(base, "train", images, labels, gz=gz)
     data, label = first_batch(create_dataset(tmp_path, batch_size=12, train=True, shuffle=False))
     assert data.shape == (12, 1, 32, 32) and data.dtype == np.float32
     np.testing.assert_array_equal(label, labels.astype(np.int32))
-    # A constant image stays constant through the bilinear resize; then (v / 255 - mean) / std.
-    np.testing.assert_allclose(data, (200 / 255 - MNIST_MEAN) / MNIST_STD, rtol=1e-5)
+    white, black = (255 / 255 - MNIST_MEAN) / MNIST_STD, (0 - MNIST_MEAN) / MNIST_STD
+    for index, image in enumerate(data[:, 0]):
+        # The resize to 32x32 maps each 7x7 cell onto 8x8; the 2x2 at a cell's centre is the block's inside.
+        centres = image.reshape(4, 8, 4, 8)[:, 3:5, :, 3:5].mean(axis=(1, 3))
+        expected = np.full((4, 4), black, np.float32)
+        expected[divmod(index, 4)] = white
+        np.testing.assert_allclose(centres, expected, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"image {index} (label {label[index]})")
 
 
 def test_test_split_and_a_subset(tmp_path):

@@ -124,21 +124,40 @@ def test_cifar10_eval_pipeline_is_the_normalised_record(tiny_cifar10):
     np.testing.assert_allclose(images, (pixels - mean) / std, rtol=0, atol=1e-5)
 
 
-def test_cifar10_train_pipeline_resizes_and_augments(tiny_cifar10):
-    dataset = create_dataset(tiny_cifar10, batch_size=4, train=True, image_size=40, num_samples=8, shuffle=False)
-    plain = create_dataset(tiny_cifar10, batch_size=4, train=False, image_size=40, num_samples=8)
-    (augmented, _), (reference, _) = (next(d.create_tuple_iterator(num_epochs=1, output_numpy=True))
-                                      for d in (dataset, plain))
-    assert dataset.get_dataset_size() == 2 and augmented.shape == (4, 3, 40, 40)
-    assert not np.allclose(augmented, reference), "random crop and flip changed nothing"
+def test_cifar10_train_pipeline_crops_the_padded_record_and_flips(tiny_cifar10):
+    """Reference: the records decoded by hand, padded with 4 zeros; each output is one of 81 crops, flipped or not.
+
+    Garbage, a crop of another record, or a wrong normalisation matches none.
+    """
+    count = 8
+    dataset = create_dataset(tiny_cifar10, batch_size=count, train=True, image_size=32, num_samples=count,
+                             shuffle=False)
+    images, labels = next(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert dataset.get_dataset_size() == 1 and images.shape == (count, 3, 32, 32)
+    raw = np.fromfile(os.path.join(tiny_cifar10, "data_batch_1.bin"), np.uint8, count=count * CIFAR10_RECORD_BYTES)
+    raw = raw.reshape(count, CIFAR10_RECORD_BYTES)
+    np.testing.assert_array_equal(labels, raw[:, 0].astype(np.int32))
+    padded = np.pad(raw[:, 1:].reshape(count, 3, 32, 32).astype(np.float32), ((0, 0), (0, 0), (4, 4), (4, 4)))
+    mean, std = (np.array(v, np.float32).reshape(3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
+    moved = 0
+    for index, image in enumerate(images):
+        pixels = (image * std + mean) * 255.0  # back to 0..255
+        matches = [(top, left, flipped) for top in range(9) for left in range(9) for flipped in (False, True)
+                   if np.allclose(pixels, (lambda crop: crop[:, :, ::-1] if flipped else crop)(
+                       padded[index, :, top:top + 32, left:left + 32]), atol=1e-2)]
+        assert matches, f"image {index} is no crop of its padded record, flipped or not"
+        moved += (4, 4, False) not in matches
+    assert moved >= count // 2, f"only {moved} of {count} images were cropped off-centre or flipped"
 
 
 def test_image_folder_labels_are_the_sorted_class_folders(tmp_path):
-    write_image_folder(tmp_path / "train", classes=("b_dog", "a_cat", "c_fox"), per_class=3)
-    dataset = create_dataset(str(tmp_path), batch_size=9, train=True, image_size=24, dataset="imagefolder")
+    """Classes of 1, 2 and 3 images, written in unsorted order: only the sorted mapping gives these counts."""
+    write_image_folder(tmp_path / "train", classes=("b_dog", "a_cat", "c_fox"), per_class=(1, 2, 3))
+    dataset = create_dataset(str(tmp_path), batch_size=6, train=True, image_size=24, dataset="imagefolder")
     images, labels = next(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
-    assert images.shape == (9, 3, 24, 24) and images.dtype == np.float32
-    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert images.shape == (6, 3, 24, 24) and images.dtype == np.float32
+    # a_cat (2 images) -> 0, b_dog (1) -> 1, c_fox (3) -> 2; the order written would give [0, 1, 1, 2, 2, 2].
+    assert sorted(labels.tolist()) == [0, 0, 1, 2, 2, 2]
 
 
 def test_train_then_eval_resnet18_on_cifar10_files(tmp_path, tiny_cifar10):
