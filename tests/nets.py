@@ -108,3 +108,15 @@ def numpy_scores(ckpt_path, data_path):
     predictions = logits.argmax(1)
     return (-log_softmax[np.arange(len(labels)), labels].mean(), (predictions == labels).mean(), predictions,
             labels)
+
+
+def window_losses(network, optimizer, windows):
+    """Steps once per (data, label) window; returns each window's loss before its step, and after it."""
+    step = nn.TrainOneStepCell(nn.WithLossCell(network, LOSS), optimizer)
+    loss_of = nn.WithLossCell(network, LOSS)
+    before, after = [], []
+    for data, label in windows:
+        data, label = Tensor(data), Tensor(label)
+        before.append(float(step(data, label).asnumpy()))  # TrainOneStepCell returns the loss it stepped on
+        after.append(float(loss_of(data, label).asnumpy()))
+    return before, after

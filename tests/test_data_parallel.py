@@ -11,6 +11,7 @@ with each other to the bit: they apply the same reduced gradient.
 import glob
 import os
 import re
+from unittest import mock
 
 import mindspore as ms
 import numpy as np
@@ -43,41 +44,64 @@ def count_all_reduce_by_branch(ir_dir):
     return counts
 
 
+DP_ARGS = ("--samples", 42, "--batch_size", 3, "--mini_steps", 3, "--epochs", 2)
+#: 2 ranks x 7 micro-batches of 3 = 42 samples; mini_steps 3: windows of 3, 3 and a partial 1, for 2 epochs.
+WINDOWS, EPOCHS = [(0, 3), (3, 6), (6, 7)], 2
+
+
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory):
+    """``run(engine)``: dp_worker.py on one node of two ranks, once per engine for the module; returns its folder."""
+    done = {}
+
+    def run(engine):
+        if engine not in done:
+            out = tmp_path_factory.mktemp(f"one_node_{engine}")
+            # The model engine's IR is read for its AllReduce count.
+            with mock.patch.dict(os.environ, {"MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": str(out / "ir")}):
+                status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", out, *DP_ARGS, "--engine",
+                                         engine, log_dir=out / "logs", cwd=out)
+            assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+            done[engine] = out
+        return done[engine]
+    return run
+
+
+def single_process_reference(out):
+    """One plain nn.TrainOneStepCell step per window on both ranks' micro-batches, in rank order.
+
+    Returns the final parameters and each window's loss before its step.
+    """
+    seen = [load(out / f"seen{rank}.npz") for rank in (0, 1)]
+    reference = MLP()
+    for param in reference.get_parameters():
+        param.set_data(Tensor(load(out / "initial.npz")[param.name]))
+    step = nn.TrainOneStepCell(nn.WithLossCell(reference, LOSS), nn.Momentum(reference.trainable_params(), 0.1, 0.9))
+    losses = []
+    for _ in range(EPOCHS):
+        for start, stop in WINDOWS:
+            x = np.concatenate([s["x"][micro] for s in seen for micro in range(start, stop)])
+            label = np.concatenate([s["label"][micro] for s in seen for micro in range(start, stop)])
+            losses.append(float(step(Tensor(x), Tensor(label)).asnumpy()))
+    return {p.name: p.asnumpy() for p in reference.get_parameters()}, losses
+
+
 @pytest.mark.parametrize("engine", ["driver", "model"])
-def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path, monkeypatch, engine):
-    # 2 ranks x 7 micro-batches of 3 = 42 samples; mini_steps 3: windows of 3, 3 and a partial 1, for 2 epochs.
-    monkeypatch.setenv("MS_DEV_SAVE_GRAPHS", "1")
-    monkeypatch.setenv("MS_DEV_SAVE_GRAPHS_PATH", str(tmp_path / "ir"))
-    status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path, "--samples", 42,
-                             "--batch_size", 3, "--mini_steps", 3, "--epochs", 2, "--engine", engine,
-                             log_dir=tmp_path / "logs", cwd=tmp_path)
-    assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
-    seen = [load(tmp_path / f"seen{rank}.npz") for rank in (0, 1)]
+def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(one_node, engine):
+    out = one_node(engine)
+    seen = [load(out / f"seen{rank}.npz") for rank in (0, 1)]
     assert [s["x"].shape[0] for s in seen] == [7, 7], "every rank must get the same number of micro-batches"
     ids = np.concatenate([s["x"][:, :, 0].reshape(-1) for s in seen])
     assert len(np.unique(ids)) == 42, "the shards overlap"
+    expected, expected_losses = single_process_reference(out)
 
-    reference = MLP()
-    for param in reference.get_parameters():
-        param.set_data(Tensor(load(tmp_path / "initial.npz")[param.name]))
-    step = nn.TrainOneStepCell(nn.WithLossCell(reference, LOSS), nn.Momentum(reference.trainable_params(), 0.1, 0.9))
-    windows = [(0, 3), (3, 6), (6, 7)]
-    expected_losses = []
-    for _ in range(2):
-        for start, stop in windows:
-            x = np.concatenate([s["x"][micro] for s in seen for micro in range(start, stop)])
-            label = np.concatenate([s["label"][micro] for s in seen for micro in range(start, stop)])
-            expected_losses.append(float(LOSS(reference(Tensor(x)), Tensor(label)).asnumpy()))
-            step(Tensor(x), Tensor(label))
-    expected = {p.name: p.asnumpy() for p in reference.get_parameters()}
-
-    finals = [load(tmp_path / f"final{rank}.npz") for rank in (0, 1)]
+    finals = [load(out / f"final{rank}.npz") for rank in (0, 1)]
     for name in expected:
         np.testing.assert_array_equal(finals[0][name], finals[1][name], err_msg=f"ranks disagree on {name}")
         np.testing.assert_allclose(finals[0][name], expected[name], rtol=RTOL, atol=ATOL,
                                    err_msg=f"{name}: two ranks vs one process on the concatenated windows")
     for rank in (0, 1):
-        records = load(tmp_path / f"records{rank}.npz")
+        records = load(out / f"records{rank}.npz")
         if engine == "driver":
             assert records["samples"].tolist() == [18, 18, 6] * 2, records["samples"]  # over both ranks
             assert records["micro_batches"].tolist() == [3, 3, 1] * 2
@@ -85,7 +109,7 @@ def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(tmp_path, mon
                                    err_msg=f"rank {rank}: the window's loss over both ranks")
     if engine == "model":
         # One AllReduce in the whole single graph, in the branch taken only when a window closes.
-        counts = count_all_reduce_by_branch(tmp_path / "ir")
+        counts = count_all_reduce_by_branch(out / "ir")
         assert sum(counts.values()) == 1, counts
         (branch,) = counts  # MindSpore names a true branch with a check mark, a false one with a cross
         assert "GradientAccumulationCell_construct" in branch and "\u2713" in branch and "\u2717" not in branch, \
@@ -147,23 +171,26 @@ def test_a_dataset_too_small_for_every_rank_is_refused(tmp_path, tiny_mnist):
         assert "Traceback" not in logs[rank]
 
 
-def test_two_nodes_of_one_worker_equal_one_node_of_two(tmp_path):
-    """Issue 15: the multi-node launch, as two msruns on 127.0.0.1, against the single-node two-worker run."""
-    args = ("--samples", 42, "--batch_size", 3, "--mini_steps", 3, "--epochs", 2)
-    (tmp_path / "one").mkdir()
-    status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path / "one", *args,
-                             log_dir=tmp_path / "logs1", cwd=tmp_path)
-    assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+def test_two_nodes_of_one_worker_equal_one_node_of_two_and_one_process(tmp_path, one_node):
+    """Issue 15: the multi-node launch, as two msruns on 127.0.0.1.
+
+    References: the single-node two-worker run (the same code: to the bit), and
+    the single process stepping on both ranks' windows (rtol 1e-5).
+    """
+    one = one_node("driver")
     (tmp_path / "two").mkdir()
-    statuses, logs = run_two_nodes(os.path.join(HERE, "dp_worker.py"), ("--out", tmp_path / "two", *args),
-                                   ("--out", tmp_path / "two", *args), log_dir=tmp_path / "logs2", cwd=tmp_path)
+    statuses, logs = run_two_nodes(os.path.join(HERE, "dp_worker.py"), ("--out", tmp_path / "two", *DP_ARGS),
+                                   ("--out", tmp_path / "two", *DP_ARGS), log_dir=tmp_path / "logs2", cwd=tmp_path)
     # Node 1's launch exits 1 on one host: its own scheduler finds the port taken (see run_two_nodes).
     assert statuses[0] == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
     assert "Traceback" not in logs[0] + logs[1]
+    expected, _ = single_process_reference(tmp_path / "two")
     for rank in (0, 1):
-        one, two = load(tmp_path / "one" / f"final{rank}.npz"), load(tmp_path / "two" / f"final{rank}.npz")
-        for name in one:
-            np.testing.assert_array_equal(two[name], one[name], err_msg=f"rank {rank}, {name}: two nodes vs one")
+        ones, twos = load(one / f"final{rank}.npz"), load(tmp_path / "two" / f"final{rank}.npz")
+        for name in ones:
+            np.testing.assert_array_equal(twos[name], ones[name], err_msg=f"rank {rank}, {name}: two nodes vs one")
+            np.testing.assert_allclose(twos[name], expected[name], rtol=RTOL, atol=ATOL,
+                                       err_msg=f"rank {rank}, {name}: two nodes vs one process")
 
 
 def test_ranks_launched_with_different_settings_all_refuse_naming_the_first_difference(tmp_path, tiny_mnist):

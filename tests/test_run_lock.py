@@ -13,21 +13,23 @@ import subprocess
 import sys
 
 import pytest
-from cli import SCRIPTS, assert_refused, run_script
+from cli import assert_refused, run_script
 
 from mindspore_accum.run_lock import RunInUseError, run_lock
 
+#: A process that holds train.py's run lock on argv[1] until killed: it says "locked" once it has it.
+HOLDER = ("import os, sys, time\nfrom mindspore_accum.run_lock import run_lock\n"
+          "os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)\n"
+          "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)")
+
 
 def test_a_second_run_on_the_same_checkpoint_is_refused_and_a_killed_run_leaves_no_lock(tmp_path, tiny_mnist):
+    """The first run is a process that takes the lock and blocks: no timing, no race with its training."""
     flags = ("--data_path", tiny_mnist, "--batch_size", 8, "--no_progress", "--ckpt_path", "runs/m.ckpt")
-    first = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "train.py"), *map(str, flags), "--epochs", "500"],
-                             cwd=tmp_path, env=dict(os.environ, GLOG_v="3"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, "runs/m.ckpt"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             text=True)
     try:
-        for line in first.stdout:  # the opening lines come after the lock is taken
-            if line.startswith("effective batch"):
-                break
-        assert first.poll() is None, "the first run ended before the second could start"
+        assert first.stdout.readline() == "locked\n"
         second = run_script("train.py", *flags, "--epochs", 1, "--seed", 2, cwd=tmp_path)
         assert_refused(second, "'runs/m.ckpt' is in use by another run", f"(process {first.pid})")
         assert first.poll() is None, "the refused run disturbed the first"
