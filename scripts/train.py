@@ -55,7 +55,8 @@ from mindspore_accum.schedule import REMAINDER_POLICIES, WindowSchedule
 from mindspore_accum.training_state import find_training_state
 
 
-def parse_args():
+def parse_args(argv=None):
+    """The flags of ``argv`` (default: the command line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
@@ -93,7 +94,7 @@ def parse_args():
     parser.add_argument("--distribute", action="store_true",
                         help="data parallel over the ranks msrun started: each reads its shard, one all-reduce "
                              "per update; only rank 0 writes")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 #: The flags every data-parallel rank must share; paths and display flags may differ between nodes.

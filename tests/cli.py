@@ -1,10 +1,33 @@
 """Running scripts/*.py as a user does, and what a refusal must look like."""
 
+import contextlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+def parse_in_process(name, *args):
+    """``scripts/<name>``'s ``parse_args(args)`` in this process (no MindSpore start-up); returns (exit, stderr).
+
+    For argparse's own refusals, which never reach MindSpore: a subprocess
+    per flag cost seconds each.
+    """
+    if SCRIPTS not in sys.path:
+        sys.path.insert(0, SCRIPTS)
+    spec = importlib.util.spec_from_file_location(f"script_{name[:-3]}", os.path.join(SCRIPTS, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            module.parse_args([str(arg) for arg in args])
+        except SystemExit as stopped:
+            return subprocess.CompletedProcess(name, stopped.code, "", stderr.getvalue())
+    return subprocess.CompletedProcess(name, 0, "", stderr.getvalue())
 
 
 def run_script(name, *args, cwd, timeout=600):

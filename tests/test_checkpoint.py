@@ -40,11 +40,14 @@ def accuracy(network, images, labels):
 
 
 def test_checkpoint_holds_the_bare_network_and_evaluates_the_same(tmp_path):
+    """Reference: the trained network in memory - its parameters and its logits, to the bit."""
     network = LeNet5()
+    initial = params_of(network)
     model = GradientAccumulation(network, LOSS, nn.Adam(network.trainable_params(), 2e-3))
     ckpt = tmp_path / "lenet.ckpt"
-    model.train_process(3, as_dataset(*synthetic_digits(512, seed=1), 8), mini_steps=2,
+    model.train_process(1, as_dataset(*synthetic_digits(32, seed=1), 8), mini_steps=2,
                         save=SaveConfig(ckpt_path=str(ckpt)))
+    assert any(not np.array_equal(v, initial[n]) for n, v in params_of(network).items()), "training changed nothing"
 
     saved = ms.load_checkpoint(str(ckpt))
     assert sorted(saved) == sorted(p.name for p in LeNet5().get_parameters()), "no grad_sum, moments or prefixes"
@@ -54,10 +57,11 @@ def test_checkpoint_holds_the_bare_network_and_evaluates_the_same(tmp_path):
     for name, value in params_of(network).items():
         np.testing.assert_array_equal(params_of(fresh)[name], value, err_msg=name)
 
-    test_images, test_labels = synthetic_digits(200, seed=2)
-    in_memory = accuracy(network, test_images, test_labels)
-    assert in_memory > 0.5, f"the synthetic task did not train (accuracy {in_memory})"
-    assert accuracy(load_network_checkpoint(LeNet5(), ckpt), test_images, test_labels) == in_memory
+    images = Tensor(synthetic_digits(16, seed=2)[0])
+    loaded = load_network_checkpoint(LeNet5(), ckpt)
+    for cell in (network, loaded):
+        cell.set_train(False)
+    np.testing.assert_array_equal(loaded(images).asnumpy(), network(images).asnumpy())
     assert os.listdir(tmp_path) == ["lenet.ckpt"], "a temporary file was left behind"
 
 

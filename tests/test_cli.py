@@ -3,7 +3,7 @@
 import ast
 
 import pytest
-from cli import assert_refused, run_script
+from cli import assert_refused, parse_in_process, run_script
 
 from mindspore_accum import save_network_checkpoint
 from model_zoo_adapters.lenet import LeNet5
@@ -11,9 +11,15 @@ from nets import numpy_scores
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "2.5", "True", "four"])
-def test_bad_mini_steps(tmp_path, tiny_mnist, value):
-    result = run_script("train.py", "--data_path", tiny_mnist, "--mini_steps", value, cwd=tmp_path)
+def test_bad_mini_steps(tiny_mnist, value):
+    result = parse_in_process("train.py", "--data_path", tiny_mnist, "--mini_steps", value)
     assert_refused(result, "--mini_steps", repr(value), "whole number >= 1")
+
+
+def test_a_bad_flag_as_a_user_sees_it(tmp_path, tiny_mnist):
+    """The in-process checks above, once as a real process: exit 2, one line, no traceback."""
+    result = run_script("train.py", "--data_path", tiny_mnist, "--mini_steps", "0", cwd=tmp_path)
+    assert_refused(result, "train.py: error: argument --mini_steps: must be a whole number >= 1, got '0'")
 
 
 def test_missing_data_directory(tmp_path):
