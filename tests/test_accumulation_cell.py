@@ -235,6 +235,47 @@ def test_fit_validates_each_epoch_and_early_stopping_and_time_monitor_fit(capsys
     np.testing.assert_allclose(model.eval(dataset_of(valid, batch=5))["loss"], loss, rtol=RTOL)
 
 
+def test_early_stopping_restores_the_best_epochs_weights_into_the_train_cell():
+    """Reference: two concatenated-window steps (epoch 1, the best), after training has stopped in epoch 2."""
+    batches = micro_batches([BATCH] * 6, (8,), 4, seed=6)
+    valid = micro_batches([5, 5], (8,), 4, seed=7)
+    network = MLP()
+    reference = twin(MLP, network)
+    cell = GradientAccumulationCell(nn.WithLossCell(network, LOSS), nn.Momentum(network.trainable_params(), 0.1, 0.9),
+                                    4, micro_batches_per_epoch=6)
+    model = Model(cell, eval_network=nn.WithEvalCell(network, LOSS), metrics={"loss": nn.Loss()},
+                  eval_indexes=[0, 1, 2])
+    stop = EarlyStopping(monitor="eval_loss", patience=1, min_delta=1e9, restore_best_weights=True)
+    model.fit(3, dataset_of(batches), valid_dataset=dataset_of(valid, batch=5), callbacks=[stop])
+    assert stop.stopped_epoch == 2
+    expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), 0.1, 0.9),
+                               [batches[:4], batches[4:]])
+    for name, value in params_of(network).items():
+        np.testing.assert_allclose(value, expected[name], rtol=RTOL, atol=ATOL, err_msg=name)
+    assert int(cell.buffer.window_micro_steps.asnumpy()) == 0, "the restored buffer is an epoch's end: empty"
+
+
+def test_without_micro_batches_per_epoch_it_warns_and_windows_run_across_epochs(caplog):
+    """Reference: concatenated-window steps whose windows straddle the epochs: 7 micro-batches, mini_steps 4."""
+    batches = seven_micro_batches(seed=8)
+    network = MLP()
+    reference, control = twin(MLP, network), twin(MLP, network)
+    with caplog.at_level(logging.WARNING, logger="mindspore_accum"):
+        cell = GradientAccumulationCell(nn.WithLossCell(network, LOSS), nn.SGD(network.trainable_params(), 0.1), 4)
+    assert [r.getMessage() for r in caplog.records] == [
+        "micro_batches_per_epoch is None: windows run on across epochs; pass "
+        "micro_batches_per_epoch=dataset.get_dataset_size() to end each epoch's last window"]
+    Model(cell).train(4, dataset_of(batches), dataset_sink_mode=False)  # 28 micro-batches: 7 full windows
+    stream = batches * 4
+    expected = reference_steps(reference, nn.SGD(reference.trainable_params(), 0.1),
+                               [stream[start:start + 4] for start in range(0, 28, 4)])
+    for name, value in params_of(network).items():
+        np.testing.assert_allclose(value, expected[name], rtol=RTOL, atol=ATOL, err_msg=name)
+    # Control: windows cut at each epoch's end (a flushed 3) are other updates.
+    cut = reference_steps(control, nn.SGD(control.trainable_params(), 0.1), [batches[:4], batches[4:]] * 4)
+    assert not all(np.allclose(params_of(network)[n], cut[n], rtol=RTOL, atol=ATOL) for n in cut)
+
+
 def test_a_window_that_is_not_finite_outputs_nan_and_loss_monitor_stops():
     batches = seven_micro_batches(poison=np.nan)
     network = MLP()

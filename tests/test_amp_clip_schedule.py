@@ -154,6 +154,27 @@ def test_schedule_counts_updates_so_mini_steps_1_and_4_read_the_same_rates():
     np.testing.assert_allclose(rates_read[4], by_hand, rtol=1e-6, err_msg="rates read from the optimizer")
 
 
+def test_a_skipped_window_does_not_move_the_learning_rate_schedule():
+    """Reference: nn.TrainOneStepCell with the same rate list, stepping on windows 1 and 3 only.
+
+    Window 2 holds an inf and is skipped by the dynamic scaler: window 3 must
+    use the second rate, as if window 2 had never been.
+    """
+    rates = [0.1, 0.05, 0.02, 0.01]
+    network = MLP()
+    reference = twin(MLP, network)
+    batches = windows(3, seed=4, poison=(1, 1, np.inf))
+    model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), rates, 0.9),
+                                 loss_scaler=amp.DynamicLossScaler(1024, 2, 1000))
+    history = model.train_process(1, batches, mini_steps=MINI_STEPS, save=NO_CKPT)
+    assert [r.skipped for r in history] == [False, True, False]
+    np.testing.assert_allclose([history[0].lr, history[2].lr], [rates[0], rates[1]], rtol=1e-7)  # float32 rates
+    expected = reference_steps(reference, nn.Momentum(reference.trainable_params(), rates, 0.9),
+                               [batches[:MINI_STEPS], batches[2 * MINI_STEPS:]])
+    for name, value in params_of(network).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("kind, expected", [
     ("constant", [0.1] * 8),
     ("step", [0.1] * 4 + [0.01] * 2 + [0.001] * 2),
@@ -173,11 +194,28 @@ def test_bad_schedule_arguments_are_refused(kwargs, message):
         learning_rates(**args)
 
 
-def test_o2_window_matches_one_float16_step_on_the_concatenated_batch_and_the_buffer_is_float32():
+@pytest.mark.parametrize("level", ["O0", "O1", "O2", "O3"])
+def test_auto_loss_scaler_is_mindspores_dynamic_loss_scale_manager_default_below_o0(level, tmp_path, monkeypatch):
+    """Reference: DynamicLossScaleManager's defaults, by hand: scale 2**16, factor 2, window 2000."""
+    monkeypatch.chdir(tmp_path)  # O1 rewrites the network and leaves its source in ./rewritten_network
+    network = MLP()
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level=level)
+    if level == "O0":
+        assert model.loss_scaler is None
+        return
+    scaler = model.loss_scaler
+    assert isinstance(scaler, amp.DynamicLossScaler)
+    assert (float(scaler.scale_value.asnumpy()), scaler.scale_factor, scaler.scale_window) == (2.0 ** 16, 2, 2000)
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_a_mixed_precision_window_matches_one_step_at_that_level_on_the_concatenated_batch(level, tmp_path,
+                                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # O1 rewrites the network and leaves its source in ./rewritten_network
     network = MLP()
     initial = params_of(network)
     batches = micro_batches([4, 4, 4, 3], (8,), 4, seed=5)
-    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level="O2",
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level=level,
                                  loss_scaler=amp.StaticLossScaler(1024))
     model.train_process(1, batches, mini_steps=4, save=NO_CKPT)
     assert all(str(g.dtype) == "Float32" for g in model.buffer.grad_sum), [g.dtype for g in model.buffer.grad_sum]
@@ -192,11 +230,11 @@ def test_o2_window_matches_one_float16_step_on_the_concatenated_batch_and_the_bu
         return {name: value - initial[name] for name, value in params_of(reference).items()}
 
     accumulated = {name: value - initial[name] for name, value in params_of(network).items()}
-    float16_step, float32_step = step_on_concatenation("O2"), step_on_concatenation("O0")
+    float16_step, float32_step = step_on_concatenation(level), step_on_concatenation("O0")
     for name, delta in float16_step.items():
         # rtol 1e-2, as half precision allows; atol relative to the update's size, for entries near 0.
         np.testing.assert_allclose(accumulated[name], delta, rtol=1e-2, atol=1e-2 * np.max(np.abs(delta)),
                                    err_msg=name)
-    # Control: O2 really computed in float16 - its update is not float32's to float32 precision.
+    # Control: the level really computed in float16 - its update is not float32's to float32 precision.
     assert max(np.max(np.abs(accumulated[n] - float32_step[n]) / (np.abs(float32_step[n]) + 1e-6))
                for n in float32_step) > 1e-5

@@ -126,6 +126,9 @@ def test_lr_epochs_device_target_and_other_flags_out_of_range_are_refused(tiny_m
     (("--lr", 0.5), "learning_rate 0.01 in the state vs 0.5 in this run"),
     (("--momentum", 0.5), "momentum 0.9 in the state vs 0.5 in this run"),
     (("--lr_schedule", "cosine"), "learning_rate 0.01 in the state vs (a schedule of 8 rates, 0.01 to"),
+    (("--amp_level", "O2"), "amp_level='O0' in the state vs 'O2' in this run"),
+    (("--clip_grad_norm", 1.0), "clip_grad_norm=None in the state vs 1.0 in this run"),
+    (("--warmup_steps", 2), "learning_rate 0.01 in the state vs (a schedule of 8 rates, 0.005 to 0.01)"),
 ])
 def test_resume_refuses_a_state_that_does_not_fit_naming_the_difference(tmp_path, tiny_mnist, trained, change,
                                                                          fragment):

@@ -2,6 +2,7 @@
 
 import ast
 
+import numpy as np
 import pytest
 from cli import assert_refused, parse_in_process, run_script
 
@@ -115,3 +116,23 @@ def test_a_fresh_run_into_a_state_directory_of_an_earlier_run_says_so_and_a_resu
     resumed = run_script("train.py", *flags[:2], "--epochs", 2, *flags[4:], "--resume", states, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "of an earlier run" not in resumed.stdout
+
+
+def test_mini_steps_4_of_batch_8_equals_mini_steps_1_of_batch_32_as_the_user_runs_it(tmp_path, tiny_mnist):
+    """The mission at script level: same seed, same shuffled samples, so each window of 4 x 8 is one batch of 32.
+
+    rtol 1e-5, as test_equivalence.py: the same sums in another order, over 4
+    updates. Control: batch 8 without accumulation, 4 times the updates, differs.
+    """
+    import mindspore as ms
+
+    def final(name, batch_size, mini_steps):
+        result = run_script("train.py", "--data_path", tiny_mnist, "--epochs", 2, "--batch_size", batch_size,
+                            "--mini_steps", mini_steps, "--no_progress", "--ckpt_path", f"{name}.ckpt", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return {n: v.asnumpy() for n, v in ms.load_checkpoint(str(tmp_path / f"{name}.ckpt")).items()}
+
+    accumulated, large, small = final("accumulated", 8, 4), final("large", 32, 1), final("small", 8, 1)
+    for name, value in large.items():
+        np.testing.assert_allclose(accumulated[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not all(np.allclose(small[n], v, rtol=1e-5, atol=1e-6) for n, v in large.items())
