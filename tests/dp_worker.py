@@ -21,7 +21,13 @@ import numpy as np  # noqa: E402
 from mindspore import Model, nn  # noqa: E402
 from mindspore.train import Callback  # noqa: E402
 
-from mindspore_accum import GradientAccumulation, GradientAccumulationCell, SaveConfig, init_data_parallel  # noqa: E402
+from mindspore_accum import (  # noqa: E402
+    GradientAccumulation,
+    GradientAccumulationCell,
+    NonFiniteError,
+    SaveConfig,
+    init_data_parallel,
+)
 from nets import LOSS, MLP, params_of  # noqa: E402
 
 
@@ -71,6 +77,8 @@ def main():
     parser.add_argument("--mini_steps", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--engine", choices=("driver", "model"), default="driver")
+    parser.add_argument("--poison_rank", type=int, default=None,
+                        help="this rank's 5th micro-batch gets a NaN (driver engine): every rank must stop together")
     args = parser.parse_args()
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -79,19 +87,30 @@ def main():
     network = MLP()
     if rank == 0:
         np.savez(os.path.join(args.out, "initial.npz"), **params_of(network))
-    dataset = ds.GeneratorDataset(Rows(*samples(args.samples)), ["x", "label"], shuffle=False,
+    features, labels = samples(args.samples)
+    features[:, 1] = np.arange(args.samples) / 64  # every row carries its index (exact in float32): the shards
+    dataset = ds.GeneratorDataset(Rows(features, labels), ["x", "label"], shuffle=False,
                                   num_shards=ranks, shard_id=rank).batch(args.batch_size, drop_remainder=True)
     seen = [(x, y) for x, y in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)]
     np.savez(os.path.join(args.out, f"seen{rank}.npz"), x=np.stack([x for x, _ in seen]),
              label=np.stack([y for _, y in seen]))
+    if args.poison_rank == rank:  # train on what the pipeline gave, with a NaN in the 5th micro-batch
+        poisoned = [(x.copy(), y) for x, y in seen]
+        poisoned[4][0][0, 0] = np.nan
+        dataset = [(ms.Tensor(x), ms.Tensor(y)) for x, y in poisoned]
     if args.engine == "model":
         records = train_with_model(network, dataset, args)
     else:
         model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9),
                                      distributed=True)
-        history = model.train_process(args.epochs, dataset, mini_steps=args.mini_steps,
-                                      save=SaveConfig(ckpt_path=None, handle_signals=False),
-                                      log_every=None)
+        try:
+            history = model.train_process(args.epochs, dataset, mini_steps=args.mini_steps,
+                                          save=SaveConfig(ckpt_path=None, handle_signals=False),
+                                          log_every=None)
+        except NonFiniteError as error:
+            with open(os.path.join(args.out, f"stopped{rank}.txt"), "w", encoding="utf-8") as handle:
+                handle.write(str(error))
+            history = []
         records = {"samples": [r.samples for r in history], "loss": [r.loss for r in history],
                    "micro_batches": [r.micro_batches for r in history]}
     np.savez(os.path.join(args.out, f"final{rank}.npz"), **params_of(network))

@@ -136,3 +136,47 @@ def test_mini_steps_4_of_batch_8_equals_mini_steps_1_of_batch_32_as_the_user_run
     for name, value in large.items():
         np.testing.assert_allclose(accumulated[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert not all(np.allclose(small[n], v, rtol=1e-5, atol=1e-6) for n, v in large.items())
+
+
+def test_amp_level_and_clip_grad_norm_in_a_real_run_equal_the_driver_built_by_hand(tmp_path, tiny_mnist):
+    """Reference: the same driver built here from the API with the same seed; the log line names the scale.
+
+    The flags must reach the driver: without --amp_level the run would be
+    float32 with no scaler, without --clip_grad_norm unclipped (the control).
+    """
+    import re
+
+    import mindspore as ms
+    from mindspore import nn
+
+    from mindspore_accum import GradientAccumulation
+    from model_zoo_adapters.lenet import create_dataset
+    from nets import NO_CKPT
+
+    flags = ("--data_path", tiny_mnist, "--epochs", 1, "--batch_size", 8, "--mini_steps", 3, "--no_progress",
+             "--log_every", 1)
+    result = run_script("train.py", *flags, "--amp_level", "O2", "--clip_grad_norm", 0.01, "--ckpt_path", "amp.ckpt",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "amp_level: O2, clip_grad_norm: 0.01" in result.stdout
+    logged = re.findall(r"^epoch: 1 step: (\d) loss is \S+ \(loss scale (\d+), (\d+) skipped\)$", result.stdout,
+                        re.MULTILINE)
+    assert logged == [("1", "65536", "0"), ("2", "65536", "0"), ("3", "65536", "0")], result.stdout
+
+    def by_hand(amp_level, clip_grad_norm):
+        ms.set_seed(1)  # train.py's default seed, for the weights and the shuffle
+        ms.dataset.config.set_seed(1)
+        dataset = create_dataset(tiny_mnist, 8, train=True)
+        network = LeNet5()
+        GradientAccumulation(network, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"),
+                             nn.Momentum(network.trainable_params(), 0.01, 0.9), amp_level=amp_level,
+                             clip_grad_norm=clip_grad_norm).train_process(1, dataset, mini_steps=3, save=NO_CKPT,
+                                                                          log_every=None)
+        return {p.name: p.asnumpy() for p in network.get_parameters()}
+
+    saved = {name: value.asnumpy() for name, value in ms.load_checkpoint(str(tmp_path / "amp.ckpt")).items()}
+    expected = by_hand("O2", 0.01)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(saved[name], value, err_msg=name)
+    for control in (by_hand("O0", 0.01), by_hand("O2", None)):
+        assert not all(np.allclose(saved[n], v, rtol=1e-6, atol=0) for n, v in control.items())

@@ -116,6 +116,38 @@ def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(one_node, eng
             counts
 
 
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_window_and_uneven_samples_shard_alike(tmp_path):
+    """45 samples on 2 ranks: MindSpore gives each ceil(45 / 2) = 23, padding with the first; batch 3 drops 2.
+
+    Rank 1's 5th micro-batch holds a NaN, in window 2 (mini_steps 3). Rank 0's
+    data are finite, yet it must stop at the same window: the all-reduced
+    gradient carries the NaN. Reference: the single process stepping on window
+    1 alone - what both ranks must hold after stopping.
+    """
+    status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path, "--samples", 45,
+                             "--batch_size", 3, "--mini_steps", 3, "--poison_rank", 1, log_dir=tmp_path / "logs",
+                             cwd=tmp_path)
+    assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+    seen = [load(tmp_path / f"seen{rank}.npz") for rank in (0, 1)]
+    ids = [np.rint(s["x"][:, :, 1] * 64).astype(int).reshape(-1).tolist() for s in seen]
+    assert [len(rank_ids) for rank_ids in ids] == [21, 21], "every rank: 7 micro-batches of 3"
+    assert len(set(ids[0]) | set(ids[1])) == 42 and not set(ids[0]) & set(ids[1]), ids
+
+    messages = [(tmp_path / f"stopped{rank}.txt").read_text() for rank in (0, 1)]
+    for message in messages:
+        assert message.startswith("the window's accumulated gradient or loss, over all ranks, is not finite (NaN "
+                                  "or inf) at epoch 1, micro-batch 6 (in update 2 of the epoch)"), message
+    reference = MLP()
+    for param in reference.get_parameters():
+        param.set_data(Tensor(load(tmp_path / "initial.npz")[param.name]))
+    step = nn.TrainOneStepCell(nn.WithLossCell(reference, LOSS), nn.Momentum(reference.trainable_params(), 0.1, 0.9))
+    step(*(Tensor(np.concatenate([s[key][micro] for s in seen for micro in range(3)])) for key in ("x", "label")))
+    finals = [load(tmp_path / f"final{rank}.npz") for rank in (0, 1)]
+    for name, value in ((p.name, p.asnumpy()) for p in reference.get_parameters()):
+        np.testing.assert_array_equal(finals[0][name], finals[1][name], err_msg=f"ranks disagree on {name}")
+        np.testing.assert_allclose(finals[0][name], value, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
 def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(tmp_path, tiny_mnist, repo):
     # 64 images: 32 per rank, 8 micro-batches of 4, mini_steps 3 -> updates of 3, 3 and a flushed 2 per epoch.
     train = os.path.join(repo, "scripts", "train.py")
@@ -152,6 +184,11 @@ def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(t
 
     evaluated = run_script("eval.py", "--data_path", tiny_mnist, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
+
+    # The same state in one process, without --distribute: another number of ranks is refused.
+    alone = run_script("train.py", *flags[1:], "--resume", tmp_path / "gradient_accumulation_state" / "state-1_8.ckpt",
+                       "--ckpt_path", tmp_path / "alone" / "model.ckpt", cwd=tmp_path)
+    assert_refused(alone, "cannot resume from", "ranks=2 in the state vs 1 in this run")
 
 
 def test_distribute_without_msrun_is_refused(tmp_path, tiny_mnist):
