@@ -11,9 +11,12 @@ environment variables; :func:`init_data_parallel` joins the group
 :class:`~mindspore_accum.cells.TrainOptim`, once per window.
 """
 
+import ctypes
 import json
 import logging
 import os
+import signal
+import sys
 from typing import Tuple
 
 import mindspore as ms
@@ -53,6 +56,7 @@ def init_data_parallel() -> Tuple[int, int]:
                          f"'msrun --worker_num=2 --local_worker_num=2 --master_port=8118 <script> --distribute ...', "
                          f"or drop --distribute")
     from mindspore.communication import get_group_size, get_rank, init
+    _end_with_the_launcher()
     init()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL)
     rank, ranks = get_rank(), get_group_size()
@@ -110,3 +114,25 @@ def check_same_settings(settings):
                 raise ValueError(f"--{name} is {every[other].get(name)!r} on rank {other} but "
                                  f"{every[0].get(name)!r} on rank 0: launch every rank with the same flags")
     logger.debug("rank %d of %d: settings agree with every rank", rank, ranks)
+
+
+#: Linux's prctl option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_the_launcher():
+    """Asks the kernel to send this worker SIGTERM when ``msrun``, its parent, dies.
+
+    msrun puts each worker in a process group of its own. On SIGINT it ends
+    them, but on SIGTERM (a job scheduler's stop, ``kill``) it exits alone, and
+    its workers went on training as orphans. Linux only; elsewhere nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl in this C library
+        return
+    if os.getppid() != launcher:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -29,6 +29,64 @@ def run_msrun(script, *args, log_dir, cwd, ranks=2, timeout=300):
     return status, _logs(log_dir, range(ranks))
 
 
+def run_msrun_and_signal(script, *args, log_dir, cwd, ready, signum, ranks=2, timeout=300):
+    """As :func:`run_msrun`, but sends ``signum`` to msrun once ``ready()`` is true, as ``kill`` or a scheduler does.
+
+    Returns (exit status, {rank: worker log text}, seconds from the signal
+    until neither msrun nor any process it started is left).
+    """
+    options = [f"--worker_num={ranks}", f"--local_worker_num={ranks}", f"--master_port={free_port()}",
+               f"--log_dir={log_dir}"]
+    process = _start(options, script, args, cwd)
+    started = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # The scheduler and the workers, each worker in a process group of its own (not msrun's `tail -f`s).
+        started = _children(process.pid, running=script)
+        sent = time.monotonic()
+        process.send_signal(signum)
+        while any(_alive(pid) for pid in started) and time.monotonic() < sent + timeout:
+            time.sleep(0.1)
+        seconds = time.monotonic() - sent
+    finally:
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        try:  # msrun's `tail -f`s outlive a SIGTERM and hold its output open
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        (status,) = _finish([process], timeout)
+    return status, _logs(log_dir, range(ranks)), seconds
+
+
+def _children(parent, running):
+    """The process ids whose parent is ``parent`` and whose command line holds ``running``, from /proc."""
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent and running in command:
+            children.append(int(entry))
+    return children
+
+
+def _alive(pid):
+    """True while ``pid`` runs (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def run_two_nodes(script, args0, args1, log_dir, cwd, timeout=300):
     """Two "nodes" on 127.0.0.1: two msrun launches of one worker each (node_rank 0 and 1), args of their own.
 

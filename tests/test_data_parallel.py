@@ -11,6 +11,7 @@ with each other to the bit: they apply the same reduced gradient.
 import glob
 import os
 import re
+import signal
 from unittest import mock
 
 import mindspore as ms
@@ -19,7 +20,8 @@ import pytest
 from cli import assert_refused, run_script
 from mindspore import Tensor, nn
 
-from msrun import own_lines, run_msrun, run_two_nodes
+from mindspore_accum import read_training_state
+from msrun import own_lines, run_msrun, run_msrun_and_signal, run_two_nodes
 from nets import LOSS, MLP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -189,6 +191,27 @@ def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(t
     alone = run_script("train.py", *flags[1:], "--resume", tmp_path / "gradient_accumulation_state" / "state-1_8.ckpt",
                        "--ckpt_path", tmp_path / "alone" / "model.ckpt", cwd=tmp_path)
     assert_refused(alone, "cannot resume from", "ranks=2 in the state vs 1 in this run")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_under_distribute_ends_every_rank_and_the_epochs_state_stays_whole(tmp_path, tiny_mnist, repo,
+                                                                                     signum):
+    """Sent to msrun: every rank ends at once, none trains on as an orphan nor waits in the all-reduce.
+
+    msrun ends its workers on SIGINT but not on SIGTERM; init_data_parallel
+    asks the kernel to end them with their launcher. Reference: the states
+    written at each epoch's end, read back whole.
+    """
+    states = tmp_path / "gradient_accumulation_state"
+    status, logs, seconds = run_msrun_and_signal(
+        os.path.join(repo, "scripts", "train.py"), "--distribute", "--data_path", tiny_mnist, "--batch_size", 4,
+        "--mini_steps", 3, "--epochs", 500, "--no_progress", log_dir=tmp_path / "logs", cwd=tmp_path,
+        ready=lambda: (states / "state-2_8.ckpt").exists(), signum=signum)
+    assert seconds < 10, f"a process msrun started was still running {seconds:.1f} s after the signal"
+    assert not (tmp_path / "gradient_accumulation.ckpt").exists(), "training did not run to its end"
+    newest = max((p for p in states.iterdir() if p.name.startswith("state-")), key=lambda p: p.stat().st_mtime)
+    state, _ = read_training_state(newest)
+    assert state.epoch >= 2 and state.ranks == 2, state
 
 
 def test_distribute_without_msrun_is_refused(tmp_path, tiny_mnist):
