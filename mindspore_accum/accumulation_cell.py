@@ -27,6 +27,7 @@ from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOp
 from .norm import warn_if_batchnorm
 from .schedule import WindowSchedule
 from .validation import check_positive_int
+from .weighting import check_loss, check_weighting
 
 __all__ = ["GradientAccumulationCell"]
 
@@ -63,19 +64,25 @@ class GradientAccumulationCell(nn.Cell):
             once per update.
         all_reduce: data parallel (after ``mindspore.communication.init()``):
             one all-reduce of the window's gradient, samples and loss per update.
+        weighting: ``"samples"``, or ``"items"`` for per-token losses: each
+            micro-batch weighted by its labels that are not ``ignore_index``
+            (or by the items of a network that returns ``(loss, items)``); see
+            :mod:`~mindspore_accum.weighting`.
+        ignore_index: the label that is no item, as the loss's own.
 
     Inputs: the network's inputs for one micro-batch (the first input's
     leading dimension is its number of samples).
 
-    Returns: a float32 scalar, the window's loss so far - the sample-weighted
-    mean over the window's micro-batches up to this one. On the micro-step that
+    Returns: a float32 scalar, the window's loss so far - the mean over the
+    window's micro-batches up to this one, weighted by samples (or items). On the micro-step that
     closes a window it is the **window's loss**, the loss of one step on the
     concatenated window (over all ranks, with ``all_reduce``), so
     ``LossMonitor(per_print_times=mini_steps)`` prints one line per update
     when the epoch's micro-batches are a multiple of ``mini_steps``. If the
     window's gradient is not finite and no dynamic scaler can skip it, no update
     is applied and the output is NaN, which ``LossMonitor`` treats as
-    divergence and stops on.
+    divergence and stops on. A window without items applies no update and
+    outputs 0.
 
     Everything a resume needs is a Parameter of this Cell - the network, the
     optimizer's state, the buffer and its counters, ``epoch_micro_batch`` and the
@@ -86,9 +93,9 @@ class GradientAccumulationCell(nn.Cell):
     def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, mini_steps: int = 4, *,
                  micro_batches_per_epoch: Optional[int] = None, remainder: str = "flush",
                  loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
-                 all_reduce: bool = False):
+                 all_reduce: bool = False, weighting: str = "samples", ignore_index: int = -100):
         super().__init__(auto_prefix=False)
-        _check_arguments(network_with_loss, optimizer, loss_scaler)
+        _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index)
         schedule = WindowSchedule(mini_steps, remainder)
         self.mini_steps = schedule.mini_steps
         self.remainder = schedule.remainder
@@ -99,7 +106,8 @@ class GradientAccumulationCell(nn.Cell):
             logger.warning("micro_batches_per_epoch is None: windows run on across epochs; pass "
                            "micro_batches_per_epoch=dataset.get_dataset_size() to end each epoch's last window")
         self.buffer = AccumulationBuffer(optimizer.parameters)
-        self.forward_backward = TrainForwardBackward(network_with_loss, optimizer.parameters, self.buffer, loss_scaler)
+        self.forward_backward = TrainForwardBackward(network_with_loss, optimizer.parameters, self.buffer, loss_scaler,
+                                                     weighting, ignore_index)
         self.optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce)
         self.clear = TrainClear(self.buffer)
         self.optimizer = optimizer
@@ -144,12 +152,12 @@ class GradientAccumulationCell(nn.Cell):
     def _update(self):
         applied = self.optim()
         loss = self._window_loss()  # after TrainOptim: over all ranks, with all_reduce
-        if not self._skips_overflow:
-            loss = ops.select(applied, loss, self._nan)  # loud divergence: LossMonitor stops on NaN
+        if not self._skips_overflow:  # loud divergence: LossMonitor stops on NaN; a window without items is none
+            loss = ops.select(applied | (ops.depend(self.buffer.window_samples, applied) <= 0), loss, self._nan)
         return ops.depend(loss, self.clear())
 
 
-def _check_arguments(network_with_loss, optimizer, loss_scaler):
+def _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index):
     if not isinstance(network_with_loss, nn.Cell):
         raise TypeError(f"network_with_loss must be a mindspore.nn.Cell (e.g. nn.WithLossCell), got "
                         f"{type(network_with_loss).__name__}")
@@ -158,9 +166,5 @@ def _check_arguments(network_with_loss, optimizer, loss_scaler):
     if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
         raise TypeError(f"loss_scaler must be None or a mindspore.amp.DynamicLossScaler or StaticLossScaler, "
                         f"got {loss_scaler!r}")
-    reduction = getattr(getattr(network_with_loss, "_loss_fn", None), "reduction", "mean")
-    if reduction != "mean":
-        # Averaging over the window's samples assumes each micro-batch loss is
-        # a mean; a sum would weight micro-batches by their size twice.
-        raise ValueError(f"the loss's reduction must be 'mean', got {reduction!r}: construct the loss with "
-                         f"reduction='mean'")
+    check_weighting(weighting, ignore_index)
+    check_loss(getattr(network_with_loss, "_loss_fn", None), "the loss's", ignore_index)

@@ -32,6 +32,8 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
 from mindspore.common.initializer import initializer
 
+from .weighting import check_weighting, count_items
+
 __all__ = ["AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear"]
 
 _accumulate = ops.MultitypeFuncGraph("accumulate")
@@ -41,6 +43,16 @@ _accumulate = ops.MultitypeFuncGraph("accumulate")
 def _accumulate_tensor(weight, acc, grad):
     """acc <- acc + weight * (grad - acc), in float32 whatever grad's dtype."""
     return ops.assign_add(acc, weight * (ops.cast(grad, ms.float32) - acc))
+
+
+_accumulate_items = ops.MultitypeFuncGraph("accumulate_items")
+
+
+@_accumulate_items.register("Tensor", "Tensor", "Tensor", "Tensor")
+def _accumulate_items_tensor(weight, has_items, acc, grad):
+    """As ``_accumulate``; a micro-batch without items adds nothing, even if its gradient is NaN (a mean over 0)."""
+    grad = ops.where(has_items, ops.cast(grad, ms.float32), acc)
+    return ops.assign_add(acc, weight * (grad - acc))
 
 
 _zero = ops.MultitypeFuncGraph("zero")
@@ -61,9 +73,11 @@ class AccumulationBuffer:
         grad_sum: a ``ParameterTuple`` with one float32 buffer per trainable
             weight, named ``grad_sum.<weight name>``; it holds the
             sample-weighted mean gradient of the window so far.
-        window_samples: float32 scalar, samples added in this window.
+        window_samples: float32 scalar, what this window is weighted by so far:
+            its samples, or its items with ``weighting="items"`` (see
+            :mod:`~mindspore_accum.weighting`).
         window_micro_steps: int32 scalar, micro-batches added in this window.
-        window_loss: float32 scalar, the sample-weighted mean loss of the window so far.
+        window_loss: float32 scalar, the window's mean loss so far, weighted as ``grad_sum``.
     """
 
     def __init__(self, weights: Iterable[Parameter]):
@@ -99,16 +113,24 @@ class TrainForwardBackward(nn.Cell):
             the way ``nn.TrainOneStepWithLossScaleCell`` does), so ``grad_sum``
             holds the *scaled* mean gradient until :class:`TrainOptim`
             unscales it.
+        weighting: ``"samples"`` (each micro-batch weighted by its rows) or
+            ``"items"`` (by its labels that are not ``ignore_index``, or by
+            the ``items`` of a network that returns ``(loss, items)``); see
+            :mod:`~mindspore_accum.weighting`. With ``"items"`` a micro-batch
+            without items adds nothing and its loss reads 0.
+        ignore_index: the label that is no item (``nn.CrossEntropyLoss``'s).
 
     Inputs: the network's inputs; the first one's leading dimension is the
-    number of samples in the micro-batch.
+    number of samples in the micro-batch, the last one holds the labels.
 
     Returns: the micro-batch's loss (unscaled).
     """
 
     def __init__(self, network: nn.Cell, weights: Iterable[Parameter], buffer: AccumulationBuffer,
-                 loss_scaler: Optional[amp.LossScaler] = None):
+                 loss_scaler: Optional[amp.LossScaler] = None, weighting: str = "samples", ignore_index: int = -100):
         super().__init__(auto_prefix=False)
+        self.items = check_weighting(weighting, ignore_index) == "items"
+        self.ignore_index = ignore_index
         self.network = network
         self.network.set_grad()
         self.weights = ParameterTuple(weights)
@@ -120,22 +142,49 @@ class TrainForwardBackward(nn.Cell):
         # Without a scaler: the same gradient formulation as nn.TrainOneStepCell
         # (no sens), so that one micro-batch gives the very same gradient bits.
         self.grad = ops.GradOperation(get_by_list=True, sens_param=self.scaled)
+        # A network returning (loss, items): the sensitivity is (scale or 1, 0), so only the loss is differentiated.
+        self.grad_of_loss = ops.GradOperation(get_by_list=True, sens_param=True)
         self.scale_value = loss_scaler.scale_value if self.scaled else None
         self.hyper_map = ops.HyperMap()
 
     def construct(self, *inputs):
+        if self.items:
+            return self._items_step(*inputs)
         loss = self.network(*inputs)
-        if self.scaled:
-            sens = ops.ones_like(loss) * ops.cast(self.scale_value, ops.dtype(loss))
-            grads = self.grad(self.network, self.weights)(*inputs, sens)
-        else:
-            grads = self.grad(self.network, self.weights)(*inputs)
+        grads = self._grads(loss, *inputs)
         samples = ops.cast(ops.shape(inputs[0])[0], ms.float32)
         window_samples = self.window_samples + samples
         weight = samples / window_samples
         loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, weight), self.grad_sum, grads))
         loss = ops.depend(loss, _accumulate(weight, self.window_loss, loss))
         loss = ops.depend(loss, ops.assign(self.window_samples, window_samples))
+        loss = ops.depend(loss, ops.assign_add(self.window_micro_steps, ops.ones((), ms.int32)))
+        return loss
+
+    def _grads(self, loss, *inputs):
+        if self.scaled:
+            sens = ops.ones_like(loss) * ops.cast(self.scale_value, ops.dtype(loss))
+            return self.grad(self.network, self.weights)(*inputs, sens)
+        return self.grad(self.network, self.weights)(*inputs)
+
+    def _items_step(self, *inputs):
+        out = self.network(*inputs)
+        if isinstance(out, tuple):  # the (loss, items) protocol
+            loss, items = out[0], ops.cast(out[1], ms.float32)
+            scale = ops.cast(self.scale_value, ops.dtype(loss)) if self.scaled else ops.ones((), ops.dtype(loss))
+            sens = (ops.ones_like(loss) * scale, ops.zeros_like(out[1]))
+            grads = self.grad_of_loss(self.network, self.weights)(*inputs, sens)
+        else:
+            loss, items = out, count_items(inputs[-1], self.ignore_index)
+            grads = self._grads(loss, *inputs)
+        has_items = items > 0
+        window_items = self.window_samples + items
+        weight = items / ops.maximum(window_items, 1.0)  # the same as items / window_items, and 0 for 0 / 0
+        loss = ops.where(has_items, ops.cast(loss, ms.float32), ops.zeros((), ms.float32))  # a mean over 0 is NaN
+        loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate_items, weight, has_items), self.grad_sum,
+                                               grads))
+        loss = ops.depend(loss, _accumulate(weight, self.window_loss, loss))
+        loss = ops.depend(loss, ops.assign(self.window_samples, window_items))
         loss = ops.depend(loss, ops.assign_add(self.window_micro_steps, ops.ones((), ms.int32)))
         return loss
 
@@ -193,6 +242,9 @@ class TrainOptim(nn.Cell):
     Callbacks that read ``grad_sum`` after this Cell see the unscaled,
     unclipped mean gradient.
 
+    A window whose count is 0 (``weighting="items"`` with every label ignored)
+    applies no update; its gradient is finite (zero) and does not lower the scale.
+
     Returns: a bool scalar, True if the update was applied.
     """
 
@@ -223,16 +275,18 @@ class TrainOptim(nn.Cell):
             finite = self._reduce_over_ranks()
         else:
             finite = amp.all_finite(self.checked)
-        if finite:
+        # A window without items (weighting="items": every label ignored) has nothing to apply.
+        applied = finite & (ops.depend(self.window_samples, finite) > 0)
+        if applied:
             if self.scaled:
-                finite = ops.depend(finite, self.hyper_map(ops.partial(_unscale, self.scale_value), self.grad_sum))
+                applied = ops.depend(applied, self.hyper_map(ops.partial(_unscale, self.scale_value), self.grad_sum))
             grads = self.grad_sum
             if self.clip:
                 grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
-            finite = ops.depend(finite, self.optimizer(grads))
+            applied = ops.depend(applied, self.optimizer(grads))
         if self.scaled:
-            finite = ops.depend(finite, self.loss_scaler.adjust(finite))
-        return finite
+            applied = ops.depend(applied, self.loss_scaler.adjust(finite))
+        return applied
 
     def _reduce_over_ranks(self):
         samples = self.window_samples
@@ -240,7 +294,7 @@ class TrainOptim(nn.Cell):
         flat = ops.concat(parts + (ops.reshape(samples, (1,)), ops.reshape(self.window_loss * samples, (1,))))
         flat = self.sum_over_ranks(flat)  # the one all-reduce of the window
         finite = amp.all_finite((flat,))
-        mean = flat / flat[self.total_index]
+        mean = flat / ops.maximum(flat[self.total_index], 1.0)  # the same, and 0 for a window without items
         pieces = ops.split(mean, self.piece_sizes)
         finite = ops.depend(finite, self.hyper_map(_assign_piece, self.grad_sum, pieces[:-2]))
         finite = ops.depend(finite, ops.assign(self.window_samples, ops.reshape(flat[self.total_index], ())))

@@ -30,6 +30,7 @@ from .training_state import (
     restore_training_state,
 )
 from .validation import check_choice, check_positive_float, check_positive_int
+from .weighting import check_loss, check_weighting
 
 __all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
 
@@ -49,8 +50,9 @@ class UpdateRecord:
         micro_batches: micro-batches in the window (``mini_steps``, or fewer
             for a flushed partial window).
         samples: samples in the window (over all ranks, when data parallel).
-        loss: the window's loss, a mean over its samples - the loss of one step
-            on the concatenated window (of all ranks, when data parallel).
+        loss: the window's loss, a mean over its samples (its items, with
+            ``weighting="items"``) - the loss of one step on the concatenated
+            window (of all ranks, when data parallel).
         lr: the learning rate this update used, or None if it cannot be read.
         total_updates: updates applied by the driver so far, this one included.
         samples_seen: samples consumed by the driver so far, this window included
@@ -59,6 +61,9 @@ class UpdateRecord:
             applied (dynamic loss scaling); ``update`` still counts it.
         loss_scale: the loss scale after this window's adjustment, or None
             without loss scaling.
+        items: what the window was weighted by: its samples, or with
+            ``weighting="items"`` its items (over all ranks, when data
+            parallel). A window of 0 items applies no update (``skipped``).
     """
 
     epoch: int
@@ -71,6 +76,7 @@ class UpdateRecord:
     samples_seen: int = 0
     skipped: bool = False
     loss_scale: float = None
+    items: int = None
 
 
 class NonFiniteError(ArithmeticError):
@@ -118,19 +124,15 @@ def _own_outputs(ckpt_path, states):
         yield
 
 
-def _check_arguments(network, loss_fn, optimizer):
+def _check_arguments(network, loss_fn, optimizer, weighting, ignore_index):
+    check_weighting(weighting, ignore_index)
+    check_loss(loss_fn, "loss_fn", ignore_index)
     if not isinstance(network, nn.Cell):
         raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
     if not isinstance(loss_fn, nn.Cell):
         raise TypeError(f"loss_fn must be a mindspore.nn.Cell, got {type(loss_fn).__name__}")
     if not isinstance(optimizer, nn.Optimizer):
         raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
-    reduction = getattr(loss_fn, "reduction", "mean")
-    if reduction != "mean":
-        # Averaging over the window's samples assumes each micro-batch loss
-        # is a mean; a sum would weight micro-batches by their size twice.
-        raise ValueError(f"loss_fn.reduction must be 'mean', got {reduction!r}: "
-                         f"construct the loss with reduction='mean'")
 
 
 def _loss_scaler_for(amp_level, loss_scaler):
@@ -209,6 +211,11 @@ class GradientAccumulation:
             weighted by samples. Only rank 0 writes the checkpoint and the
             training states; every rank reads a state to resume. The update
             records then give the window's samples and loss over all ranks.
+        weighting: ``"samples"`` (each micro-batch weighted by its rows) or
+            ``"items"`` (by its labels that are not ``ignore_index``: per-token
+            losses over padded sequences); see :mod:`~mindspore_accum.weighting`.
+        ignore_index: the label that is no item, as the loss's own
+            (``nn.CrossEntropyLoss``: -100); a loss ignoring another is refused.
 
     Example::
 
@@ -218,8 +225,10 @@ class GradientAccumulation:
 
     def __init__(self, network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *, amp_level: str = "O0",
                  loss_scaler: Union[str, amp.LossScaler, None] = "auto", clip_grad_norm: Optional[float] = None,
-                 distributed: bool = False):
-        _check_arguments(network, loss_fn, optimizer)
+                 distributed: bool = False, weighting: str = "samples", ignore_index: int = -100):
+        _check_arguments(network, loss_fn, optimizer, weighting, ignore_index)
+        #: What windows are weighted by, and the label that is no item.
+        self.weighting, self.ignore_index = weighting, ignore_index
         self.amp_level = check_choice("amp_level", amp_level, AMP_LEVELS)
         loss_scaler = _loss_scaler_for(amp_level, loss_scaler)
         if clip_grad_norm is not None:
@@ -237,7 +246,7 @@ class GradientAccumulation:
         self.clip_grad_norm = clip_grad_norm
         self.buffer = AccumulationBuffer(optimizer.parameters)
         self.train_forward_backward = TrainForwardBackward(self.network_with_loss, optimizer.parameters,
-                                                           self.buffer, loss_scaler)
+                                                           self.buffer, loss_scaler, weighting, ignore_index)
         self.train_optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce=distributed)
         self.train_clear = TrainClear(self.buffer)
         # Only a dynamic scaler can answer an overflow (by lowering the scale);
@@ -341,7 +350,8 @@ class GradientAccumulation:
             batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
             loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
-            clip_grad_norm=self.clip_grad_norm, ranks=self.ranks, progress=self.progress)
+            clip_grad_norm=self.clip_grad_norm, ranks=self.ranks, weighting=self.weighting,
+            ignore_index=self.ignore_index, progress=self.progress)
 
     def _warn_about(self, schedule, micro_batches, states, resume):
         """Settings that run, but not as the user probably meant."""
@@ -503,16 +513,23 @@ class GradientAccumulation:
         run.stop.rearm()
         state = run.state
         lr = current_learning_rate(self.optimizer, just_applied=applied)
-        if not applied and not self._skips_overflow:
+        samples, items, loss = self._window_figures(state)
+        empty = not applied and items == 0  # weighting="items", every label ignored: nothing to apply
+        if not applied and not empty and not self._skips_overflow:
             self._diverged(run, "the window's accumulated gradient" + (" or loss, over all ranks," if self.distributed
                                                                         else "") + " is not finite (NaN or inf)")
         if applied:
             self.progress.total_updates += 1
-        else:
+        elif not empty:
             self.progress.skipped_updates += 1
-        record = self._record(run, lr, applied)
+        record = UpdateRecord(state.epoch, len(run.epoch_records) + 1, len(state.window_losses), samples, loss, lr,
+                              self.total_updates, self.total_samples * self.ranks, not applied, self._loss_scale(),
+                              items)
         run.epoch_records.append(record)
-        if not applied:
+        if empty:
+            logger.warning("epoch: %d step: %d the window has no items (every label is ignore_index=%d): no update",
+                           state.epoch, record.update, self.ignore_index)
+        elif not applied:
             logger.warning("epoch: %d step: %d gradient overflow: update skipped, loss scale lowered to %g "
                            "(%d skipped so far)", state.epoch, record.update, record.loss_scale, self.skipped_updates)
         for callback in run.callbacks:
@@ -526,19 +543,19 @@ class GradientAccumulation:
             logger.info("epoch: %d step: %d loss is %.6f%s", state.epoch, record.update, record.loss, scale)
         return record
 
-    def _record(self, run, lr, applied):
-        state = run.state
-        loss_scale = float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
-        samples, loss = self._window_samples_and_loss(state)
-        return UpdateRecord(state.epoch, len(run.epoch_records) + 1, len(state.window_losses), samples, loss, lr,
-                            self.total_updates, self.total_samples * self.ranks, not applied, loss_scale)
+    def _loss_scale(self):
+        return float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
 
-    def _window_samples_and_loss(self, state):
-        if self.distributed:  # TrainOptim left the figures over all ranks in the buffer
-            return int(round(float(self.buffer.window_samples.asnumpy()))), float(self.buffer.window_loss.asnumpy())
-        samples = sum(state.window_samples)
-        # Sample-weighted, so that it is the loss of the concatenated window.
-        return samples, sum(loss * n for loss, n in zip(state.window_losses, state.window_samples)) / samples
+    def _window_figures(self, state):
+        """The closed window's samples, items and loss (over all ranks when data parallel)."""
+        samples = sum(state.window_samples) * self.ranks  # every rank's micro-batches have the same sizes
+        if self.weighting == "samples" and not self.distributed:
+            # Sample-weighted, so that it is the loss of the concatenated window.
+            return samples, samples, sum(loss * n for loss, n in zip(state.window_losses, state.window_samples)) \
+                / samples
+        # The buffer's count and running mean: over all ranks once TrainOptim has reduced them.
+        items = int(round(float(self.buffer.window_samples.asnumpy())))
+        return samples, items, float(self.buffer.window_loss.asnumpy())
 
     # Saving and stopping.
 

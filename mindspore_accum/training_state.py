@@ -46,7 +46,7 @@ _OPTIMIZER_SETTINGS = ("optimizer/learning_rate", "optimizer/momentum")
 #: Settings a resumed run must share with the run that saved the state: with
 #: any of them different, "continue exactly" has no meaning.
 _SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
-             "amp_level", "loss_scaler", "clip_grad_norm", "ranks")
+             "amp_level", "loss_scaler", "clip_grad_norm", "ranks", "weighting", "ignore_index")
 
 
 @dataclasses.dataclass
@@ -84,6 +84,9 @@ class TrainingState:
             class name), and the clipping norm.
         ranks: data-parallel ranks (1 without data parallelism); the
             position counts each rank's own micro-batches.
+        weighting, ignore_index: what windows are weighted by (see
+            :mod:`~mindspore_accum.weighting`); states written before 0.3
+            have neither and read as ``"samples"`` and -100.
 
     Position:
         epoch: the 1-based epoch in progress (or just finished, with ``epoch_done``).
@@ -108,6 +111,8 @@ class TrainingState:
     loss_scaler: str = None
     clip_grad_norm: float = None
     ranks: int = 1
+    weighting: str = "samples"
+    ignore_index: int = -100
     epoch: int = 1
     micro_batch: int = 0
     epoch_done: bool = False

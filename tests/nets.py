@@ -120,3 +120,43 @@ def window_losses(network, optimizer, windows):
         before.append(float(step(data, label).asnumpy()))  # TrainOneStepCell returns the loss it stepped on
         after.append(float(loss_of(data, label).asnumpy()))
     return before, after
+
+
+class TokenMLP(nn.Cell):
+    """A per-token classifier over a vocabulary of 20: ids (batch, length) -> logits (batch, length, 20).
+
+    No attention, so it is fast; what matters here is a loss that is a mean over valid tokens.
+    """
+
+    def __init__(self, vocab=20, width=8):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width, embedding_table=Normal(0.5))
+        self.out = nn.Dense(width, vocab, weight_init=Normal(0.5))
+
+    def construct(self, ids):
+        return self.out(ops.tanh(self.embed(ids)))
+
+
+def token_batches(shapes, seed=0, vocab=20):
+    """A list of (ids, labels) int32 micro-batches, one per (rows, length, valid tokens) in ``shapes``.
+
+    The first ``valid`` labels in row-major order are tokens; the rest are
+    -100 (nn.CrossEntropyLoss's ignore_index), and their ids are 0 (padding).
+    """
+    rng = np.random.default_rng(seed)
+    batches = []
+    for rows, length, valid in shapes:
+        ids = rng.integers(1, vocab, (rows, length)).astype(np.int32)
+        labels = rng.integers(0, vocab, (rows, length)).astype(np.int32)
+        keep = (np.arange(rows * length) < valid).reshape(rows, length)
+        batches.append((Tensor(np.where(keep, ids, 0).astype(np.int32)),
+                        Tensor(np.where(keep, labels, -100).astype(np.int32))))
+    return batches
+
+
+def pad_concat(batches):
+    """The micro-batches concatenated into one, padded to the longest: ids with 0, labels with -100."""
+    length = max(b[0].shape[1] for b in batches)
+    ids = [np.pad(b[0].asnumpy(), ((0, 0), (0, length - b[0].shape[1]))) for b in batches]
+    labels = [np.pad(b[1].asnumpy(), ((0, 0), (0, length - b[1].shape[1])), constant_values=-100) for b in batches]
+    return Tensor(np.concatenate(ids)), Tensor(np.concatenate(labels))
