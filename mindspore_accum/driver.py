@@ -49,7 +49,10 @@ class UpdateRecord:
         update: 1-based count of updates within the epoch.
         micro_batches: micro-batches in the window (``mini_steps``, or fewer
             for a flushed partial window).
-        samples: samples in the window (over all ranks, when data parallel).
+        samples: samples in the window (over all ranks, when data parallel;
+            with ``weighting="items"`` this rank's times the ranks, exact when
+            every rank's micro-batches have the same rows, as a sharded
+            dataset's do).
         loss: the window's loss, a mean over its samples (its items, with
             ``weighting="items"``) - the loss of one step on the concatenated
             window (of all ranks, when data parallel).

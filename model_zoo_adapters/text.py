@@ -11,7 +11,8 @@ in nats per token is then its loss per byte: bits per byte = loss / ln 2.
   ``pydoc_data.topics`` (79 named topics, about 465,000 characters), so the
   default exists on every machine. For the language model, the paragraphs of
   every 8th topic in sorted order are held out (10 topics) and the rest are
-  the training text. For classification, the paragraphs of four topics with
+  the training text; the topics repeat each other ("compound" holds "if"),
+  so each paragraph is kept once, and none of the training text is held out. For classification, the paragraphs of four topics with
   distinct subjects (:data:`PYDOC_CLASSES`) are labelled by topic; the first
   110 of them, in an interleaved order, are the training set (the mission's
   small labelled set) and the next 200 the held-out set.
@@ -69,6 +70,10 @@ def _paragraphs(text):
     return [p.strip() for p in re.split(r"\n\s*\n", text) if len(p.strip().encode("utf-8")) >= _MIN_BYTES]
 
 
+def _unique(paragraphs):
+    return list(dict.fromkeys(paragraphs))
+
+
 def _pydoc_topics():
     from pydoc_data.topics import topics
     return {name: topics[name] for name in sorted(topics)}
@@ -78,9 +83,14 @@ def read_corpus(data_path, train):
     """The language model's paragraphs of the training (or held-out) split of ``data_path``."""
     if data_path == "pydoc":
         topics = list(_pydoc_topics().values())
-        held_out = [text for index, text in enumerate(topics) if index % 8 == 7]
-        kept = [text for index, text in enumerate(topics) if index % 8 != 7]
-        return [p for text in (kept if train else held_out) for p in _paragraphs(text)]
+        # Topics repeat each other ("compound" holds "if", "while", ...): a paragraph is kept once, and a held-out
+        # paragraph that the training topics also hold is no held-out paragraph.
+        kept = _unique(p for index, text in enumerate(topics) if index % 8 != 7 for p in _paragraphs(text))
+        if train:
+            return kept
+        seen = set(kept)
+        return [p for p in _unique(p for index, text in enumerate(topics) if index % 8 == 7
+                                   for p in _paragraphs(text)) if p not in seen]
     path, split = _resolve(data_path, train, ".txt")
     paragraphs = _paragraphs(_read(path))
     if not paragraphs:
@@ -92,7 +102,7 @@ def read_labelled(data_path, train):
     """``(texts, labels, classes)`` of the training (or held-out) split: labels are ints in ``range(classes)``."""
     if data_path == "pydoc":
         topics = _pydoc_topics()
-        per_class = [_paragraphs(topics[name]) for name in PYDOC_CLASSES]
+        per_class = [_unique(_paragraphs(topics[name])) for name in PYDOC_CLASSES]
         interleaved = [(text, label) for row in zip(*per_class) for label, text in enumerate(row)]
         chosen = interleaved[:_PYDOC_TRAIN] if train else interleaved[_PYDOC_TRAIN:_PYDOC_TRAIN + _PYDOC_VALID]
         return [t for t, _ in chosen], [label for _, label in chosen], len(PYDOC_CLASSES)

@@ -28,7 +28,8 @@ from mindspore_accum import (  # noqa: E402
     SaveConfig,
     init_data_parallel,
 )
-from nets import LOSS, MLP, params_of  # noqa: E402
+from model_zoo_adapters.transformer import TokenCrossEntropy  # noqa: E402
+from nets import LOSS, MLP, TokenMLP, params_of, token_batches  # noqa: E402
 
 
 def samples(count, seed=5):
@@ -69,6 +70,28 @@ def train_with_model(network, dataset, args):
     return {"loss": [outputs.values[e * micro_batches + m - 1] for e in range(args.epochs) for m in ends]}
 
 
+#: Each rank's token micro-batches: (rows, padded length, valid tokens). Windows of 2: 22 and 49 tokens in all.
+TOKEN_SHAPES = {0: [(2, 5, 1), (2, 8, 3), (3, 6, 17), (2, 4, 2)], 1: [(2, 7, 12), (2, 6, 6), (3, 10, 30), (2, 3, 0)]}
+
+
+def train_tokens(rank, args):
+    """weighting="items" over two ranks whose windows hold different numbers of valid tokens."""
+    network = TokenMLP()
+    if rank == 0:
+        np.savez(os.path.join(args.out, "initial.npz"), **params_of(network))
+    batches = token_batches(TOKEN_SHAPES[rank], seed=10 + rank)
+    np.savez(os.path.join(args.out, f"seen{rank}.npz"),
+             **{f"{kind}{index}": batch[column].asnumpy() for index, batch in enumerate(batches)
+                for column, kind in enumerate(("ids", "labels"))})
+    model = GradientAccumulation(network, TokenCrossEntropy(), nn.SGD(network.trainable_params(), 0.5),
+                                 distributed=True, weighting="items")
+    history = model.train_process(1, batches, mini_steps=args.mini_steps,
+                                  save=SaveConfig(ckpt_path=None, handle_signals=False), log_every=None)
+    np.savez(os.path.join(args.out, f"final{rank}.npz"), **params_of(network))
+    np.savez(os.path.join(args.out, f"records{rank}.npz"), items=[r.items for r in history],
+             samples=[r.samples for r in history], loss=[r.loss for r in history])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -77,6 +100,8 @@ def main():
     parser.add_argument("--mini_steps", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--engine", choices=("driver", "model"), default="driver")
+    parser.add_argument("--weighting", choices=("samples", "items"), default="samples",
+                        help="items: TokenMLP on token micro-batches whose valid tokens differ between the ranks")
     parser.add_argument("--poison_rank", type=int, default=None,
                         help="this rank's 5th micro-batch gets a NaN (driver engine): every rank must stop together")
     args = parser.parse_args()
@@ -84,6 +109,8 @@ def main():
     ms.set_context(mode=ms.GRAPH_MODE)
     rank, ranks = init_data_parallel()
     ms.set_seed(1)
+    if args.weighting == "items":
+        return train_tokens(rank, args)
     network = MLP()
     if rank == 0:
         np.savez(os.path.join(args.out, "initial.npz"), **params_of(network))

@@ -18,7 +18,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 from cli import assert_refused, run_script
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
 from mindspore_accum import read_training_state
 from msrun import own_lines, run_msrun, run_msrun_and_signal, run_two_nodes
@@ -148,6 +148,53 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_window_and_uneven_sample
     for name, value in ((p.name, p.asnumpy()) for p in reference.get_parameters()):
         np.testing.assert_array_equal(finals[0][name], finals[1][name], err_msg=f"ranks disagree on {name}")
         np.testing.assert_allclose(finals[0][name], value, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def test_items_weighting_over_two_ranks_is_the_global_token_mean_not_each_ranks(tmp_path):
+    """Issue 21: two ranks whose windows hold different numbers of valid tokens (22 and 49 in all).
+
+    Reference: one SGD step per window on the union of both ranks' micro-batches,
+    with the mean over all its valid tokens. Control: per-rank normalisation
+    (each rank's own token mean, then the ranks averaged, as MindFormers does)
+    is another update.
+    """
+    from model_zoo_adapters.transformer import TokenCrossEntropy
+    from nets import TokenMLP, pad_concat
+    status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path, "--samples", 1, "--batch_size", 1,
+                             "--mini_steps", 2, "--weighting", "items", log_dir=tmp_path / "logs", cwd=tmp_path)
+    assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+    seen = [load(tmp_path / f"seen{rank}.npz") for rank in (0, 1)]
+    batches = [[(Tensor(s[f"ids{i}"]), Tensor(s[f"labels{i}"])) for i in range(4)] for s in seen]
+    initial = load(tmp_path / "initial.npz")
+
+    def network_at(params):
+        network = TokenMLP()
+        for param in network.get_parameters():
+            param.set_data(Tensor(params[param.name]))
+        return network
+
+    reference = network_at(initial)
+    step = nn.TrainOneStepCell(nn.WithLossCell(reference, TokenCrossEntropy()), nn.SGD(reference.trainable_params(),
+                                                                                       0.5))
+    losses = [float(step(*pad_concat(batches[0][w:w + 2] + batches[1][w:w + 2])).asnumpy()) for w in (0, 2)]
+    expected = {p.name: p.asnumpy() for p in reference.get_parameters()}
+    for rank in (0, 1):
+        records = load(tmp_path / f"records{rank}.npz")
+        assert records["items"].tolist() == [22, 49] and records["samples"].tolist() == [8, 10]
+        np.testing.assert_allclose(records["loss"], losses, rtol=1e-5)
+        final = load(tmp_path / f"final{rank}.npz")
+        for name, value in expected.items():
+            np.testing.assert_allclose(final[name], value, rtol=RTOL, atol=ATOL, err_msg=f"rank {rank}: {name}")
+
+    per_rank = dict(initial)
+    for w in (0, 2):
+        network = network_at(per_rank)
+        grad = ops.GradOperation(get_by_list=True)(nn.WithLossCell(network, TokenCrossEntropy()),
+                                                   network.trainable_params())
+        means = [grad(*pad_concat(batches[rank][w:w + 2])) for rank in (0, 1)]
+        per_rank = {p.name: per_rank[p.name] - 0.5 * (a.asnumpy() + b.asnumpy()) / 2
+                    for p, a, b in zip(network.trainable_params(), *means)}
+    assert not all(np.allclose(per_rank[n], v, rtol=RTOL, atol=ATOL) for n, v in expected.items())
 
 
 def test_train_py_distribute_writes_once_from_rank_0_resumes_and_eval_loads_it(tmp_path, tiny_mnist, repo):
