@@ -12,10 +12,11 @@ in nats per token is then its loss per byte: bits per byte = loss / ln 2.
   default exists on every machine. For the language model, the paragraphs of
   every 8th topic in sorted order are held out (10 topics) and the rest are
   the training text; the topics repeat each other ("compound" holds "if"),
-  so each paragraph is kept once, and none of the training text is held out. For classification, the paragraphs of four topics with
-  distinct subjects (:data:`PYDOC_CLASSES`) are labelled by topic; the first
-  110 of them, in an interleaved order, are the training set (the mission's
-  small labelled set) and the next 200 the held-out set.
+  so each paragraph is kept once, and none of the training text is held out.
+  For classification, the paragraphs of four topics with distinct subjects
+  (:data:`PYDOC_CLASSES`) are labelled by topic; the first 110 of them, in
+  an interleaved order, are the training set (the mission's small labelled
+  set) and the next 200 the held-out set.
 - a ``.txt`` file (language model) or a ``.jsonl`` file of
   ``{"text": ..., "label": ...}`` lines (classification): every 10th
   paragraph or line is held out.
