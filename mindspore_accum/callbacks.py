@@ -101,16 +101,17 @@ class MetricsLog(Callback):
     def update(self, record, driver):
         self._write({"kind": "update", "epoch": record.epoch, "update": record.update,
                      "total_updates": record.total_updates, "micro_batches": record.micro_batches,
-                     "samples": record.samples, "samples_seen": record.samples_seen, "loss": record.loss,
+                     "samples": record.samples, "items": record.items, "samples_seen": record.samples_seen,
+                     "loss": record.loss,
                      "lr": record.lr, "skipped": record.skipped, "loss_scale": record.loss_scale,
                      "skipped_updates": driver.skipped_updates})
 
     def epoch_end(self, epoch, records):
         skipped = sum(r.skipped for r in records)
         records = [r for r in records if not r.skipped]  # an overflowing window's loss may be inf
-        samples = sum(r.samples for r in records)
+        items = sum(r.items for r in records)  # samples, or valid tokens with weighting="items"
         entry = {"kind": "epoch", "epoch": epoch, "updates": len(records), "skipped": skipped,
-                 "train_loss": sum(r.loss * r.samples for r in records) / samples if samples else None}
+                 "train_loss": sum(r.loss * r.items for r in records) / items if items else None}
         if self.evaluate is not None:
             entry.update(self.evaluate(epoch))
         self._write(entry)

@@ -81,6 +81,10 @@ class UpdateRecord:
     loss_scale: float = None
     items: int = None
 
+    def __post_init__(self):
+        if self.items is None:  # a record of samples weighting, or one saved before 0.3
+            object.__setattr__(self, "items", self.samples)
+
 
 class NonFiniteError(ArithmeticError):
     """Training diverged: a micro-batch's loss, or a window's gradient, was NaN or infinite.

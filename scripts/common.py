@@ -5,6 +5,7 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -18,14 +19,23 @@ from mindspore.train import ConfusionMatrix  # noqa: E402
 
 from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
-from model_zoo_adapters import lenet, resnet  # noqa: E402
+from model_zoo_adapters import lenet, resnet, text, transformer  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
 from model_zoo_adapters.image_files import image_folder_classes, image_folder_split  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
-MODELS = ("lenet", *resnet.RESNETS)
-DATASETS = ("mnist", *resnet.DATASETS)
+MODELS = ("lenet", *resnet.RESNETS, *transformer.TEXT_MODELS)
+#: The text datasets: next-byte prediction over plain text, and labelled text (JSONL).
+TEXT_DATASETS = {"lm": "text", "classify": "text_classification"}
+DATASETS = ("mnist", *resnet.DATASETS, *TEXT_DATASETS.values())
+#: What a window is weighted by when --weighting is not given: a per-token loss's valid tokens for a language model.
+DEFAULT_WEIGHTING = {"image": "samples", "lm": "items", "classify": "samples"}
+
+
+def task_of(model):
+    """``"image"``, ``"lm"`` (a causal LM) or ``"classify"`` (a sequence classifier)."""
+    return transformer.TEXT_MODELS[model][0] if model in transformer.TEXT_MODELS else "image"
 
 
 def _whole_number(minimum):
@@ -57,9 +67,10 @@ def positive_float(text):
 
 def add_common_args(parser):
     """Flags both scripts take, named as in MindSpore's model zoo."""
-    parser.add_argument("--data_path", default="data/mnist",
+    parser.add_argument("--data_path", default=None,
                         help="the dataset's directory: MNIST files, raw or .gz (default: the shipped data/mnist); "
-                             "CIFAR-10's binary files; or a folder of class subfolders")
+                             "CIFAR-10's binary files; or a folder of class subfolders. Text: a .txt or .jsonl file, "
+                             "a directory with train and valid files, or pydoc (the default: Python's own docs)")
     parser.add_argument("--ckpt_path", default="gradient_accumulation.ckpt", help="model checkpoint file")
     parser.add_argument("--device_target", default="auto", choices=DEVICE_TARGETS,
                         help="auto: GPU where this MindSpore can use one, else CPU")
@@ -69,7 +80,12 @@ def add_common_args(parser):
     parser.add_argument("--batch_size", type=positive_int, default=32, help="samples per micro-batch")
     parser.add_argument("--model", choices=MODELS, default="lenet")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
-                        help="default: mnist for lenet, cifar10 for the ResNets")
+                        help="default: mnist for lenet, cifar10 for the ResNets, text for gpt_*, "
+                             "text_classification for bert_*")
+    parser.add_argument("--seq_len", type=positive_int, default=None,
+                        help="text models: tokens (bytes) per sequence at most; default 64 for gpt_*, 128 for bert_*")
+    parser.add_argument("--bucket", action="store_true",
+                        help="text: batch sequences of similar length together (bucket_batch_by_length)")
     parser.add_argument("--image_size", type=positive_int, default=None,
                         help="image side the network sees (ResNets; default 224 as in the model zoo, 32 is "
                              "CIFAR-10's own and much faster on a CPU); LeNet5 takes 32 only")
@@ -83,8 +99,20 @@ def add_common_args(parser):
 
 def resolve_model_args(args, train):
     """Fills in the model flags' defaults and refuses combinations that cannot work."""
+    task = task_of(args.model)
+    if task != "image":
+        return _resolve_text_args(args, task, train)
     if args.dataset is None:
         args.dataset = "mnist" if args.model == "lenet" else "cifar10"
+    if args.dataset in TEXT_DATASETS.values():
+        raise ValueError(f"--model {args.model} takes images, but --dataset {args.dataset} is text: use --model "
+                         f"gpt_tiny (text) or bert_tiny (text_classification)")
+    if args.seq_len is not None or args.bucket:
+        raise ValueError(f"--seq_len and --bucket apply to the text models, not --model {args.model}: drop them")
+    if args.data_path is None:
+        if args.dataset != "mnist":
+            raise ValueError(f"--dataset {args.dataset} needs --data_path: the directory of its files")
+        args.data_path = "data/mnist"
     if args.model == "lenet":
         if args.dataset != "mnist":
             raise ValueError(f"--model lenet takes 1-channel 32x32 images (--dataset mnist), but --dataset "
@@ -105,23 +133,77 @@ def resolve_model_args(args, train):
     classes = 10
     if args.dataset == "imagefolder":
         classes = len(image_folder_classes(image_folder_split(args.data_path, train)))
+    _set_num_classes(args, classes)
+    _default_weighting(args, "image")
+    return args
+
+
+def _resolve_text_args(args, task, train):
+    wanted = TEXT_DATASETS[task]
+    if args.dataset is None:
+        args.dataset = wanted
+    if args.dataset != wanted:
+        raise ValueError(f"--model {args.model} takes --dataset {wanted}, not {args.dataset}")
+    for flag, value in (("--image_size", args.image_size), ("--norm", args.norm)):
+        if value is not None:
+            raise ValueError(f"{flag} {value} applies to the image models, not --model {args.model}: drop {flag}")
+    if getattr(args, "conv_impl", "auto") != "auto":
+        raise ValueError(f"--conv_impl applies to the convolutional models, not --model {args.model}: drop it")
+    args.data_path = args.data_path or "pydoc"
+    args.seq_len = args.seq_len or (64 if task == "lm" else 128)
+    if task == "lm":
+        if args.num_classes is not None:
+            raise ValueError(f"--num_classes does not apply to --model {args.model}: its outputs are the "
+                             f"{text.VOCAB_SIZE} byte tokens")
+    else:
+        _set_num_classes(args, text.read_labelled(args.data_path, train)[2])
+    _default_weighting(args, task)
+    return args
+
+
+def _set_num_classes(args, classes):
     if args.num_classes is None:
         args.num_classes = classes
     elif args.num_classes < classes:
         raise ValueError(f"--num_classes {args.num_classes} is fewer than the {classes} classes of --dataset "
                          f"{args.dataset} in {args.data_path}: pass --num_classes {classes} or more")
-    return args
+
+
+def _default_weighting(args, task):
+    if hasattr(args, "weighting") and args.weighting is None:
+        args.weighting = DEFAULT_WEIGHTING[task]
 
 
 def build_network(args):
     """The network ``args`` names (after :func:`resolve_model_args`)."""
+    if task_of(args.model) != "image":
+        return transformer.create_text_model(args.model, max_len=args.seq_len, num_classes=args.num_classes)
     if args.model == "lenet":
         return lenet.LeNet5(num_class=args.num_classes, conv_impl=args.conv_impl)
     return resnet.RESNETS[args.model](num_classes=args.num_classes, norm=args.norm, conv_impl=args.conv_impl)
 
 
+def build_loss(args):
+    """The model zoo's loss for ``args.model``: cross-entropy over classes, or over every valid token of an LM."""
+    if task_of(args.model) == "lm":
+        return transformer.TokenCrossEntropy(text.IGNORE_INDEX)
+    return nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+
 def build_dataset(args, train, **kwargs):
-    """The dataset ``args`` names, batched by ``args.batch_size``."""
+    """The dataset ``args`` names, batched by ``args.batch_size``.
+
+    Text keeps its last, shorter micro-batch (``drop_remainder`` False): no
+    sample is lost, and the driver weights it by its true size.
+    """
+    if args.dataset == "text":
+        kwargs.pop("drop_remainder", None)
+        return text.create_lm_dataset(args.data_path, args.batch_size, train=train, seq_len=args.seq_len,
+                                      bucket=args.bucket, **kwargs)
+    if args.dataset == "text_classification":
+        kwargs.pop("drop_remainder", None)
+        return text.create_classification_dataset(args.data_path, args.batch_size, train=train, seq_len=args.seq_len,
+                                                  num_classes=args.num_classes, **kwargs)
     if args.dataset == "mnist":
         return lenet.create_dataset(args.data_path, args.batch_size, train=train, num_classes=args.num_classes,
                                     **kwargs)
@@ -140,14 +222,23 @@ def setup_mindspore(device_target, seed=None):
     return device
 
 
-def evaluate(network, dataset, num_classes=None):
-    """Mean loss and accuracy of ``network`` on ``dataset``; with ``num_classes``, the confusion matrix too."""
+def evaluate(network, dataset, num_classes=None, lm=False):
+    """Mean loss and accuracy of ``network`` on ``dataset``; with ``num_classes``, the confusion matrix too.
+
+    ``lm``: a language model's mean loss per valid token (nats per byte) and
+    bits per byte, over ``Tokens`` tokens, instead of the accuracy.
+    """
     # MeanCrossEntropy, not nn.Loss: nn.Loss averages batch means, so a short last batch would weigh as a full one.
-    metrics = {"Loss": MeanCrossEntropy(), "Accuracy": nn.Accuracy()}
+    loss = MeanCrossEntropy(text.IGNORE_INDEX)
+    metrics = {"Loss": loss} if lm else {"Loss": loss, "Accuracy": nn.Accuracy()}
     if num_classes:
         metrics["ConfusionMatrix"] = ConfusionMatrix(num_classes)
-    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    loss_fn = transformer.TokenCrossEntropy(text.IGNORE_INDEX) if lm else \
+        nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     result = Model(network, loss_fn, metrics=metrics).eval(dataset, dataset_sink_mode=False)
+    if lm:
+        result["BitsPerByte"] = result["Loss"] / math.log(2)  # a token is a byte
+        result["Tokens"] = loss.items
     if num_classes:
         result["ConfusionMatrix"] = np.asarray(result["ConfusionMatrix"]).astype(np.int64)
     return result

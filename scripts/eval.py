@@ -4,6 +4,8 @@
     python scripts/eval.py --model resnet18 --norm group --image_size 32 --data_path cifar-10-batches-bin \
         --ckpt_path resnet18.ckpt
 
+    python scripts/eval.py --model gpt_tiny --data_path pydoc --ckpt_path gpt.ckpt
+
 --ckpt_path may be a directory: its newest .ckpt file is taken. A training state
 (state-*.ckpt, or a <name>_state/ directory) is accepted too: the network it holds is evaluated.
 """
@@ -20,6 +22,7 @@ from common import (
     run,
     setup_logging,
     setup_mindspore,
+    task_of,
 )
 from mindspore_accum import load_network_checkpoint
 
@@ -47,6 +50,15 @@ def main():
     ckpt_path = newest_checkpoint(args.ckpt_path)
     network = load_network_checkpoint(build_network(args), ckpt_path)
     dataset = build_dataset(args, train=False, num_samples=args.num_samples, drop_remainder=False)
+    if task_of(args.model) == "lm":
+        if args.per_class:
+            raise ValueError(f"--per_class applies to classifiers, not the language model --model {args.model}: "
+                             f"drop --per_class")
+        result = evaluate(network, dataset, lm=True)
+        print(f"test loss: {result['Loss']:.6f} nats per byte over {result['Tokens']} held-out bytes, "
+              f"{result['BitsPerByte']:.4f} bits per byte")
+        print({"Loss": result["Loss"], "BitsPerByte": result["BitsPerByte"]})  # last line, as the classifiers'
+        return
     result = evaluate(network, dataset, args.num_classes if args.per_class else None)
     if args.per_class:
         matrix = result["ConfusionMatrix"]  # rows: true class, columns: predicted class

@@ -3,6 +3,8 @@
     python scripts/train.py --data_path data/mnist --mini_steps 4
     python scripts/train.py --model resnet18 --norm group --image_size 32 --data_path cifar-10-batches-bin \
         --mini_steps 4 --ckpt_path resnet18.ckpt
+    python scripts/train.py --model gpt_tiny --dataset text --data_path pydoc --weighting items --mini_steps 4 \
+        --ckpt_path gpt.ckpt
 
 Beside the checkpoint it writes <ckpt name>_metrics.jsonl (see docs/cli.md for its
 format) and a directory of training states, <ckpt name>_state/, to resume from:
@@ -25,6 +27,7 @@ from mindspore import nn
 from common import (
     add_common_args,
     build_dataset,
+    build_loss,
     build_network,
     evaluate,
     non_negative_int,
@@ -34,6 +37,7 @@ from common import (
     run,
     setup_logging,
     setup_mindspore,
+    task_of,
 )
 from mindspore_accum import (
     GradFlowSaver,
@@ -53,6 +57,7 @@ from mindspore_accum.lr_schedule import LR_SCHEDULES
 from mindspore_accum.run_lock import run_lock
 from mindspore_accum.schedule import REMAINDER_POLICIES, WindowSchedule
 from mindspore_accum.training_state import find_training_state
+from mindspore_accum.weighting import WEIGHTINGS
 
 
 def parse_args(argv=None):
@@ -71,6 +76,9 @@ def parse_args(argv=None):
                         help="optimizer updates of linear warm-up to --lr")
     parser.add_argument("--amp_level", choices=AMP_LEVELS, default="O0",
                         help="mixed precision (mindspore.amp.auto_mixed_precision); O1-O3 add dynamic loss scaling")
+    parser.add_argument("--weighting", choices=WEIGHTINGS, default=None,
+                        help="what a window is weighted by: samples, or items (valid tokens: the labels that are not "
+                             "-100); default items for gpt_*, samples otherwise")
     parser.add_argument("--clip_grad_norm", type=positive_float, default=None, metavar="MAX",
                         help="clip the window's mean gradient to this global norm, once per update")
     parser.add_argument("--seed", type=int, default=None,
@@ -100,7 +108,7 @@ def parse_args(argv=None):
 #: The flags every data-parallel rank must share; paths and display flags may differ between nodes.
 TRAINING_FLAGS = ("model", "dataset", "image_size", "num_classes", "norm", "conv_impl", "batch_size", "num_samples",
                   "mini_steps", "remainder", "epochs", "lr", "momentum", "lr_schedule", "warmup_steps", "amp_level",
-                  "clip_grad_norm", "seed")
+                  "clip_grad_norm", "seed", "weighting", "seq_len", "bucket")
 
 
 def state_dir_for(ckpt_path):
@@ -191,8 +199,10 @@ def train(args, rank, ranks, shards, resumed, device):
 def print_plan(say, args, device, ranks, micro_batches, updates, resumed):
     """The derived numbers, up front, so that a wrong setting shows before the run."""
     say(f"device: {device} (GRAPH_MODE), conv_impl: {args.conv_impl}, seed: {args.seed}")
-    say(f"model: {args.model}" + (f" (norm: {args.norm})" if args.norm else "") + f", dataset: {args.dataset} "
-        f"({args.image_size}x{args.image_size}, {args.num_classes} classes)")
+    say(f"model: {args.model}" + (f" (norm: {args.norm})" if args.norm else "") + f", dataset: {args.dataset} ("
+        + (f"{args.image_size}x{args.image_size}" if task_of(args.model) == "image" else
+           f"{args.data_path}, sequences of at most {args.seq_len} bytes" + (", bucketed" if args.bucket else ""))
+        + (f", {args.num_classes} classes" if args.num_classes else "") + f"), weighting: {args.weighting}")
     if args.distribute:
         say(f"data parallel: {ranks} ranks, each training on {micro_batches * args.batch_size} samples of its "
             f"shard per epoch")
@@ -215,13 +225,14 @@ def print_plan(say, args, device, ranks, micro_batches, updates, resumed):
 def build_model(args, total_updates):
     """The network, the model zoo's loss and Momentum (with the rate schedule over updates), and the driver."""
     network = build_network(args)
-    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    loss_fn = build_loss(args)
     lr = args.lr
     if args.lr_schedule != "constant" or args.warmup_steps:
         lr = learning_rates(args.lr_schedule, args.lr, total_updates, args.warmup_steps)
     optimizer = nn.Momentum(network.trainable_params(), lr, args.momentum)
     return GradientAccumulation(network, loss_fn, optimizer, amp_level=args.amp_level,
-                                clip_grad_norm=args.clip_grad_norm, distributed=args.distribute)
+                                clip_grad_norm=args.clip_grad_norm, distributed=args.distribute,
+                                weighting=args.weighting)
 
 
 def build_callbacks(say, args, network, resumed):
@@ -231,6 +242,10 @@ def build_callbacks(say, args, network, resumed):
         test_set = build_dataset(args, train=False, drop_remainder=False)
 
         def evaluate_epoch(epoch):
+            if task_of(args.model) == "lm":
+                result = evaluate(network, test_set, lm=True)
+                say(f"epoch: {epoch} test loss: {result['Loss']:.6f} test bits per byte: {result['BitsPerByte']:.4f}")
+                return {"test_loss": result["Loss"], "test_bits_per_byte": result["BitsPerByte"]}
             result = evaluate(network, test_set)
             say(f"epoch: {epoch} test loss: {result['Loss']:.6f} test accuracy: {result['Accuracy']:.4f}")
             return {"test_loss": result["Loss"], "test_accuracy": result["Accuracy"]}

@@ -21,6 +21,7 @@ from mindspore.train import Callback, CheckpointConfig, LossMonitor, ModelCheckp
 from common import (
     add_common_args,
     build_dataset,
+    build_loss,
     build_network,
     positive_float,
     positive_int,
@@ -32,6 +33,7 @@ from common import (
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.driver import AMP_LEVELS
 from mindspore_accum.schedule import WindowSchedule
+from mindspore_accum.weighting import WEIGHTINGS
 
 
 def parse_args():
@@ -43,6 +45,8 @@ def parse_args():
     parser.add_argument("--epochs", type=positive_int, default=10, help="epochs in all, counting resumed ones")
     parser.add_argument("--lr", type=positive_float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weighting", choices=WEIGHTINGS, default=None,
+                        help="what a window is weighted by: samples, or items (valid tokens); default items for gpt_*")
     parser.add_argument("--amp_level", choices=AMP_LEVELS, default="O0",
                         help="applied to the network before the Cell is built; O1-O3 add dynamic loss scaling")
     parser.add_argument("--seed", type=int, default=1)
@@ -97,12 +101,13 @@ def main():
     compute = network if args.amp_level == "O0" else amp.auto_mixed_precision(network, args.amp_level)
     loss_scaler = None if args.amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
     optimizer = nn.Momentum(network.trainable_params(), args.lr, args.momentum)
-    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-    cell = GradientAccumulationCell(nn.WithLossCell(compute, loss_fn), optimizer, args.mini_steps,
-                                    micro_batches_per_epoch=micro_batches, loss_scaler=loss_scaler)
+    cell = GradientAccumulationCell(nn.WithLossCell(compute, build_loss(args)), optimizer, args.mini_steps,
+                                    micro_batches_per_epoch=micro_batches, loss_scaler=loss_scaler,
+                                    weighting=args.weighting)
     start = resume(cell, args.resume, dataset, args.epochs) if args.resume else 0
 
-    print(f"device: {device} (GRAPH_MODE), model: {args.model}, amp_level: {args.amp_level}, seed: {args.seed}")
+    print(f"device: {device} (GRAPH_MODE), model: {args.model}, amp_level: {args.amp_level}, seed: {args.seed}, "
+          f"weighting: {args.weighting}")
     print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
           f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
     print(f"micro-batches per epoch: {micro_batches}, updates per epoch: "
