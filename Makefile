@@ -31,6 +31,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/cpu_conv.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/data_parallel.py
+	$(PY) benchmarks/weighting.py
+	$(PY) benchmarks/text_lm.py
 
 clean:
 	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt

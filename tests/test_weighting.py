@@ -14,7 +14,7 @@ import mindspore as ms
 import mindspore.dataset as ds
 import numpy as np
 import pytest
-from mindspore import Model, nn, ops
+from mindspore import Model, amp, nn, ops
 
 from mindspore_accum import GradientAccumulation, GradientAccumulationCell, SaveConfig
 from model_zoo_adapters.transformer import TokenCrossEntropy
@@ -120,13 +120,16 @@ class MaskedTokenLoss(nn.Cell):
         return loss
 
 
-def test_the_loss_items_protocol_with_a_custom_mask_equals_the_concatenated_step():
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_loss_items_protocol_with_a_custom_mask_equals_the_concatenated_step(scaled):
+    """With a loss scaler too: the sensitivity is (scale, 0), and TrainOptim unscales as for any loss."""
     batches = token_batches([(2, 5, 9), (3, 8, 20), (1, 6, 3)], seed=7)
     network = TokenMLP()
     reference, control = twin(TokenMLP, network), twin(TokenMLP, network)
 
     def accumulate(network_with_loss, net):
-        cell = GradientAccumulationCell(network_with_loss, nn.SGD(net.trainable_params(), 0.5), 3, weighting="items")
+        cell = GradientAccumulationCell(network_with_loss, nn.SGD(net.trainable_params(), 0.5), 3, weighting="items",
+                                        loss_scaler=amp.StaticLossScaler(1024.0) if scaled else None)
         for ids, labels in batches:
             cell(ids, labels)
         return params_of(net)
