@@ -15,6 +15,7 @@ import mindspore.dataset as ds
 import numpy as np
 import pytest
 from mindspore import Model, amp, nn, ops
+from mindspore.train import Callback
 
 from mindspore_accum import GradientAccumulation, GradientAccumulationCell, SaveConfig
 from model_zoo_adapters.transformer import TokenCrossEntropy
@@ -143,6 +144,16 @@ def test_the_loss_items_protocol_with_a_custom_mask_equals_the_concatenated_step
     assert not all(np.allclose(counted[n], v, rtol=RTOL, atol=ATOL) for n, v in params_of(reference).items())
 
 
+class Outputs(Callback):
+    """The Cell's output at every micro-step, as LossMonitor reads it."""
+
+    def __init__(self):
+        self.values = []
+
+    def on_train_step_end(self, run_context):
+        self.values.append(float(run_context.original_args().net_outputs.asnumpy()))
+
+
 def token_dataset(batches):
     """A mindspore.dataset pipeline that yields ``batches`` as they are (each element one micro-batch)."""
     rows = [(b[0].asnumpy(), b[1].asnumpy()) for b in batches]
@@ -156,7 +167,8 @@ def test_the_cell_under_model_train_is_bit_identical_to_the_driver_in_items_mode
     cell = GradientAccumulationCell(nn.WithLossCell(network, TOKEN_LOSS),
                                     nn.Momentum(network.trainable_params(), 0.1, 0.9), 2, micro_batches_per_epoch=5,
                                     weighting="items")
-    Model(cell).train(2, token_dataset(batches), dataset_sink_mode=False)
+    outputs = Outputs()
+    Model(cell).train(2, token_dataset(batches), callbacks=[outputs], dataset_sink_mode=False)
     driver = GradientAccumulation(twin_network, TOKEN_LOSS, nn.Momentum(twin_network.trainable_params(), 0.1, 0.9),
                                   weighting="items")
     history = driver.train_process(2, token_dataset(batches), mini_steps=2, save=NO_CKPT)
@@ -164,6 +176,9 @@ def test_the_cell_under_model_train_is_bit_identical_to_the_driver_in_items_mode
     ours = {p.name: p.asnumpy() for p in cell.optimizer.get_parameters()}
     for param in driver.optimizer.get_parameters():
         np.testing.assert_array_equal(ours[param.name], param.asnumpy(), err_msg=param.name)
+    # What LossMonitor prints at each update's micro-step: the window's item-weighted loss, as the driver recorded.
+    at_updates = [outputs.values[5 * epoch + micro] for epoch in range(2) for micro in (1, 3, 4)]
+    np.testing.assert_allclose(at_updates, [r.loss for r in history], rtol=1e-6)
 
 
 def test_mid_window_resume_in_items_mode_equals_the_uninterrupted_run(tmp_path):
