@@ -1,14 +1,14 @@
 """Cost of ``weighting="items"`` against ``"samples"``: the same micro-steps of the same network, in one run.
 
 Two ``GradientAccumulationCell``s over twin gpt_tiny networks run the same
-micro-batches of the pydoc text (batch 8, up to 64 bytes, padded per
-micro-batch), held in memory so the pipeline is not measured. Each round calls
+micro-batches of the pydoc text (batch 8 by default, up to 64 bytes, padded
+per micro-batch), held in memory so the pipeline is not measured. Each round calls
 each Cell once per micro-batch, in an order rotated every round; the figure is
 the median of the per-round ratios (the machine is two shared cores). The
 target is items <= 1.02 x samples: counting the labels and guarding an empty
 micro-batch are a few scalar operations against a transformer's micro-step.
 
-    python benchmarks/weighting.py [--rounds 21] [--micro_batches 32]
+    python benchmarks/weighting.py [--rounds 21] [--micro_batches 32] [--batch_size 8]
 """
 
 import argparse
@@ -32,9 +32,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--micro_batches", type=int, default=32)
     parser.add_argument("--mini_steps", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=8, help="sequences per micro-batch (train.py's is 32)")
     args = parser.parse_args()
     set_up_cpu_graph_mode()
-    dataset = text.create_lm_dataset("pydoc", 8, train=True, seq_len=64, shuffle=False)
+    dataset = text.create_lm_dataset("pydoc", args.batch_size, train=True, seq_len=64, shuffle=False)
     batches = [batch for _, batch in zip(range(args.micro_batches), dataset.create_tuple_iterator(num_epochs=1))]
 
     cells = {}

@@ -102,6 +102,12 @@ class GradientAccumulationCell(nn.Cell):
         self.micro_batches_per_epoch = micro_batches_per_epoch
         if micro_batches_per_epoch is not None:
             self.micro_batches_per_epoch = check_positive_int("micro_batches_per_epoch", micro_batches_per_epoch)
+            if self.micro_batches_per_epoch < self.mini_steps:
+                logger.warning("mini_steps=%d is larger than the %d micro-batches of an epoch: every update is a "
+                               "partial window of %d micro-batches%s", self.mini_steps, self.micro_batches_per_epoch,
+                               self.micro_batches_per_epoch, " (flushed at the epoch's end)"
+                               if self.remainder == "flush" else ", and remainder='drop' discards it: no update "
+                               "will happen")
         elif self.mini_steps > 1:
             logger.warning("micro_batches_per_epoch is None: windows run on across epochs; pass "
                            "micro_batches_per_epoch=dataset.get_dataset_size() to end each epoch's last window")

@@ -75,8 +75,14 @@ def _acquire(lock_file, path):
         if _same_file(fd, lock_file):
             break
         os.close(fd)  # we locked a file its owner deleted on release: lock the file the name holds now
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as error:  # a full disk fails here first, before any checkpoint is written
+        os.unlink(lock_file)
+        os.close(fd)
+        raise CheckpointError(f"cannot write the lock file {lock_file!r}: {error.strerror}: free some space or "
+                              f"choose another --ckpt_path") from None
     _held[lock_file] = [fd, 1]
 
 

@@ -7,6 +7,7 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ [WARNING] flood; must be set before the import
@@ -63,6 +64,30 @@ def positive_float(text):
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
+
+
+def non_negative_float(text):
+    """An argparse type: a finite number >= 0 (a momentum, a weight decay)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def resume_command(path):
+    """This very command line, resuming from ``path``."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            argv.append(arg)
+    return shlex.join(["python", sys.argv[0], *argv, "--resume", path])
 
 
 def add_common_args(parser):

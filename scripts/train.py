@@ -19,7 +19,6 @@ Data parallel, one process per rank, started by MindSpore's launcher:
 import argparse
 import contextlib
 import os
-import shlex
 import sys
 
 from mindspore import nn
@@ -30,10 +29,12 @@ from common import (
     build_loss,
     build_network,
     evaluate,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     resolve_model_args,
+    resume_command,
     run,
     setup_logging,
     setup_mindspore,
@@ -68,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs in all; a resumed run counts the epochs before the interruption")
     parser.add_argument("--lr", type=positive_float, default=0.01)
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--momentum", type=non_negative_float, default=0.9)
     parser.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="constant",
                         help="over optimizer updates, not micro-batches: constant, cosine (to 0), or step "
                              "(/10 at half, /100 at three quarters)")
@@ -121,19 +122,6 @@ def metrics_path_for(ckpt_path):
     """The metrics belong to the checkpoint they describe: model.ckpt -> model_metrics.jsonl."""
     root, _ = os.path.splitext(os.path.abspath(ckpt_path))
     return root + "_metrics.jsonl"
-
-
-def resume_command(state_path):
-    """This very command line, resuming from ``state_path``."""
-    argv, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--resume":
-            skip = True
-        elif not arg.startswith("--resume="):
-            argv.append(arg)
-    return shlex.join(["python", sys.argv[0], *argv, "--resume", state_path])
 
 
 def _silent(*_args, **_kwargs):

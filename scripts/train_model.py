@@ -14,8 +14,10 @@ resume from, exactly, even mid-window:
 
 import argparse
 import os
+import signal
+import sys
 
-from mindspore import Model, amp, load_checkpoint, load_param_into_net, nn
+from mindspore import Model, amp, nn
 from mindspore.train import Callback, CheckpointConfig, LossMonitor, ModelCheckpoint, TimeMonitor
 
 from common import (
@@ -23,15 +25,20 @@ from common import (
     build_dataset,
     build_loss,
     build_network,
+    non_negative_float,
     positive_float,
     positive_int,
     resolve_model_args,
+    resume_command,
     run,
     setup_logging,
     setup_mindspore,
 )
 from mindspore_accum import GradientAccumulationCell
+from mindspore_accum.checkpoint import check_writable_directory
 from mindspore_accum.driver import AMP_LEVELS
+from mindspore_accum.model_guards import EpochSizeCheck, SaveOnSignal, load_train_cell_checkpoint, settings_record
+from mindspore_accum.run_lock import run_lock
 from mindspore_accum.schedule import WindowSchedule
 from mindspore_accum.weighting import WEIGHTINGS
 
@@ -44,7 +51,7 @@ def parse_args():
     parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
     parser.add_argument("--epochs", type=positive_int, default=10, help="epochs in all, counting resumed ones")
     parser.add_argument("--lr", type=positive_float, default=0.01)
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--momentum", type=non_negative_float, default=0.9)
     parser.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                         help="what a window is weighted by: samples, or items (valid tokens); default items for gpt_*")
     parser.add_argument("--amp_level", choices=AMP_LEVELS, default="O0",
@@ -72,17 +79,14 @@ class CountOnFrom(Callback):
         run_context.original_args().cur_step_num = self.step
 
 
-def resume(cell, path, dataset, epochs):
-    """Loads the train Cell's checkpoint; positions the dataset; returns the global micro-step it was taken at."""
-    params = load_checkpoint(path)
-    if "step_num" not in params:
-        raise ValueError(f"--resume {path!r} is not a train-Cell checkpoint (no step_num): pass a file from "
-                         f"<ckpt_path>/train/")
-    step = int(params.pop("step_num").asnumpy())
-    params.pop("epoch_num", None)
-    not_loaded, _ = load_param_into_net(cell, params)
-    if not_loaded:
-        raise ValueError(f"--resume {path!r} does not fit this model: missing {', '.join(not_loaded[:5])}")
+#: The flags a resume must match, with the dataset's micro-batches per epoch; --epochs may grow, paths may change.
+SETTINGS = ("model", "dataset", "image_size", "num_classes", "norm", "seq_len", "bucket", "batch_size", "num_samples",
+            "mini_steps", "lr", "momentum", "amp_level", "weighting", "seed")
+
+
+def resume(cell, path, dataset, epochs, settings):
+    """Loads the train Cell's checkpoint if it fits; positions the dataset; returns the global micro-step."""
+    step = load_train_cell_checkpoint(cell, path, settings)
     if step >= epochs * dataset.get_dataset_size():
         raise ValueError(f"--resume {path!r} is already at micro-step {step}, the end of --epochs {epochs}: "
                          f"pass a larger --epochs")
@@ -94,6 +98,13 @@ def main():
     args = parse_args()
     resolve_model_args(args, train=True)
     setup_logging()
+    check_writable_directory(args.ckpt_path, "checkpoint directory")
+    with run_lock(args.ckpt_path):  # one run per checkpoint directory, as train.py
+        train(args)
+
+
+def train(args):
+    """Builds the Cell, resumes if asked, and runs Model.train with the zoo's callbacks and the guards."""
     device = setup_mindspore(args.device_target, args.seed)
     dataset = build_dataset(args, train=True, num_samples=args.num_samples)
     micro_batches = dataset.get_dataset_size()
@@ -104,25 +115,36 @@ def main():
     cell = GradientAccumulationCell(nn.WithLossCell(compute, build_loss(args)), optimizer, args.mini_steps,
                                     micro_batches_per_epoch=micro_batches, loss_scaler=loss_scaler,
                                     weighting=args.weighting)
-    start = resume(cell, args.resume, dataset, args.epochs) if args.resume else 0
+    settings = {**{flag: getattr(args, flag) for flag in SETTINGS}, "micro_batches_per_epoch": micro_batches}
+    start = resume(cell, args.resume, dataset, args.epochs, settings) if args.resume else 0
 
     print(f"device: {device} (GRAPH_MODE), model: {args.model}, amp_level: {args.amp_level}, seed: {args.seed}, "
           f"weighting: {args.weighting}")
-    print(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
-          f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+    window = min(args.mini_steps, micro_batches)  # an epoch shorter than mini_steps makes every window partial
+    print(f"effective batch: {args.batch_size * window} = {args.batch_size} x {window} (batch_size x "
+          + ("mini_steps" if window == args.mini_steps else f"the epoch's micro-batches, fewer than mini_steps "
+                                                              f"{args.mini_steps}")
+          + f"), lr: {args.lr}, momentum: {args.momentum}")
     print(f"micro-batches per epoch: {micro_batches}, updates per epoch: "
           f"{WindowSchedule(args.mini_steps).updates_per_epoch(micro_batches)}, epochs: {args.epochs}"
           + (f", resuming at micro-step {start} from {args.resume}" if args.resume else ""))
-    bare = CheckpointConfig(save_checkpoint_steps=micro_batches, keep_checkpoint_max=1, saved_network=network)
-    # step_num: the global micro-step, which --resume reads back.
+    record = settings_record(settings)
+    bare = CheckpointConfig(save_checkpoint_steps=micro_batches, keep_checkpoint_max=1, saved_network=network,
+                            crc_check=True)
+    # step_num: the global micro-step, which --resume reads back; the settings, which it checks.
     whole = CheckpointConfig(save_checkpoint_steps=args.save_steps or micro_batches, keep_checkpoint_max=5,
-                             append_info=["epoch_num", "step_num"])
-    callbacks = [CountOnFrom(start), LossMonitor(per_print_times=args.mini_steps), TimeMonitor(),
-                 ModelCheckpoint(args.model, args.ckpt_path, bare),
-                 ModelCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole)]
+                             append_info=["epoch_num", "step_num", record], crc_check=True)
+    stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
+    callbacks = [CountOnFrom(start), EpochSizeCheck(cell), LossMonitor(per_print_times=args.mini_steps),
+                 TimeMonitor(), ModelCheckpoint(args.model, args.ckpt_path, bare),
+                 ModelCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole), stop]
     # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
     Model(cell).train(args.epochs, dataset, callbacks=callbacks, dataset_sink_mode=args.dataset_sink_mode,
                       sink_size=-1, initial_epoch=start // micro_batches)
+    if stop.signum is not None:
+        print(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to {stop.saved_path}\n"
+              f"resume with:\n  {resume_command(stop.saved_path)}", file=sys.stderr)
+        sys.exit(128 + stop.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""The driver's guarantees for ``mindspore.train.Model``: checked resume, save on a signal, the epoch's size.
+
+``GradientAccumulationCell`` under ``Model.train`` checkpoints through
+MindSpore's ``ModelCheckpoint``. What the driver promises beyond that, the
+pieces here give to any ``Model`` user (``scripts/train_model.py`` uses all of
+them):
+
+* :func:`settings_record` goes into the train Cell's checkpoint
+  (``CheckpointConfig(append_info=[..., settings_record(settings)],
+  crc_check=True)``), and :func:`load_train_cell_checkpoint` refuses a resume
+  whose settings differ, naming each - the checkpoint's optimizer state holds
+  the learning rate and momentum, so loading it would silently override a new
+  ``--lr`` - as well as a corrupt file (its CRC) and a network of another
+  shape, each in one line.
+* :class:`SaveOnSignal` turns the first SIGINT or SIGTERM into a checkpoint of
+  the train Cell at the end of the micro-step in flight, with the same record,
+  and stops ``Model.train``; a second signal aborts at once.
+* :class:`EpochSizeCheck` refuses, at ``on_train_begin``, a Cell whose
+  ``micro_batches_per_epoch`` is not the dataset's size: windows would leak
+  across epochs without a word.
+* The run lock is :func:`~mindspore_accum.run_lock.run_lock`, around
+  ``Model.train``: ``with run_lock(ckpt_directory): model.train(...)``.
+"""
+
+import json
+import logging
+import os
+
+from mindspore.train import Callback
+
+from .checkpoint import CheckpointError, mismatches, read_checkpoint, write_checkpoint_atomically
+from .interrupt import StopSignals
+
+__all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck"]
+
+logger = logging.getLogger(__name__)
+
+#: The entry of a train-Cell checkpoint that holds the run's settings, as JSON.
+SETTINGS_KEY = "mindspore_accum_settings"
+
+
+def settings_record(settings):
+    """``{SETTINGS_KEY: json}``, for ``CheckpointConfig(append_info=[...])`` and :class:`SaveOnSignal`."""
+    return {SETTINGS_KEY: json.dumps(settings, sort_keys=True)}
+
+
+def load_train_cell_checkpoint(cell, path, settings):
+    """Loads a train-Cell checkpoint into ``cell`` if it fits this run; returns the global micro-step it was taken at.
+
+    Everything is checked before anything is loaded: the file's CRC, its
+    ``step_num``, the settings it records against ``settings`` (a dict of this
+    run's), and every tensor's name and shape against ``cell``'s.
+
+    Raises:
+        CheckpointError: naming the file and what does not fit.
+    """
+    path = os.fspath(path)
+    params = read_checkpoint(path, "train-Cell checkpoint", "pass a file from <ckpt_path>/train/")
+    if "step_num" not in params:
+        raise CheckpointError(f"--resume {path!r} is not a train-Cell checkpoint (no step_num): pass a file from "
+                              f"<ckpt_path>/train/")
+    step = int(params.pop("step_num").asnumpy())
+    params.pop("epoch_num", None)
+    recorded = params.pop(SETTINGS_KEY, None)
+    saved = json.loads(recorded) if isinstance(recorded, str) else {}
+    differences = [f"{name}={saved[name]!r} in the checkpoint vs {value!r} in this run"
+                   for name, value in settings.items() if name in saved and saved[name] != value]
+    problems = mismatches({p.name: p.shape for p in cell.get_parameters()},
+                          {name: value.shape for name, value in params.items() if hasattr(value, "shape")})
+    if differences or problems:
+        raise CheckpointError(f"cannot resume from {path!r}: it does not fit this run: "
+                              + "; ".join(differences + problems))
+    not_loaded, _ = _load(cell, params)
+    if not_loaded:
+        raise CheckpointError(f"cannot resume from {path!r}: parameters not loaded: {', '.join(not_loaded[:5])}")
+    return step
+
+
+def _load(cell, params):
+    from mindspore import load_param_into_net
+    return load_param_into_net(cell, params, strict_load=True)
+
+
+class SaveOnSignal(Callback):
+    """On the first SIGINT or SIGTERM: checkpoint the train Cell after the micro-step in flight, then stop.
+
+    The file is ``<directory>/<prefix>-<epoch>_<step in epoch>.ckpt``, as
+    ``ModelCheckpoint`` names it, written atomically with a CRC and the
+    ``epoch_num``/``step_num`` and ``record`` entries that
+    :func:`load_train_cell_checkpoint` reads. After ``Model.train`` returns,
+    :attr:`signum` is the signal (None if none came) and :attr:`saved_path`
+    the file.
+
+    Put it last in the callback list: the checkpoint is then taken after every
+    other callback has seen the micro-step.
+    """
+
+    def __init__(self, directory, prefix="train", record=None):
+        super().__init__()
+        self.directory, self.prefix, self.record = os.fspath(directory), prefix, dict(record or {})
+        self.signum, self.saved_path = None, None
+        self._stop = None
+
+    def on_train_begin(self, run_context):
+        self._stop = StopSignals().__enter__()
+
+    def on_train_step_end(self, run_context):
+        self._stop.rearm()  # every graph run takes SIGINT over (see mindspore_accum.interrupt)
+        if self._stop.signum is None or self.saved_path is not None:
+            return
+        params = run_context.original_args()
+        step, per_epoch = params.cur_step_num, params.batch_num
+        epoch = (step - 1) // per_epoch + 1
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{step - (epoch - 1) * per_epoch}.ckpt")
+        write_checkpoint_atomically(params.train_network, path,
+                                    append_dict={"epoch_num": epoch, "step_num": step, **self.record})
+        self.signum, self.saved_path = self._stop.signum, path
+        logger.info("saved the train Cell to %s (micro-step %d)", path, step)
+        run_context.request_stop()
+
+    def on_train_end(self, run_context):
+        if self._stop is not None:
+            self._stop.__exit__(None, None, None)
+            self._stop = None
+
+
+class EpochSizeCheck(Callback):
+    """Refuses a ``GradientAccumulationCell`` whose ``micro_batches_per_epoch`` is not the dataset's size.
+
+    ``Model`` knows the size only when training begins, so the check is here.
+    """
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def on_train_begin(self, run_context):
+        size = run_context.original_args().batch_num
+        expected = self.cell.micro_batches_per_epoch
+        if expected is not None and expected != size:
+            raise ValueError(f"micro_batches_per_epoch={expected} but the dataset gives {size} micro-batches an "
+                             f"epoch: build the Cell with micro_batches_per_epoch=dataset.get_dataset_size()")
