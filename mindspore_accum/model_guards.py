@@ -18,6 +18,8 @@ them):
 * :class:`EpochSizeCheck` refuses, at ``on_train_begin``, a Cell whose
   ``micro_batches_per_epoch`` is not the dataset's size: windows would leak
   across epochs without a word.
+* :class:`ResumableCheckpoint` is ``ModelCheckpoint`` that, in a resumed run,
+  names and times its files as the uninterrupted run did.
 * The run lock is :func:`~mindspore_accum.run_lock.run_lock`, around
   ``Model.train``: ``with run_lock(ckpt_directory): model.train(...)``.
 """
@@ -26,12 +28,13 @@ import json
 import logging
 import os
 
-from mindspore.train import Callback
+from mindspore.train import Callback, ModelCheckpoint
 
 from .checkpoint import CheckpointError, mismatches, read_checkpoint, write_checkpoint_atomically
 from .interrupt import StopSignals
 
-__all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck"]
+__all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
+           "ResumableCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +144,28 @@ class EpochSizeCheck(Callback):
         if expected is not None and expected != size:
             raise ValueError(f"micro_batches_per_epoch={expected} but the dataset gives {size} micro-batches an "
                              f"epoch: build the Cell with micro_batches_per_epoch=dataset.get_dataset_size()")
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose files after a resume are named and timed as the uninterrupted run's.
+
+    ``ModelCheckpoint`` renames its prefix to ``<prefix>_1`` when the
+    directory already holds ``<prefix>-*`` files - which a resume into its own
+    run's directory always does - and counts ``save_checkpoint_steps`` from
+    the resumed micro-step rather than from 0. With ``resuming=True`` the
+    prefix stays and the count is the uninterrupted run's. (Both fix
+    MindSpore 2.10's private ``_prefix`` and ``_last_triggered_step``; the
+    project pins MindSpore 2.10.) Put it after the callback that sets
+    ``cur_step_num`` to the resumed micro-step.
+    """
+
+    def __init__(self, prefix, directory, config, resuming=False):
+        super().__init__(prefix, directory, config)
+        if resuming:
+            self._prefix = prefix
+
+    def on_train_begin(self, run_context):
+        super().on_train_begin(run_context)
+        step, every = run_context.original_args().cur_step_num, self._config.save_checkpoint_steps
+        if step and every:
+            self._last_triggered_step = step - step % every

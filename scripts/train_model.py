@@ -18,7 +18,7 @@ import signal
 import sys
 
 from mindspore import Model, amp, nn
-from mindspore.train import Callback, CheckpointConfig, LossMonitor, ModelCheckpoint, TimeMonitor
+from mindspore.train import Callback, CheckpointConfig, LossMonitor, TimeMonitor
 
 from common import (
     add_common_args,
@@ -37,13 +37,20 @@ from common import (
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.checkpoint import check_writable_directory
 from mindspore_accum.driver import AMP_LEVELS
-from mindspore_accum.model_guards import EpochSizeCheck, SaveOnSignal, load_train_cell_checkpoint, settings_record
+from mindspore_accum.model_guards import (
+    EpochSizeCheck,
+    ResumableCheckpoint,
+    SaveOnSignal,
+    load_train_cell_checkpoint,
+    settings_record,
+)
 from mindspore_accum.run_lock import run_lock
 from mindspore_accum.schedule import WindowSchedule
 from mindspore_accum.weighting import WEIGHTINGS
 
 
-def parse_args():
+def parse_args(argv=None):
+    """The flags of ``argv`` (default: the command line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      conflict_handler="resolve")
     add_common_args(parser)
@@ -62,7 +69,7 @@ def parse_args():
     parser.add_argument("--dataset_sink_mode", action="store_true",
                         help="GPU/Ascend only (not run here): one sink per epoch, callbacks at its last micro-step")
     parser.add_argument("--resume", default=None, metavar="FILE", help="a train/train-*.ckpt to continue from")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 class CountOnFrom(Callback):
@@ -136,8 +143,9 @@ def train(args):
                              append_info=["epoch_num", "step_num", record], crc_check=True)
     stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
     callbacks = [CountOnFrom(start), EpochSizeCheck(cell), LossMonitor(per_print_times=args.mini_steps),
-                 TimeMonitor(), ModelCheckpoint(args.model, args.ckpt_path, bare),
-                 ModelCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole), stop]
+                 TimeMonitor(), ResumableCheckpoint(args.model, args.ckpt_path, bare, resuming=bool(args.resume)),
+                 ResumableCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole, resuming=bool(args.resume)),
+                 stop]
     # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
     Model(cell).train(args.epochs, dataset, callbacks=callbacks, dataset_sink_mode=args.dataset_sink_mode,
                       sink_size=-1, initial_epoch=start // micro_batches)

@@ -103,6 +103,10 @@ def test_sigterm_saves_the_train_cell_and_the_resumed_run_equals_the_uninterrupt
     assert int(ms.load_checkpoint(str(tmp_path / saved))["step_num"].asnumpy()) < 320, "the run was not cut short"
     resumed = run_script("train_model.py", *flags, "--ckpt_path", "cut", "--resume", tmp_path / saved, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    # Issue 22 (6): resumed into its own directory, the files are the uninterrupted run's, names and steps alike.
+    for folder in ("", "train"):
+        names = [sorted(p.name for p in (tmp_path / run / folder).glob("*.ckpt")) for run in ("whole", "cut")]
+        assert names[1] == names[0], folder
     expected = ms.load_checkpoint(str(tmp_path / "whole" / "lenet-40_8.ckpt"))
     actual = ms.load_checkpoint(str(tmp_path / "cut" / "lenet-40_8.ckpt"))
     for name in expected:
@@ -128,9 +132,9 @@ def test_a_cell_built_for_another_epoch_size_is_refused_when_training_begins():
     batches = micro_batches([4, 4, 4], (8,), 4)
     x = np.concatenate([b[0].asnumpy() for b in batches])
     y = np.concatenate([b[1].asnumpy() for b in batches])
-    dataset = ds.NumpySlicesDataset({"x": x, "label": y}, shuffle=False).batch(4)
     network = MLP()
     for size, refused in ((4, True), (3, False)):
+        dataset = ds.NumpySlicesDataset({"x": x, "label": y}, shuffle=False).batch(4)
         cell = GradientAccumulationCell(nn.WithLossCell(network, nn.SoftmaxCrossEntropyWithLogits(
             sparse=True, reduction="mean")), nn.SGD(network.trainable_params(), 0.1), 2, micro_batches_per_epoch=size)
         if refused:
