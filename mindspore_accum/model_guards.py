@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, mismatches, read_checkpoint, write_chec
 from .interrupt import StopSignals
 
 __all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
-           "ResumableCheckpoint"]
+           "ResumableCheckpoint", "remove_partial_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +169,19 @@ class ResumableCheckpoint(ModelCheckpoint):
         step, every = run_context.original_args().cur_step_num, self._config.save_checkpoint_steps
         if step and every:
             self._last_triggered_step = step - step % every
+
+
+def remove_partial_files(directories, since):
+    """Deletes what a failed ``ModelCheckpoint`` write leaves in ``directories``; returns the paths.
+
+    MindSpore writes ``<name>.tmp`` and renames it when done, so a full disk
+    leaves the ``.tmp``; its ``<prefix>-graph.meta`` may be cut short too. Only
+    files modified at or after ``since`` (a ``time.time()``) go: this run's.
+    """
+    removed = []
+    for directory in directories:
+        for entry in os.scandir(directory) if os.path.isdir(directory) else ():
+            if entry.is_file() and entry.name.endswith((".tmp", "-graph.meta")) and entry.stat().st_mtime >= since:
+                os.remove(entry.path)
+                removed.append(entry.path)
+    return removed

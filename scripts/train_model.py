@@ -16,6 +16,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 from mindspore import Model, amp, nn
 from mindspore.train import Callback, CheckpointConfig, LossMonitor, TimeMonitor
@@ -42,6 +43,7 @@ from mindspore_accum.model_guards import (
     ResumableCheckpoint,
     SaveOnSignal,
     load_train_cell_checkpoint,
+    remove_partial_files,
     settings_record,
 )
 from mindspore_accum.run_lock import run_lock
@@ -147,8 +149,14 @@ def train(args):
                  ResumableCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole, resuming=bool(args.resume)),
                  stop]
     # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
-    Model(cell).train(args.epochs, dataset, callbacks=callbacks, dataset_sink_mode=args.dataset_sink_mode,
-                      sink_size=-1, initial_epoch=start // micro_batches)
+    started = time.time()
+    try:
+        Model(cell).train(args.epochs, dataset, callbacks=callbacks, dataset_sink_mode=args.dataset_sink_mode,
+                          sink_size=-1, initial_epoch=start // micro_batches)
+    except OSError as error:  # a full disk: MindSpore's error names no file, and it leaves its partial files
+        remove_partial_files([args.ckpt_path, os.path.join(args.ckpt_path, "train")], started)
+        raise OSError(error.errno, f"cannot write a checkpoint in {args.ckpt_path!r}: {error.strerror}: free some "
+                                   f"space or choose another --ckpt_path") from None
     if stop.signum is not None:
         print(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to {stop.saved_path}\n"
               f"resume with:\n  {resume_command(stop.saved_path)}", file=sys.stderr)

@@ -65,6 +65,33 @@ def test_a_full_disk_names_the_file_and_the_space_leaves_no_temporary_file_and_k
             np.testing.assert_array_equal(kept[name].asnumpy(), expected[name].asnumpy(), err_msg=name)
 
 
+def test_a_disk_full_before_the_run_names_the_lock_file_and_leaves_none(tmp_path, small_disk, tiny_mnist):
+    """Issue 22 (13): the lock's process id was the first write, and failed as a bare [Errno 28] naming nothing."""
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    result = run_script("train.py", "--data_path", tiny_mnist, "--batch_size", 8, "--epochs", 1, "--no_progress",
+                        "--ckpt_path", small_disk / "m.ckpt", cwd=tmp_path)
+    assert_refused(result, f"cannot write the lock file '{small_disk}/.m.ckpt.lock': No space left on device")
+    left = [name for _, _, files in os.walk(small_disk) for name in files]
+    assert left == ["filler"], f"the run left files on the full disk: {left}"  # its empty m_state/ is checked at start
+
+
+def test_train_model_on_a_full_disk_names_the_directory_and_leaves_no_partial_file(tmp_path, small_disk,
+                                                                                   tiny_mnist):
+    """Issue 22 (8): lenet-1_8.tmp and the graph files stayed, and the error named no file."""
+    result = run_script("train_model.py", "--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 3,
+                        "--epochs", 2, "--ckpt_path", small_disk / "ck", cwd=tmp_path)
+    assert_refused(result, f"cannot write a checkpoint in '{small_disk}/ck': No space left on device")
+    left = [name for _, _, files in os.walk(small_disk) for name in files]
+    assert not [name for name in left if name.endswith((".tmp", ".meta", ".lock"))], left
+
+
 def test_enospc_in_the_write_keeps_the_good_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     """ENOSPC injected into MindSpore's write, after it has written part of the file: runs on any machine."""
     network = MLP()
