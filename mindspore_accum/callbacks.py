@@ -66,9 +66,10 @@ class MetricsLog(Callback):
         evaluate: optional ``callable(epoch) -> dict`` run at each epoch's end.
         resume: the :class:`~mindspore_accum.training_state.TrainingState` the
             run resumes from. The records it covers are kept, and those written
-            after it (by a run killed before its next state) and any line cut
-            short are dropped, so that the file ends up as an uninterrupted
-            run's.
+            after it (by a run killed before its next state), any line cut
+            short and any line of another run (its ``run`` differs from the
+            state's ``run_id``) are dropped, so that the file ends up as an
+            uninterrupted run's.
     """
 
     def __init__(self, path: PathLike, evaluate: Optional[Callable[[int], dict]] = None,
@@ -77,6 +78,7 @@ class MetricsLog(Callback):
         self.evaluate = evaluate
         self.resume = resume
         self._file = None
+        self._run_id = resume.run_id if resume is not None else None
 
     def _open(self):
         kept = []
@@ -99,18 +101,19 @@ class MetricsLog(Callback):
             raise OSError(error.errno, f"cannot write the metrics file: {error.strerror}", self.path) from None
 
     def update(self, record, driver):
+        self._run_id = driver.run_id
         self._write({"kind": "update", "epoch": record.epoch, "update": record.update,
                      "total_updates": record.total_updates, "micro_batches": record.micro_batches,
                      "samples": record.samples, "items": record.items, "samples_seen": record.samples_seen,
                      "loss": record.loss,
                      "lr": record.lr, "skipped": record.skipped, "loss_scale": record.loss_scale,
-                     "skipped_updates": driver.skipped_updates})
+                     "skipped_updates": driver.skipped_updates, "run": driver.run_id})
 
     def epoch_end(self, epoch, records):
         skipped = sum(r.skipped for r in records)
         records = [r for r in records if not r.skipped]  # an overflowing window's loss may be inf
         items = sum(r.items for r in records)  # samples, or valid tokens with weighting="items"
-        entry = {"kind": "epoch", "epoch": epoch, "updates": len(records), "skipped": skipped,
+        entry = {"kind": "epoch", "epoch": epoch, "run": self._run_id, "updates": len(records), "skipped": skipped,
                  "train_loss": sum(r.loss * r.items for r in records) / items if items else None}
         if self.evaluate is not None:
             entry.update(self.evaluate(epoch))
@@ -122,13 +125,15 @@ class MetricsLog(Callback):
 
 
 def _covered(line, state):
-    """True if a metrics line is whole and its record comes before ``state``'s position."""
+    """True if a metrics line is whole, of ``state``'s run, and its record comes before ``state``'s position."""
     if not line.endswith("\n"):
         return False  # cut short by a kill
     try:
         record = json.loads(line)
     except ValueError:
         return False
+    if not isinstance(record, dict) or record.get("run") != state.run_id:
+        return False  # another run's file, beside the checkpoint this run writes
     if record.get("epoch") != state.epoch:
         return record.get("epoch", 0) < state.epoch
     if record.get("kind") == "update":

@@ -6,6 +6,7 @@ import itertools
 import logging
 import math
 import os
+import uuid
 from typing import Dict, Iterable, List, Optional, Union
 
 import mindspore as ms
@@ -262,6 +263,7 @@ class GradientAccumulation:
         #: The run's counters, over all calls and across a resume; saved in every training state.
         self.progress = Progress()
         self._micro_steps = {}  # mini_steps -> _MicroStep
+        self.run_id = None
         self._warned_batchnorm = False
 
     # The counters live in ``progress``; these read them.
@@ -347,6 +349,8 @@ class GradientAccumulation:
             run.state = self._resume(save.resume, epoch, run.state)
         else:
             self.train_clear()  # a window left by an interrupted earlier call must not leak in
+        #: The run's identity: new for a fresh run, the resumed state's for a resumed one (see TrainingState).
+        self.run_id = run.state.run_id
         return run
 
     def _new_state(self, schedule, train_dataset, micro_batches, seed):
@@ -358,7 +362,7 @@ class GradientAccumulation:
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
             loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
             clip_grad_norm=self.clip_grad_norm, ranks=self.ranks, weighting=self.weighting,
-            ignore_index=self.ignore_index, progress=self.progress)
+            ignore_index=self.ignore_index, progress=self.progress, run_id=uuid.uuid4().hex)
 
     def _warn_about(self, schedule, micro_batches, states, resume):
         """Settings that run, but not as the user probably meant."""

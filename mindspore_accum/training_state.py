@@ -98,6 +98,9 @@ class TrainingState:
             and sizes (the tensors are in the buffer); empty between windows.
         epoch_records: the epoch's updates so far, as dicts of
             :class:`~mindspore_accum.driver.UpdateRecord` fields.
+        run_id: drawn when a run starts afresh and kept across its resumes;
+            the metrics file's lines carry it, so that a resume keeps only its
+            own run's lines (None in states from before 0.3).
     """
 
     model: str
@@ -120,6 +123,7 @@ class TrainingState:
     window_losses: list = dataclasses.field(default_factory=list)
     window_samples: list = dataclasses.field(default_factory=list)
     epoch_records: list = dataclasses.field(default_factory=list)
+    run_id: str = None
     format: int = STATE_FORMAT
 
     def where(self):

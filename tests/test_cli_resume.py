@@ -4,6 +4,7 @@ The reference is the same command run to the end without interruption; the
 tolerance is the issue's rtol 1e-6, atol 0.
 """
 
+import json
 import os
 import shlex
 import signal
@@ -152,8 +153,13 @@ def test_metrics_after_kill_9_and_resume_equal_an_uninterrupted_runs(tmp_path, d
     assert lines[-1] == '{"kind": "upd' and '"total_updates": 7' in lines[-2], "the kill came too early or late"
     resumed = run_script("train.py", *flags, "--resume", "gradient_accumulation_state", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert (tmp_path / "gradient_accumulation_metrics.jsonl").read_text() == \
-        (tmp_path / "whole" / "m_metrics.jsonl").read_text()
+
+    def without_run(path):  # the two runs differ only in their ids; the resumed file holds one id only
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len({record.pop("run") for record in records}) == 1, path
+        return records
+    assert without_run(tmp_path / "gradient_accumulation_metrics.jsonl") == \
+        without_run(tmp_path / "whole" / "m_metrics.jsonl")
 
 
 def test_a_failing_run_beside_an_earlier_one_leaves_its_metrics_as_they_were(tmp_path, data):
@@ -173,3 +179,19 @@ def test_metrics_log_touches_no_file_before_its_first_record(tmp_path):
     earlier.write_text('{"kind": "update", "epoch": 1, "update": 1}\n')
     MetricsLog(earlier).close()  # a run that failed before its first update
     assert earlier.read_text() == '{"kind": "update", "epoch": 1, "update": 1}\n'
+
+
+def test_resuming_another_runs_state_restarts_the_metrics_file_instead_of_splicing_it(tmp_path, data):
+    """Issue 22 (11): --ckpt_path mb.ckpt --resume <run A's state> kept mb_metrics.jsonl's lines of run B."""
+    flags = ("--data_path", data, "--batch_size", 8, "--mini_steps", 3, "--no_progress", "--log_every", 1)
+    for name, lr in (("a", 0.01), ("mb", 0.02)):
+        first = run_script("train.py", *flags, "--epochs", 1, "--lr", lr, "--ckpt_path", f"{name}.ckpt", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+    resumed = run_script("train.py", *flags, "--epochs", 2, "--ckpt_path", "mb.ckpt", "--resume", tmp_path / "a_state",
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(line) for line in (tmp_path / "mb_metrics.jsonl").read_text().splitlines()]
+    run_a = json.loads((tmp_path / "a_metrics.jsonl").read_text().splitlines()[0])["run"]
+    assert {r["run"] for r in records} == {run_a}, "lines of another run were kept"
+    assert {r["epoch"] for r in records} == {2}, "epoch 1 of run A is not in this file, and no line of run B stays"
+    assert all(r["lr"] == pytest.approx(0.01) for r in records if r["kind"] == "update")
