@@ -5,6 +5,7 @@ of the training machinery: no ``grad_sum``, no optimizer moments, no wrapper
 prefixes. (The tutorial's checkpoint carried its accumulation buffers.)
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -183,10 +184,27 @@ def read_checkpoint(path, what="checkpoint", hint="pass the file written by trai
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} {path!r} does not exist: {hint}")
     try:
-        return ms.load_checkpoint(path, crc_check=True)
+        with _quiet_mindspore():
+            return ms.load_checkpoint(path, crc_check=True)
     except Exception as error:  # MindSpore raises ValueError, RuntimeError or protobuf errors
-        raise CheckpointError(f"{path!r} is not a readable MindSpore checkpoint "
-                              f"(truncated or corrupt?): {_first_line(error)}") from None
+        reason = _first_line(error)
+        if "May not have permission" in reason:  # MindSpore's words for a failed CRC or parse, which mislead
+            reason = "its CRC or structure does not check"
+        raise CheckpointError(f"{path!r} is not a readable MindSpore checkpoint (truncated or corrupt?): "
+                              f"{reason}") from None
+
+
+@contextlib.contextmanager
+def _quiet_mindspore():
+    """Mutes MindSpore's own ``[ERROR]`` line about an unreadable file: the CheckpointError says it, by name."""
+    from mindspore import log
+    mindspore_logger = log._get_logger()  # MindSpore 2.10's logger (pinned); GLOG_v sets its level
+    level = mindspore_logger.level
+    mindspore_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        mindspore_logger.setLevel(level)
 
 
 def mismatches(expected, saved):

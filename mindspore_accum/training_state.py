@@ -214,7 +214,14 @@ def read_training_state(path: PathLike) -> Tuple["TrainingState", Dict[str, ms.T
             a training state (for example a model checkpoint).
     """
     path = find_training_state(path)
-    saved = read_checkpoint(path, "training state", "pass a state file or its directory to resume")
+    try:
+        saved = read_checkpoint(path, "training state", "pass a state file or its directory to resume")
+    except CheckpointError as error:
+        intact = _newest_intact_beside(path)
+        if intact is None:
+            raise
+        raise CheckpointError(f"{error}; the newest intact state beside it is {intact}: resume with --resume "
+                              f"{intact}") from None
     record = saved.pop(TRAINING_STATE_KEY, None)
     if not isinstance(record, str):
         raise CheckpointError(f"{path!r} is a MindSpore checkpoint but not a training state (a model checkpoint?): "
@@ -224,6 +231,19 @@ def read_training_state(path: PathLike) -> Tuple["TrainingState", Dict[str, ms.T
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path!r}: its training-state record cannot be read: {error}") from None
     return state, saved
+
+
+def _newest_intact_beside(path):
+    """The newest other state file in ``path``'s directory that reads whole, or None."""
+    for other in reversed(StateDirectory.files_in(os.path.dirname(os.path.abspath(path)))):
+        if os.path.abspath(other) == os.path.abspath(path):
+            continue
+        try:
+            read_checkpoint(other)
+        except CheckpointError:
+            continue
+        return other
+    return None
 
 
 def restore_training_state(trainer, path, expected, loaded=None):

@@ -229,3 +229,20 @@ def test_every_output_is_checked_before_the_data_is_read(tmp_path, flags, fragme
     (tmp_path / "out" / "grad_flow").write_text("a file where the directory goes")
     result = run_script("train.py", "--data_path", tmp_path / "no_data", *flags, cwd=tmp_path)
     assert_refused(result, *fragments)
+
+
+def test_a_corrupt_newest_state_is_refused_in_one_line_naming_the_newest_intact_one(tmp_path, tiny_mnist):
+    """Issue 22 (12): MindSpore's own [ERROR] line came first, and the intact older state went unnamed."""
+    flags = ("--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 2, "--no_progress")
+    first = run_script("train.py", *flags, "--epochs", 2, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    states = tmp_path / "gradient_accumulation_state"
+    newest = states / "state-2_8.ckpt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    newest.write_bytes(bytes(data))
+    result = run_script("train.py", *flags, "--epochs", 3, "--resume", states, cwd=tmp_path)
+    assert_refused(result, "state-2_8.ckpt' is not a readable MindSpore checkpoint",
+                   f"the newest intact state beside it is {states / 'state-1_8.ckpt'}: resume with --resume "
+                   f"{states / 'state-1_8.ckpt'}")
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()], result.stderr
