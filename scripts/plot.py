@@ -17,21 +17,34 @@ import matplotlib
 matplotlib.use("Agg")  # files only; training never imports matplotlib
 import matplotlib.pyplot as plt  # noqa: E402
 
+#: The fields each kind of record must have for the plots.
+REQUIRED = {"update": ("epoch", "total_updates", "loss"), "epoch": ("epoch", "train_loss")}
+
 
 def read_metrics(path):
+    """(update records, epoch records) of a metrics file; a line cut short by a kill, at the end, is skipped."""
     updates, epochs = [], []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+        lines = handle.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not line.endswith("\n"):  # a killed run's last line: the rest is whole
+                print(f"plot.py: skipped {path}:{number}, cut short (a killed run's last line)", file=sys.stderr)
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
-            (updates if record.get("kind") == "update" else epochs).append(record)
+            raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+        if not isinstance(record, dict) or record.get("kind") not in REQUIRED:
+            raise ValueError(f"{path}:{number}: not a metrics record (a JSON object whose kind is update or epoch)")
+        missing = [field for field in REQUIRED[record["kind"]] if field not in record]
+        if missing:
+            raise ValueError(f"{path}:{number}: a {record['kind']} record without {', '.join(missing)}")
+        (updates if record["kind"] == "update" else epochs).append(record)
     if not updates:
         raise ValueError(f"{path} has no update records: is it a <checkpoint>_metrics.jsonl written by train.py?")
-    return updates, epochs
+    return updates, [e for e in epochs if e["train_loss"] is not None]
 
 
 def plot_loss(updates, epochs, path):

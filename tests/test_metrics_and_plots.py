@@ -212,3 +212,26 @@ def test_a_metrics_write_that_fails_names_the_file(tmp_path):
         log.epoch_end(1, [])
     assert error.value.errno == errno.ENOSPC
     assert str(error.value) == "[Errno 28] cannot write the metrics file: No space left on device: '/dev/full'"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[1, 2]\n', "bad.jsonl:1: not a metrics record (a JSON object whose kind is update or epoch)"),
+    ('{"kind": "update", "epoch": 1, "loss": 2.3}\n', "bad.jsonl:1: a update record without total_updates"),
+])
+def test_plot_script_names_the_line_of_a_record_it_cannot_plot(tmp_path, content, message):
+    """Issue 22 (14): a JSON array line or a missing field ended in a traceback."""
+    (tmp_path / "bad.jsonl").write_text(content)
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "plot.py"), "--metrics",
+                             str(tmp_path / "bad.jsonl")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip() == f"plot.py: error: {tmp_path / message}", result.stderr
+
+
+def test_plot_script_skips_a_killed_runs_cut_short_last_line(trained_run, tmp_path):
+    _, out, _ = trained_run
+    text = (out / "lenet_metrics.jsonl").read_text()
+    (tmp_path / "killed.jsonl").write_text(text + '{"kind": "upd')
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "plot.py"), "--metrics",
+                             str(tmp_path / "killed.jsonl"), "--out", str(tmp_path / "plots")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "cut short" in result.stderr and (tmp_path / "plots" / "loss.png").stat().st_size > 1000
