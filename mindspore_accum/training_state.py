@@ -333,7 +333,8 @@ class StateDirectory:
         from an earlier state, the files this run writes are the ones to keep.
         """
         paths = glob.glob(os.path.join(glob.escape(os.fspath(directory)), STATE_PREFIX + "*.ckpt"))
-        return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns, p))
+        # Files only: a directory named state-old.ckpt is the user's, not a state to load or prune.
+        return sorted((p for p in paths if os.path.isfile(p)), key=lambda p: (os.stat(p).st_mtime_ns, p))
 
     def save(self, trainer, state):
         """Writes ``state`` as ``state-<epoch>_<micro-batch>.ckpt``, then deletes all but the newest ``keep``."""

@@ -260,7 +260,9 @@ def evaluate(network, dataset, num_classes=None, lm=False):
         metrics["ConfusionMatrix"] = ConfusionMatrix(num_classes)
     loss_fn = transformer.TokenCrossEntropy(text.IGNORE_INDEX) if lm else \
         nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-    result = Model(network, loss_fn, metrics=metrics).eval(dataset, dataset_sink_mode=False)
+    # ConfusionMatrix computes every normalisation, and a class with no sample divides by 0: NumPy warns, we don't.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = Model(network, loss_fn, metrics=metrics).eval(dataset, dataset_sink_mode=False)
     if lm:
         result["BitsPerByte"] = result["Loss"] / math.log(2)  # a token is a byte
         result["Tokens"] = loss.items

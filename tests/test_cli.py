@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cli import assert_refused, parse_in_process, run_script
 
-from mindspore_accum import save_network_checkpoint
+from mindspore_accum import load_network_checkpoint, save_network_checkpoint
 from model_zoo_adapters.lenet import LeNet5
 from nets import numpy_scores
 
@@ -180,3 +180,35 @@ def test_amp_level_and_clip_grad_norm_in_a_real_run_equal_the_driver_built_by_ha
         np.testing.assert_array_equal(saved[name], value, err_msg=name)
     for control in (by_hand("O0", 0.01), by_hand("O2", None)):
         assert not all(np.allclose(saved[n], v, rtol=1e-6, atol=0) for n, v in control.items())
+
+
+def test_a_signal_just_after_the_run_completed_ends_nothing(tmp_path, tiny_mnist):
+    """Issue 22 (14): a SIGTERM in the ~0.6 s after 'checkpoint: ...' ended the process with 143 and no word."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cli import SCRIPTS
+    process = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "train.py"), "--data_path", str(tiny_mnist),
+                                "--epochs", "1", "--batch_size", "8", "--no_progress"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, GLOG_v="3"))
+    for line in process.stdout:
+        if line.startswith("checkpoint: "):
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    load_network_checkpoint(LeNet5(), tmp_path / "gradient_accumulation.ckpt")
+
+
+def test_a_directory_named_like_a_state_is_left_alone(tmp_path, tiny_mnist):
+    """Issue 22 (14): state-old.ckpt, a directory in the state directory, killed a fresh run at its first save."""
+    (tmp_path / "gradient_accumulation_state" / "state-old.ckpt").mkdir(parents=True)
+    result = run_script("train.py", "--data_path", tiny_mnist, "--epochs", 1, "--batch_size", 8, "--no_progress",
+                        "--keep_checkpoints", 1, "--save_every", 1, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gradient_accumulation_state" / "state-old.ckpt").is_dir()
+    evaluated = run_script("eval.py", "--data_path", tiny_mnist, "--per_class", cwd=tmp_path)
+    assert evaluated.returncode == 0 and "Warning" not in evaluated.stderr, evaluated.stderr
