@@ -109,6 +109,8 @@ def main():
     setup_logging()
     check_writable_directory(args.ckpt_path, "checkpoint directory")
     with run_lock(args.ckpt_path):  # one run per checkpoint directory, as train.py
+        # Holding the lock, no one else writes here: partial files are a killed run's (kill -9 mid-write).
+        remove_partial_files([args.ckpt_path, os.path.join(args.ckpt_path, "train")], since=0)
         train(args)
 
 

@@ -158,3 +158,27 @@ def test_train_model_warns_when_mini_steps_exceeds_an_epoch_and_its_banner_says_
     assert "mini_steps=20 is larger than the 8 micro-batches of an epoch" in result.stdout
     assert "effective batch: 64 = 8 x 8 (batch_size x the epoch's micro-batches, fewer than mini_steps 20)" \
         in result.stdout
+
+
+def test_kill_9_then_resume_from_the_newest_train_checkpoint_equals_the_uninterrupted_run(tmp_path, tiny_mnist):
+    """train.py's kill -9 harness on train_model.py: partial files are removed, and the resume is exact."""
+    flags = ("--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 3, "--epochs", 40, "--save_steps", 5)
+    whole = run_script("train_model.py", *flags, "--ckpt_path", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    process = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "train_model.py"), *map(str, flags),
+                                "--ckpt_path", "cut"], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, GLOG_v="3"))
+    for line in process.stdout:
+        if line.startswith("epoch: 5 step:"):
+            process.kill()
+            break
+    process.communicate(timeout=120)
+    (tmp_path / "cut" / "train" / "train-9_9.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
+    newest = max((tmp_path / "cut" / "train").glob("train-*.ckpt"), key=os.path.getmtime)
+    resumed = run_script("train_model.py", *flags, "--ckpt_path", "cut", "--resume", newest, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list((tmp_path / "cut").rglob("*.tmp")), "a partial file stayed"
+    expected = ms.load_checkpoint(str(tmp_path / "whole" / "lenet-40_8.ckpt"))
+    actual = ms.load_checkpoint(str(tmp_path / "cut" / "lenet-40_8.ckpt"))
+    for name in expected:
+        np.testing.assert_array_equal(actual[name].asnumpy(), expected[name].asnumpy(), err_msg=name)
