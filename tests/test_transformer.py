@@ -96,3 +96,23 @@ def test_the_pydoc_corpus_ships_with_python_and_its_splits_do_not_overlap():
     texts, labels, classes = text.read_labelled("pydoc", True)
     assert (len(texts), classes, sorted(set(labels))) == (110, 4, [0, 1, 2, 3])
     assert not set(texts) & set(text.read_labelled("pydoc", False)[0])
+
+
+def test_bucketing_groups_similar_lengths_and_keeps_every_token(tmp_path):
+    """bucket_batch_by_length: each micro-batch's sequences fall in one length bucket; no token is lost."""
+    paragraphs = ["x" * length for length in (3, 40, 5, 33, 7, 60, 4, 38, 9, 61, 6, 35)]
+    (tmp_path / "train.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    (tmp_path / "valid.txt").write_text("unused", encoding="utf-8")
+
+    def batches(bucket):
+        dataset = text.create_lm_dataset(tmp_path, batch_size=2, seq_len=64, bucket=bucket, shuffle=False)
+        return [(labels != text.IGNORE_INDEX).sum(1) for _, labels in dataset.create_tuple_iterator(
+            num_epochs=1, output_numpy=True)]
+
+    plain, bucketed = batches(False), batches(True)
+    assert sorted(np.concatenate(bucketed).tolist()) == sorted(np.concatenate(plain).tolist())
+    boundaries = [0, 8, 16, 32, 64, 10 ** 6]
+    for lengths in bucketed:  # bucket_batch_by_length buckets by the input length, one more than the valid labels
+        buckets = {next(i for i, b in enumerate(boundaries) if length < b) for length in lengths.tolist()}
+        assert len(buckets) == 1, f"one micro-batch mixes buckets: {lengths}"
+    assert any(len(set(np.digitize(lengths, boundaries))) > 1 for lengths in plain), "control: plain batches mix"

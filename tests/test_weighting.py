@@ -219,3 +219,25 @@ def test_bad_weighting_arguments_are_refused_in_one_line(kwargs, message):
     network = TokenMLP()
     with pytest.raises((ValueError, TypeError), match=message):
         GradientAccumulation(network, TOKEN_LOSS, nn.SGD(network.trainable_params(), 0.1), **kwargs)
+
+
+def test_clipping_and_a_rate_schedule_act_once_per_items_window():
+    """Reference: the token-mean gradient of each concatenated window by GradOperation, clipped in NumPy, stepped
+    at the schedule's rate for that update."""
+    windows = [token_batches(WINDOW, seed=10), token_batches([(2, 6, 9), (3, 4, 2)], seed=11)]
+    rates, max_norm = [0.5, 0.2], 0.05
+    network = TokenMLP()
+    reference = twin(TokenMLP, network)
+    model = GradientAccumulation(network, TOKEN_LOSS, nn.SGD(network.trainable_params(), rates),
+                                 clip_grad_norm=max_norm, weighting="items")
+    model.train_process(1, windows[0] + windows[1][:1] + windows[1][1:], mini_steps=4, save=NO_CKPT)
+    expected = params_of(reference)
+    grad = ops.GradOperation(get_by_list=True)(nn.WithLossCell(reference, TOKEN_LOSS), reference.trainable_params())
+    for rate, window in zip(rates, windows):
+        grads = [g.asnumpy().astype(np.float64) for g in grad(*pad_concat(window))]
+        norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+        assert norm > 2 * max_norm, "the test needs clipping to bite"
+        for param, g in zip(reference.trainable_params(), grads):
+            expected[param.name] = expected[param.name] - rate * g * max_norm / norm
+            param.set_data(ms.Tensor(expected[param.name].astype(np.float32)))
+    assert_close(params_of(network), expected)
