@@ -8,14 +8,16 @@ taken under different normalisation. GroupNorm normalises every sample on its
 own, so accumulation is exact again (the recipe PyTorch users follow).
 """
 
+import collections
 import logging
+from typing import Optional
 
 from mindspore import nn
 from mindspore.nn.layer.normalization import _BatchNorm
 
 from .validation import check_positive_int
 
-__all__ = ["batchnorm_cells", "convert_bn_to_gn", "warn_if_batchnorm"]
+__all__ = ["batchnorm_cells", "convert_bn_to_gn", "default_groups", "warn_if_batchnorm", "MAX_GROUPS"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +40,19 @@ def warn_if_batchnorm(network, mini_steps):
     return True
 
 
-def convert_bn_to_gn(network: nn.Cell, num_groups: int = 32) -> nn.Cell:
+#: The most groups the default rule gives a layer: GroupNorm's usual 32 (Wu and He, 2018).
+MAX_GROUPS = 32
+
+
+def default_groups(channels):
+    """The largest divisor of ``channels`` not above :data:`MAX_GROUPS`: 32 for every ResNet width, 24 for 144."""
+    return max(g for g in range(1, min(MAX_GROUPS, channels) + 1) if channels % g == 0)
+
+
+def convert_bn_to_gn(network: nn.Cell, num_groups: Optional[int] = None) -> nn.Cell:
     """Replaces every ``nn.BatchNorm2d`` in ``network`` with an ``nn.GroupNorm``, in place.
 
-    Each GroupNorm has the BatchNorm's channels and eps, ``num_groups``
-    groups (fewer where a layer has fewer channels), and starts from the
+    Each GroupNorm has the BatchNorm's channels and eps, and starts from the
     BatchNorm's ``gamma`` and ``beta``; the running statistics are dropped,
     as GroupNorm has none. Parameter names stay as they were
     (``layer1.0.bn1.gamma``), so the optimizer and checkpoints see the same
@@ -51,8 +61,14 @@ def convert_bn_to_gn(network: nn.Cell, num_groups: int = 32) -> nn.Cell:
 
     Args:
         network: any ``nn.Cell``.
-        num_groups: groups per GroupNorm; it must divide every converted
-            layer's channel count (32 divides every ResNet width).
+        num_groups: None (the default) gives each layer the largest divisor
+            of its channels not above 32 (:func:`default_groups`), so any
+            network converts: 32 for every ResNet width, 24 for
+            EfficientNet-B0's 144 channels. A number is strict: it must divide
+            every converted layer's channels (a layer with fewer channels
+            gets one group per channel); ``num_groups=1`` is LayerNorm over
+            the channels, as the EfficientNet recipe uses. The groups chosen
+            are logged.
 
     Returns:
         ``network``, for chaining.
@@ -63,14 +79,15 @@ def convert_bn_to_gn(network: nn.Cell, num_groups: int = 32) -> nn.Cell:
     """
     if not isinstance(network, nn.Cell):
         raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
-    num_groups = check_positive_int("num_groups", num_groups, example=32)
+    if num_groups is not None:
+        num_groups = check_positive_int("num_groups", num_groups, example=32)
     found = []  # (parent, child name, full name, BatchNorm2d, groups); all checked before any is changed
     for parent_name, parent in network.cells_and_names():
         for child_name, bn in parent.name_cells().items():
             if not isinstance(bn, nn.BatchNorm2d):
                 continue
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            groups = min(num_groups, bn.num_features)
+            groups = default_groups(bn.num_features) if num_groups is None else min(num_groups, bn.num_features)
             if bn.num_features % groups:
                 raise ValueError(f"num_groups={num_groups} does not divide the {bn.num_features} channels of "
                                  f"{full}: pass a num_groups that divides every BatchNorm2d's channels, e.g. 32 "
@@ -93,5 +110,7 @@ def convert_bn_to_gn(network: nn.Cell, num_groups: int = 32) -> nn.Cell:
     if left:
         logger.warning("convert_bn_to_gn: %d BatchNorm cells that are not BatchNorm2d were left as they are: %s",
                        len(left), ", ".join(left))
-    logger.info("convert_bn_to_gn: replaced %d BatchNorm2d with GroupNorm (%d groups)", len(replaced), num_groups)
+    chosen = collections.Counter(gn.num_groups for gn in replaced.values())
+    logger.info("convert_bn_to_gn: replaced %d BatchNorm2d with GroupNorm (%s)", len(replaced),
+                ", ".join(f"{count} with {groups} groups" for groups, count in sorted(chosen.items(), reverse=True)))
     return network

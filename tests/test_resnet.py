@@ -188,3 +188,44 @@ def test_batch_norm_resnet_warns_once_about_accumulation(tmp_path, tiny_cifar10)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("BatchNorm layers") == 1, result.stdout
     assert "use GroupNorm: --norm group" in result.stdout
+
+
+class OddWidths(nn.Cell):
+    """BatchNorm2d at EfficientNet-B0's awkward widths: 144 and 40 (no divisor 32), 6 (fewer than 32), 96."""
+
+    def __init__(self):
+        super().__init__()
+        widths = (3, 144, 40, 6, 96)
+        self.body = nn.SequentialCell([layer for c_in, c_out in zip(widths, widths[1:]) for layer in (
+            nn.Conv2d(c_in, c_out, 3, weight_init="he_uniform"), nn.BatchNorm2d(c_out), nn.ReLU())])
+        self.head = nn.Dense(96, 10)
+
+    def construct(self, x):
+        return self.head(self.body(x).mean(axis=(2, 3)))
+
+
+def test_convert_bn_to_gn_at_its_defaults_takes_any_width_and_accumulation_is_then_exact(caplog):
+    """Issue 23 (3): the default was 32 groups, which refused EfficientNet-B0's 144 channels.
+
+    Reference, by hand: the largest divisor of each width not above 32 (24, 20, 6, 32); then one
+    concatenated-window step (SGD, rtol 1e-5) as in test_equivalence.py.
+    """
+    network = OddWidths()
+    with pytest.raises(ValueError, match=r"num_groups=32 does not divide the 144 channels of body.1"):
+        convert_bn_to_gn(network, num_groups=32)  # an explicit count stays strict
+    with caplog.at_level(logging.INFO, logger="mindspore_accum"):
+        convert_bn_to_gn(network)
+    groups = [cell.num_groups for _, cell in network.cells_and_names() if isinstance(cell, nn.GroupNorm)]
+    assert groups == [24, 20, 6, 32] and batchnorm_cells(network) == []
+    assert ("convert_bn_to_gn: replaced 4 BatchNorm2d with GroupNorm (1 with 32 groups, 1 with 24 groups, "
+            "1 with 20 groups, 1 with 6 groups)") in caplog.text
+    window = micro_batches([2, 2, 2], (3, 8, 8), 10, seed=4)
+    reference = OddWidths()
+    convert_bn_to_gn(reference)
+    for mine, theirs in zip(reference.get_parameters(), network.get_parameters()):
+        mine.set_data(theirs.data.copy())
+    model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1))
+    model.train_process(1, window, mini_steps=3, save=NO_CKPT)
+    expected = reference_steps(reference, nn.SGD(reference.trainable_params(), 0.1), [window])
+    for name, value in params_of(network).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
