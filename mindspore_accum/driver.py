@@ -114,6 +114,19 @@ def current_learning_rate(optimizer, just_applied=False):
     return float(values[min(step, values.size - 1)])
 
 
+def _optimizer_description(optimizer):
+    """The optimizer's class, with its weight decay when it has one: ``AdamWeightDecay(weight_decay=0.01)``.
+
+    A resume compares it: a changed weight decay is no tensor of the state, so it
+    is named here. Without weight decay it is the bare class name, as states
+    before 0.3 recorded.
+    """
+    decay = getattr(optimizer, "weight_decay", 0.0)
+    decay = float(decay.asnumpy()) if isinstance(decay, Tensor) and decay.size == 1 else decay
+    name = type(optimizer).__name__
+    return f"{name}(weight_decay={decay:g})" if isinstance(decay, float) and decay else name
+
+
 def _batch_size(inputs):
     return int(inputs[0].shape[0])
 
@@ -356,7 +369,7 @@ class GradientAccumulation:
     def _new_state(self, schedule, train_dataset, micro_batches, seed):
         """This call's settings, at the start, with the driver's counters."""
         return TrainingState(
-            model=type(self.network).__name__, optimizer=type(self.optimizer).__name__,
+            model=type(self.network).__name__, optimizer=_optimizer_description(self.optimizer),
             mini_steps=schedule.mini_steps, remainder=schedule.remainder,
             batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,

@@ -90,6 +90,39 @@ def resume_command(path):
     return shlex.join(["python", sys.argv[0], *argv, "--resume", path])
 
 
+#: --optimizer: MindSpore's own optimizers. momentum is the model zoo's recipe and the default.
+OPTIMIZERS = {
+    "momentum": lambda params, args, lr: nn.Momentum(params, lr, args.momentum, weight_decay=args.weight_decay),
+    "sgd": lambda params, args, lr: nn.SGD(params, lr, weight_decay=args.weight_decay),
+    "adam": lambda params, args, lr: nn.Adam(params, lr, weight_decay=args.weight_decay),
+    "adamw": lambda params, args, lr: nn.AdamWeightDecay(params, lr, weight_decay=args.weight_decay),
+}
+
+
+def add_optimizer_args(parser):
+    """The optimizer flags both training scripts take."""
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",
+                        help="nn.Momentum (the zoo's), nn.SGD, nn.Adam (L2 weight decay) or nn.AdamWeightDecay "
+                             "(decoupled, AdamW)")
+    parser.add_argument("--lr", type=positive_float, default=0.01)
+    parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="--optimizer momentum only")
+    parser.add_argument("--weight_decay", type=non_negative_float, default=0.0)
+
+
+def optimizer_words(args):
+    """The banner's words for the optimizer: ``lr: 0.01, momentum: 0.9`` for the zoo's, else its name too."""
+    words = f"lr: {args.lr}, " + (f"momentum: {args.momentum}" if args.optimizer == "momentum"
+                                   else f"optimizer: {args.optimizer}")
+    return words + (f", weight_decay: {args.weight_decay}" if args.weight_decay else "")
+
+
+def build_optimizer(args, params, lr):
+    """The optimizer ``args`` names over ``params``, at ``lr`` (a rate or a list of rates, one per update)."""
+    if args.optimizer != "momentum" and args.momentum != 0.9:
+        raise ValueError(f"--momentum applies to --optimizer momentum, not {args.optimizer}: drop --momentum")
+    return OPTIMIZERS[args.optimizer](params, args, lr)
+
+
 def add_common_args(parser):
     """Flags both scripts take, named as in MindSpore's model zoo."""
     parser.add_argument("--data_path", default=None,

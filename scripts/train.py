@@ -22,16 +22,16 @@ import os
 import signal
 import sys
 
-from mindspore import nn
-
 from common import (
     add_common_args,
+    add_optimizer_args,
     build_dataset,
     build_loss,
     build_network,
+    build_optimizer,
     evaluate,
-    non_negative_float,
     non_negative_int,
+    optimizer_words,
     positive_float,
     positive_int,
     resolve_model_args,
@@ -69,8 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
     parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs in all; a resumed run counts the epochs before the interruption")
-    parser.add_argument("--lr", type=positive_float, default=0.01)
-    parser.add_argument("--momentum", type=non_negative_float, default=0.9)
+    add_optimizer_args(parser)
     parser.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="constant",
                         help="over optimizer updates, not micro-batches: constant, cosine (to 0), or step "
                              "(/10 at half, /100 at three quarters)")
@@ -110,7 +109,7 @@ def parse_args(argv=None):
 #: The flags every data-parallel rank must share; paths and display flags may differ between nodes.
 TRAINING_FLAGS = ("model", "dataset", "image_size", "num_classes", "norm", "conv_impl", "batch_size", "num_samples",
                   "mini_steps", "remainder", "epochs", "lr", "momentum", "lr_schedule", "warmup_steps", "amp_level",
-                  "clip_grad_norm", "seed", "weighting", "seq_len", "bucket")
+                  "clip_grad_norm", "seed", "weighting", "seq_len", "bucket", "optimizer", "weight_decay")
 
 
 def state_dir_for(ckpt_path):
@@ -199,10 +198,10 @@ def print_plan(say, args, device, ranks, micro_batches, updates, resumed):
         say(f"data parallel: {ranks} ranks, each training on {micro_batches * args.batch_size} samples of its "
             f"shard per epoch")
         say(f"effective batch: {ranks * args.batch_size * args.mini_steps} = {ranks} x {args.batch_size} x "
-            f"{args.mini_steps} (ranks x batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+            f"{args.mini_steps} (ranks x batch_size x mini_steps), {optimizer_words(args)}")
     else:
         say(f"effective batch: {args.batch_size * args.mini_steps} = {args.batch_size} x {args.mini_steps} "
-            f"(batch_size x mini_steps), lr: {args.lr}, momentum: {args.momentum}")
+            f"(batch_size x mini_steps), {optimizer_words(args)}")
     say(f"micro-batches per epoch: {micro_batches}" + (" per rank" if args.distribute else "")
         + f", updates per epoch: {updates}, epochs: {args.epochs}")
     say(f"lr schedule: {args.lr_schedule} over {updates * args.epochs} updates, warm-up {args.warmup_steps}; "
@@ -215,13 +214,13 @@ def print_plan(say, args, device, ranks, micro_batches, updates, resumed):
 
 
 def build_model(args, total_updates):
-    """The network, the model zoo's loss and Momentum (with the rate schedule over updates), and the driver."""
+    """The network, the model zoo's loss, the optimizer (with the rate schedule over updates), and the driver."""
     network = build_network(args)
     loss_fn = build_loss(args)
     lr = args.lr
     if args.lr_schedule != "constant" or args.warmup_steps:
         lr = learning_rates(args.lr_schedule, args.lr, total_updates, args.warmup_steps)
-    optimizer = nn.Momentum(network.trainable_params(), lr, args.momentum)
+    optimizer = build_optimizer(args, network.trainable_params(), lr)
     return GradientAccumulation(network, loss_fn, optimizer, amp_level=args.amp_level,
                                 clip_grad_norm=args.clip_grad_norm, distributed=args.distribute,
                                 weighting=args.weighting)

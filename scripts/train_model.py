@@ -23,11 +23,12 @@ from mindspore.train import Callback, CheckpointConfig, LossMonitor, TimeMonitor
 
 from common import (
     add_common_args,
+    add_optimizer_args,
     build_dataset,
     build_loss,
     build_network,
-    non_negative_float,
-    positive_float,
+    build_optimizer,
+    optimizer_words,
     positive_int,
     resolve_model_args,
     resume_command,
@@ -59,8 +60,7 @@ def parse_args(argv=None):
     parser.add_argument("--ckpt_path", default="ckpt", help="checkpoint directory, as in the model zoo")
     parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
     parser.add_argument("--epochs", type=positive_int, default=10, help="epochs in all, counting resumed ones")
-    parser.add_argument("--lr", type=positive_float, default=0.01)
-    parser.add_argument("--momentum", type=non_negative_float, default=0.9)
+    add_optimizer_args(parser)
     parser.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                         help="what a window is weighted by: samples, or items (valid tokens); default items for gpt_*")
     parser.add_argument("--amp_level", choices=AMP_LEVELS, default="O0",
@@ -90,7 +90,7 @@ class CountOnFrom(Callback):
 
 #: The flags a resume must match, with the dataset's micro-batches per epoch; --epochs may grow, paths may change.
 SETTINGS = ("model", "dataset", "image_size", "num_classes", "norm", "seq_len", "bucket", "batch_size", "num_samples",
-            "mini_steps", "lr", "momentum", "amp_level", "weighting", "seed")
+            "mini_steps", "optimizer", "lr", "momentum", "weight_decay", "amp_level", "weighting", "seed")
 
 
 def resume(cell, path, dataset, epochs, settings):
@@ -122,7 +122,7 @@ def train(args):
     network = build_network(args)
     compute = network if args.amp_level == "O0" else amp.auto_mixed_precision(network, args.amp_level)
     loss_scaler = None if args.amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
-    optimizer = nn.Momentum(network.trainable_params(), args.lr, args.momentum)
+    optimizer = build_optimizer(args, network.trainable_params(), args.lr)
     cell = GradientAccumulationCell(nn.WithLossCell(compute, build_loss(args)), optimizer, args.mini_steps,
                                     micro_batches_per_epoch=micro_batches, loss_scaler=loss_scaler,
                                     weighting=args.weighting)
@@ -135,7 +135,7 @@ def train(args):
     print(f"effective batch: {args.batch_size * window} = {args.batch_size} x {window} (batch_size x "
           + ("mini_steps" if window == args.mini_steps else f"the epoch's micro-batches, fewer than mini_steps "
                                                               f"{args.mini_steps}")
-          + f"), lr: {args.lr}, momentum: {args.momentum}")
+          + f"), {optimizer_words(args)}")
     print(f"micro-batches per epoch: {micro_batches}, updates per epoch: "
           f"{WindowSchedule(args.mini_steps).updates_per_epoch(micro_batches)}, epochs: {args.epochs}"
           + (f", resuming at micro-step {start} from {args.resume}" if args.resume else ""))

@@ -51,6 +51,9 @@ OPTIMIZERS = {
     # sum into ~1e-5 at the default eps=1e-8. eps=1e-6 keeps the comparison
     # about accumulation (worst excess over rtol measured here: 5e-8).
     "adam": lambda params: nn.Adam(params, learning_rate=0.01, eps=1e-6),
+    "sgd": lambda params: nn.SGD(params, learning_rate=0.1),
+    # AdamW with its decoupled weight decay; eps as Adam's above.
+    "adamw": lambda params: nn.AdamWeightDecay(params, learning_rate=0.01, eps=1e-6, weight_decay=0.01),
 }
 
 

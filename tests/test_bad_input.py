@@ -129,6 +129,8 @@ def test_lr_epochs_device_target_and_other_flags_out_of_range_are_refused(tiny_m
     (("--amp_level", "O2"), "amp_level='O0' in the state vs 'O2' in this run"),
     (("--clip_grad_norm", 1.0), "clip_grad_norm=None in the state vs 1.0 in this run"),
     (("--warmup_steps", 2), "learning_rate 0.01 in the state vs (a schedule of 8 rates, 0.005 to 0.01)"),
+    (("--optimizer", "adamw"), "optimizer='Momentum' in the state vs 'AdamWeightDecay' in this run"),
+    (("--weight_decay", 0.01), "optimizer='Momentum' in the state vs 'Momentum(weight_decay=0.01)' in this run"),
 ])
 def test_resume_refuses_a_state_that_does_not_fit_naming_the_difference(tmp_path, tiny_mnist, trained, change,
                                                                          fragment):
@@ -145,6 +147,15 @@ def test_resume_with_more_epochs_at_a_constant_rate_is_accepted(tmp_path, tiny_m
     result = run_script("train.py", "--data_path", tiny_mnist, "--no_progress", "--batch_size", 8, "--mini_steps", 2,
                         "--epochs", 3, "--resume", trained / "m_state", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_each_optimizer_trains_from_the_command_line_and_momentum_is_refused_for_the_others(tmp_path, tiny_mnist):
+    result = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--optimizer", "adamw", "--lr", "0.001",
+                        "--weight_decay", "0.01", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.001, optimizer: adamw, weight_decay: 0.01" in result.stdout
+    assert_refused(run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--optimizer", "sgd", "--momentum", 0.5,
+                              cwd=tmp_path), "--momentum applies to --optimizer momentum, not sgd")
 
 
 @pytest.mark.parametrize("flags, fragments", [
