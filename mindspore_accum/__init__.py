@@ -9,7 +9,7 @@ window's samples, never summed.
 from .accumulation_cell import GradientAccumulationCell
 from .callbacks import Callback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .checkpoint import CheckpointError, load_network_checkpoint, save_network_checkpoint
+from .checkpoint import CheckpointError, load_initial_weights, load_network_checkpoint, save_network_checkpoint
 from .distributed import init_data_parallel
 from .driver import GradientAccumulation, NonFiniteError, UpdateRecord
 from .grad_flow import plot_grad_flow
@@ -30,6 +30,6 @@ __all__ = [
     # Callbacks of the driver.
     "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver", "plot_grad_flow",
     # Helpers a training script needs.
-    "learning_rates", "convert_bn_to_gn", "save_network_checkpoint", "load_network_checkpoint",
+    "learning_rates", "convert_bn_to_gn", "save_network_checkpoint", "load_network_checkpoint", "load_initial_weights",
     "read_training_state", "init_data_parallel",
 ]

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import tempfile
+from typing import List
 
 import mindspore as ms
 import numpy as np
@@ -19,7 +20,8 @@ from .validation import PathLike
 
 __all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
            "save_network_checkpoint",
-           "load_network_checkpoint", "write_checkpoint_atomically", "read_checkpoint", "remove_stale_temporaries"]
+           "load_network_checkpoint", "load_initial_weights", "write_checkpoint_atomically", "read_checkpoint",
+           "remove_stale_temporaries"]
 
 logger = logging.getLogger(__name__)
 
@@ -250,3 +252,56 @@ def load_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> ms.nn.Cell:
         raise CheckpointError(f"checkpoint {path!r}: parameters not loaded: {', '.join(not_loaded)}")
     logger.info("loaded checkpoint %s", path)
     return network
+
+
+def load_initial_weights(network: ms.nn.Cell, path: PathLike) -> List[str]:
+    """Starts ``network`` from a checkpoint's weights, for fine-tuning; returns the names left to their own init.
+
+    Accepted: a bare checkpoint (this project's, the model zoo's, mindcv's), a
+    train-Cell checkpoint, or a training state (its network); a directory
+    stands for its newest ``.ckpt`` file. Every parameter
+    of ``network`` must be in the file with its shape - except the head, the
+    last ``nn.Dense``, which keeps its own fresh initialisation when its shape
+    differs (a new number of classes) and is named in the log. Entries of the
+    file that are no parameter of ``network`` (optimizer moments, counters)
+    are left out. Nothing is loaded unless everything else fits.
+
+    Raises:
+        CheckpointError: the file is unreadable, or a parameter other than the
+            head is missing or of another shape: each is named.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        found = [entry.path for entry in os.scandir(path) if entry.is_file() and entry.name.endswith(".ckpt")]
+        if not found:
+            raise CheckpointError(f"--init_ckpt {path!r} is a directory with no .ckpt file: give a checkpoint")
+        path = max(found, key=os.path.getmtime)
+    saved = read_checkpoint(path, "initial checkpoint", "pass a model checkpoint or a training state")
+    if TRAINING_STATE_KEY in saved:
+        saved = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items() if name.startswith(NETWORK_PREFIX)}
+    head = _head_parameters(network)
+    params = {param.name: param for param in network.get_parameters()}
+    fresh = [name for name in head if name in saved and tuple(saved[name].shape) != tuple(params[name].shape)]
+    problems = mismatches({name: param.shape for name, param in params.items() if name not in fresh},
+                          {name: value.shape for name, value in saved.items()
+                           if name in params and name not in fresh})
+    if problems:
+        raise CheckpointError(f"--init_ckpt {path!r} does not fit {type(network).__name__}: " + "; ".join(problems)
+                              + " (only the head, the last Dense layer, may differ: it is then re-initialised)")
+    loading = {name: saved[name] for name in params if name not in fresh}
+    not_loaded, _ = ms.load_param_into_net(network, loading, strict_load=True)
+    not_loaded = [name for name in not_loaded if name not in fresh]  # the head keeps its own initialisation
+    if not_loaded:
+        raise CheckpointError(f"--init_ckpt {path!r}: parameters not loaded: {', '.join(not_loaded)}")
+    if fresh:
+        logger.info("initialised from %s; re-initialised the head, whose shape differs: %s", path,
+                    ", ".join(f"{name} {tuple(saved[name].shape)} -> {tuple(params[name].shape)}" for name in fresh))
+    else:
+        logger.info("initialised from %s", path)
+    return fresh
+
+
+def _head_parameters(network):
+    """The parameter names of the last ``nn.Dense`` in ``network``: its classifier head."""
+    dense = [cell for _, cell in network.cells_and_names() if isinstance(cell, ms.nn.Dense)]
+    return [param.name for param in dense[-1].get_parameters()] if dense else []

@@ -52,7 +52,7 @@ from mindspore_accum import (
     learning_rates,
     read_training_state,
 )
-from mindspore_accum.checkpoint import check_ckpt_path, check_writable_directory
+from mindspore_accum.checkpoint import check_ckpt_path, check_writable_directory, load_initial_weights
 from mindspore_accum.distributed import check_same_settings
 from mindspore_accum.driver import AMP_LEVELS
 from mindspore_accum.lr_schedule import LR_SCHEDULES
@@ -98,6 +98,9 @@ def parse_args(argv=None):
                              "and on SIGINT/SIGTERM)")
     parser.add_argument("--keep_checkpoints", type=positive_int, default=5,
                         help="training states to keep; older ones are deleted")
+    parser.add_argument("--init_ckpt", default=None, metavar="PATH",
+                        help="fine-tune: start from this checkpoint's network weights (a model checkpoint or a "
+                             "training state); a head of another shape is re-initialised")
     parser.add_argument("--resume", default=None, metavar="PATH",
                         help="continue from a training state file, or the newest in a state directory")
     parser.add_argument("--distribute", action="store_true",
@@ -138,6 +141,9 @@ def main():
         check_writable_directory(os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), "grad_flow"),
                                  "gradient-flow directory")
     resolve_model_args(args, train=True)
+    if args.init_ckpt and args.resume:
+        raise ValueError("--init_ckpt and --resume together: a resume restores everything, the weights included; "
+                         "drop --init_ckpt")
     resumed = None
     if args.resume is not None:
         args.resume = find_training_state(args.resume)
@@ -166,6 +172,8 @@ def train(args, rank, ranks, shards, resumed, device):
     updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(dataset.get_dataset_size())
     print_plan(say, args, device, ranks, dataset.get_dataset_size(), updates, resumed)
     model = build_model(args, updates * args.epochs)
+    if args.init_ckpt:
+        load_initial_weights(model.network, args.init_ckpt)
     callbacks = build_callbacks(say, args, model.network, resumed) if rank == 0 else []  # the others write nothing
     progress = next((c for c in callbacks if isinstance(c, ProgressBar)), None)
     save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir_for(args.ckpt_path), save_every=args.save_every,

@@ -37,7 +37,7 @@ from common import (
     setup_mindspore,
 )
 from mindspore_accum import GradientAccumulationCell
-from mindspore_accum.checkpoint import check_writable_directory
+from mindspore_accum.checkpoint import check_writable_directory, load_initial_weights
 from mindspore_accum.driver import AMP_LEVELS
 from mindspore_accum.model_guards import (
     EpochSizeCheck,
@@ -70,6 +70,9 @@ def parse_args(argv=None):
                         help="micro-steps between train-Cell checkpoints (default: one per epoch)")
     parser.add_argument("--dataset_sink_mode", action="store_true",
                         help="GPU/Ascend only (not run here): one sink per epoch, callbacks at its last micro-step")
+    parser.add_argument("--init_ckpt", default=None, metavar="PATH",
+                        help="fine-tune: start from this checkpoint's network weights; a head of another shape is "
+                             "re-initialised")
     parser.add_argument("--resume", default=None, metavar="FILE", help="a train/train-*.ckpt to continue from")
     return parser.parse_args(argv)
 
@@ -106,6 +109,9 @@ def resume(cell, path, dataset, epochs, settings):
 def main():
     args = parse_args()
     resolve_model_args(args, train=True)
+    if args.init_ckpt and args.resume:
+        raise ValueError("--init_ckpt and --resume together: a resume restores everything, the weights included; "
+                         "drop --init_ckpt")
     setup_logging()
     check_writable_directory(args.ckpt_path, "checkpoint directory")
     with run_lock(args.ckpt_path):  # one run per checkpoint directory, as train.py
@@ -120,6 +126,8 @@ def train(args):
     dataset = build_dataset(args, train=True, num_samples=args.num_samples)
     micro_batches = dataset.get_dataset_size()
     network = build_network(args)
+    if args.init_ckpt:
+        load_initial_weights(network, args.init_ckpt)
     compute = network if args.amp_level == "O0" else amp.auto_mixed_precision(network, args.amp_level)
     loss_scaler = None if args.amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
     optimizer = build_optimizer(args, network.trainable_params(), args.lr)

@@ -12,6 +12,7 @@ from mindspore_accum import (
     CheckpointError,
     GradientAccumulation,
     SaveConfig,
+    load_initial_weights,
     load_network_checkpoint,
     save_network_checkpoint,
 )
@@ -121,3 +122,43 @@ def test_an_unwritable_checkpoint_path_fails_before_training(tmp_path):
         model.train_process(1, [(Tensor(np.ones((2, 8), np.float32)), Tensor(np.zeros(2, np.int32)))],
                             mini_steps=1, save=SaveConfig(ckpt_path=str(tmp_path / "file" / "model.ckpt")))
     assert all(np.array_equal(v, before[n]) for n, v in params_of(network).items()), "trained before failing"
+
+
+def test_init_weights_equal_the_source_checkpoint_bit_for_bit(tmp_path):
+    source = LeNet5()
+    for param in source.get_parameters():  # not an initial draw: weights of their own
+        param.set_data(Tensor(np.random.default_rng(5).normal(0, 0.1, param.shape).astype(np.float32)))
+    save_network_checkpoint(source, tmp_path / "source.ckpt")
+    target = LeNet5()
+    assert load_initial_weights(target, tmp_path / "source.ckpt") == []
+    for name, value in params_of(source).items():
+        np.testing.assert_array_equal(params_of(target)[name], value, err_msg=name)
+
+
+def test_a_new_head_is_re_initialised_by_name_and_the_rest_is_the_sources(tmp_path, caplog):
+    import logging
+    source = LeNet5(num_class=10)
+    for param in source.get_parameters():
+        param.set_data(Tensor(np.random.default_rng(6).normal(0, 0.1, param.shape).astype(np.float32)))
+    save_network_checkpoint(source, tmp_path / "source.ckpt")
+    target = LeNet5(num_class=12)
+    own = params_of(target)
+    with caplog.at_level(logging.INFO, logger="mindspore_accum"):
+        fresh = load_initial_weights(target, tmp_path / "source.ckpt")
+    assert fresh == ["fc3.weight", "fc3.bias"]
+    assert "re-initialised the head, whose shape differs: fc3.weight (10, 84) -> (12, 84), fc3.bias (10,) -> (12,)" \
+        in caplog.text
+    for name, value in params_of(target).items():
+        expected = own[name] if name.startswith("fc3.") else params_of(source)[name]
+        np.testing.assert_array_equal(value, expected, err_msg=name)
+
+
+def test_a_body_that_does_not_fit_is_refused_by_name_and_nothing_is_loaded(tmp_path):
+    save_network_checkpoint(LeNet5(num_channel=3), tmp_path / "rgb.ckpt")
+    target = LeNet5()
+    before = params_of(target)
+    message = r"rgb.ckpt' does not fit LeNet5: shape mismatch conv1.weight \(6, 3, 5, 5\) in the file vs \(6, 1, 5, 5\)"
+    with pytest.raises(CheckpointError, match=message):
+        load_initial_weights(target, tmp_path / "rgb.ckpt")
+    for name, value in params_of(target).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)

@@ -212,3 +212,16 @@ def test_a_directory_named_like_a_state_is_left_alone(tmp_path, tiny_mnist):
     assert (tmp_path / "gradient_accumulation_state" / "state-old.ckpt").is_dir()
     evaluated = run_script("eval.py", "--data_path", tiny_mnist, "--per_class", cwd=tmp_path)
     assert evaluated.returncode == 0 and "Warning" not in evaluated.stderr, evaluated.stderr
+
+
+def test_fine_tuning_from_a_training_state_with_a_new_head_and_init_ckpt_with_resume_is_refused(tmp_path,
+                                                                                               tiny_mnist):
+    flags = ("--data_path", tiny_mnist, "--epochs", 1, "--batch_size", 8, "--no_progress")
+    first = run_script("train.py", *flags, "--ckpt_path", "base.ckpt", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    tuned = run_script("train.py", *flags, "--num_classes", 12, "--init_ckpt", "base_state", "--ckpt_path",
+                       "tuned.ckpt", cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr
+    assert "re-initialised the head, whose shape differs: fc3.weight (10, 84) -> (12, 84)" in tuned.stdout
+    assert_refused(run_script("train.py", *flags, "--init_ckpt", "base.ckpt", "--resume", "base_state",
+                              cwd=tmp_path), "--init_ckpt and --resume together")
