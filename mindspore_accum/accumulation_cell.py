@@ -24,6 +24,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, amp, nn, ops
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
+from .ema import ExponentialMovingAverage
 from .norm import warn_if_batchnorm
 from .schedule import WindowSchedule
 from .validation import check_positive_int
@@ -69,6 +70,9 @@ class GradientAccumulationCell(nn.Cell):
             (or by the items of a network that returns ``(loss, items)``); see
             :mod:`~mindspore_accum.weighting`.
         ignore_index: the label that is no item, as the loss's own.
+        ema_decay: None, or a decay in [0, 1): a moving average of the
+            trainable weights, updated once per applied update, never per
+            micro-step (see :mod:`~mindspore_accum.ema`).
 
     Inputs: the network's inputs for one micro-batch (the first input's
     leading dimension is its number of samples).
@@ -93,7 +97,8 @@ class GradientAccumulationCell(nn.Cell):
     def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, mini_steps: int = 4, *,
                  micro_batches_per_epoch: Optional[int] = None, remainder: str = "flush",
                  loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
-                 all_reduce: bool = False, weighting: str = "samples", ignore_index: int = -100):
+                 all_reduce: bool = False, weighting: str = "samples", ignore_index: int = -100,
+                 ema_decay: Optional[float] = None):
         super().__init__(auto_prefix=False)
         _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index)
         schedule = WindowSchedule(mini_steps, remainder)
@@ -114,7 +119,9 @@ class GradientAccumulationCell(nn.Cell):
         self.buffer = AccumulationBuffer(optimizer.parameters)
         self.forward_backward = TrainForwardBackward(network_with_loss, optimizer.parameters, self.buffer, loss_scaler,
                                                      weighting, ignore_index)
-        self.optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce)
+        #: The weights' moving average (its Parameters are in the train Cell's checkpoint), or None.
+        self.ema = ExponentialMovingAverage(optimizer.parameters, ema_decay) if ema_decay is not None else None
+        self.optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce, ema=self.ema)
         self.clear = TrainClear(self.buffer)
         self.optimizer = optimizer
         self.loss_scaler = loss_scaler

@@ -32,6 +32,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
 from mindspore.common.initializer import initializer
 
+from .ema import ExponentialMovingAverage
 from .weighting import check_weighting, count_items
 
 __all__ = ["AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear"]
@@ -245,14 +246,20 @@ class TrainOptim(nn.Cell):
     A window whose count is 0 (``weighting="items"`` with every label ignored)
     applies no update; its gradient is finite (zero) and does not lower the scale.
 
+    With ``ema`` (an :class:`~mindspore_accum.ema.ExponentialMovingAverage`),
+    the averages are updated right after each applied update, and never
+    otherwise.
+
     Returns: a bool scalar, True if the update was applied.
     """
 
     def __init__(self, optimizer: nn.Optimizer, buffer: AccumulationBuffer,
                  loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
-                 all_reduce: bool = False):
+                 all_reduce: bool = False, ema: Optional[ExponentialMovingAverage] = None):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
+        self.ema = ema
+        self.use_ema = ema is not None
         self.grad_sum = buffer.grad_sum
         self.window_samples = buffer.window_samples
         self.window_loss = buffer.window_loss
@@ -284,6 +291,8 @@ class TrainOptim(nn.Cell):
             if self.clip:
                 grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
             applied = ops.depend(applied, self.optimizer(grads))
+            if self.use_ema:  # after the optimizer has written the weights, and only on an applied update
+                applied = ops.depend(applied, self.ema())
         if self.scaled:
             applied = ops.depend(applied, self.loss_scaler.adjust(finite))
         return applied

@@ -81,23 +81,27 @@ def check_writable_directory(directory, what):
     return directory
 
 
-def save_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> str:
+def save_network_checkpoint(network: ms.nn.Cell, path: PathLike, ema=None) -> str:
     """Writes ``network``'s parameters to ``path`` atomically.
 
     The file is written under a temporary name in the same directory, flushed
     to disk, then renamed over ``path``: a crash leaves either the old file or
     the new one, never half of one. Parameters that are not finite are refused,
-    so a diverged run never replaces a good checkpoint.
+    so a diverged run never replaces a good checkpoint. With ``ema`` (an
+    :class:`~mindspore_accum.ema.ExponentialMovingAverage`), the trainable
+    weights' averages are written under the weights' own names.
 
     Raises:
         CheckpointError: a parameter is NaN or infinite, or the file cannot be written.
     """
     path = check_ckpt_path(path)
-    for param in network.get_parameters():
-        if not np.isfinite(param.asnumpy()).all():
-            raise CheckpointError(f"not writing {path!r}: parameter {param.name!r} is not finite "
+    entries = ema.network_entries(network) if ema is not None else \
+        [{"name": p.name, "data": p} for p in network.get_parameters()]
+    for entry in entries:
+        if not np.isfinite(entry["data"].asnumpy()).all():
+            raise CheckpointError(f"not writing {path!r}: parameter {entry['name']!r} is not finite "
                                   f"(training diverged); the existing file, if any, is kept")
-    write_checkpoint_atomically(network, path)
+    write_checkpoint_atomically(entries if ema is not None else network, path)
     logger.info("saved checkpoint %s", path)
     return path
 

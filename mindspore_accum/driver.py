@@ -17,6 +17,7 @@ from .callbacks import Callback
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
 from .distributed import data_parallel_rank
+from .ema import ExponentialMovingAverage
 from .interrupt import StopSignals, TrainingInterrupted
 from .norm import warn_if_batchnorm
 from .run_lock import run_locks
@@ -237,6 +238,10 @@ class GradientAccumulation:
             losses over padded sequences); see :mod:`~mindspore_accum.weighting`.
         ignore_index: the label that is no item, as the loss's own
             (``nn.CrossEntropyLoss``: -100); a loss ignoring another is refused.
+        ema_decay: None, or a decay in [0, 1): a moving average of the
+            trainable weights, updated once per applied update (see
+            :mod:`~mindspore_accum.ema`). The model checkpoint then holds the
+            averages under the weights' names; training states hold both.
 
     Example::
 
@@ -246,8 +251,11 @@ class GradientAccumulation:
 
     def __init__(self, network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *, amp_level: str = "O0",
                  loss_scaler: Union[str, amp.LossScaler, None] = "auto", clip_grad_norm: Optional[float] = None,
-                 distributed: bool = False, weighting: str = "samples", ignore_index: int = -100):
+                 distributed: bool = False, weighting: str = "samples", ignore_index: int = -100,
+                 ema_decay: Optional[float] = None):
         _check_arguments(network, loss_fn, optimizer, weighting, ignore_index)
+        #: The weights' moving average, updated once per applied update; None without ``ema_decay``.
+        self.ema = ExponentialMovingAverage(optimizer.parameters, ema_decay) if ema_decay is not None else None
         #: What windows are weighted by, and the label that is no item.
         self.weighting, self.ignore_index = weighting, ignore_index
         self.amp_level = check_choice("amp_level", amp_level, AMP_LEVELS)
@@ -268,7 +276,8 @@ class GradientAccumulation:
         self.buffer = AccumulationBuffer(optimizer.parameters)
         self.train_forward_backward = TrainForwardBackward(self.network_with_loss, optimizer.parameters,
                                                            self.buffer, loss_scaler, weighting, ignore_index)
-        self.train_optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce=distributed)
+        self.train_optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce=distributed,
+                                      ema=self.ema)
         self.train_clear = TrainClear(self.buffer)
         # Only a dynamic scaler can answer an overflow (by lowering the scale);
         # without one, a non-finite window means training has diverged.
@@ -291,8 +300,11 @@ class GradientAccumulation:
         """What a training state saves and a resume restores, in named groups (see :mod:`.training_state`)."""
         scaler = [getattr(self.loss_scaler, name) for name in ("scale_value", "counter")
                   if isinstance(getattr(self.loss_scaler, name, None), Parameter)]
-        return {"network": list(self.network.get_parameters()), "optimizer": list(self.optimizer.get_parameters()),
-                "buffer": list(self.buffer.parameters()), "scaler": scaler}
+        groups = {"network": list(self.network.get_parameters()), "optimizer": list(self.optimizer.get_parameters()),
+                  "buffer": list(self.buffer.parameters()), "scaler": scaler}
+        if self.ema is not None:
+            groups["ema"] = self.ema.parameters()
+        return groups
 
     def train_process(self, epoch: int, train_dataset: Iterable, mini_steps: int = 4, *, remainder: str = "flush",
                       save: Optional[SaveConfig] = None, log_every: Optional[int] = 1,
@@ -339,7 +351,7 @@ class GradientAccumulation:
             for batches in self._epochs(train_dataset, epoch, run.state, run.micro_batches):
                 self._train_epoch(run, batches)
             if run.ckpt_path is not None:
-                save_network_checkpoint(self.network, run.ckpt_path)
+                save_network_checkpoint(self.network, run.ckpt_path, self.ema)
         return run.history
 
     # Set-up and resume.
@@ -375,7 +387,8 @@ class GradientAccumulation:
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
             loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
             clip_grad_norm=self.clip_grad_norm, ranks=self.ranks, weighting=self.weighting,
-            ignore_index=self.ignore_index, progress=self.progress, run_id=uuid.uuid4().hex)
+            ignore_index=self.ignore_index, ema_decay=self.ema.decay_value if self.ema is not None else None,
+            progress=self.progress, run_id=uuid.uuid4().hex)
 
     def _warn_about(self, schedule, micro_batches, states, resume):
         """Settings that run, but not as the user probably meant."""

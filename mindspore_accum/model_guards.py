@@ -30,11 +30,17 @@ import os
 
 from mindspore.train import Callback, ModelCheckpoint
 
-from .checkpoint import CheckpointError, mismatches, read_checkpoint, write_checkpoint_atomically
+from .checkpoint import (
+    CheckpointError,
+    mismatches,
+    read_checkpoint,
+    save_network_checkpoint,
+    write_checkpoint_atomically,
+)
 from .interrupt import StopSignals
 
 __all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
-           "ResumableCheckpoint", "remove_partial_files"]
+           "ResumableCheckpoint", "remove_partial_files", "AverageCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +191,25 @@ def remove_partial_files(directories, since):
                 os.remove(entry.path)
                 removed.append(entry.path)
     return removed
+
+
+class AverageCheckpoint(Callback):
+    """With EMA on: at each epoch's end, the bare checkpoint ``<prefix>-<epoch>_<step>.ckpt`` holds the averages.
+
+    Under the network's own parameter names, as ``ModelCheckpoint(saved_network=network)`` would name the raw
+    weights, so eval.py and the model zoo load it unchanged; only the newest is kept, as the bare checkpoint's
+    ``keep_checkpoint_max=1``. The raw weights and the averages are both in the train Cell's checkpoint.
+    """
+
+    def __init__(self, ema, network, directory, prefix):
+        super().__init__()
+        self.ema, self.network, self.directory, self.prefix = ema, network, os.fspath(directory), prefix
+
+    def on_train_epoch_end(self, run_context):
+        params = run_context.original_args()
+        name = f"{self.prefix}-{params.cur_epoch_num}_{params.batch_num}.ckpt"
+        path = save_network_checkpoint(self.network, os.path.join(self.directory, name), self.ema)
+        for entry in os.scandir(self.directory):
+            if entry.is_file() and entry.name.startswith(self.prefix + "-") and entry.name.endswith(".ckpt") \
+                    and entry.path != path:
+                os.remove(entry.path)

@@ -46,7 +46,7 @@ _OPTIMIZER_SETTINGS = ("optimizer/learning_rate", "optimizer/momentum")
 #: Settings a resumed run must share with the run that saved the state: with
 #: any of them different, "continue exactly" has no meaning.
 _SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
-             "amp_level", "loss_scaler", "clip_grad_norm", "ranks", "weighting", "ignore_index")
+             "amp_level", "loss_scaler", "clip_grad_norm", "ranks", "weighting", "ignore_index", "ema_decay")
 
 
 @dataclasses.dataclass
@@ -87,6 +87,8 @@ class TrainingState:
         weighting, ignore_index: what windows are weighted by (see
             :mod:`~mindspore_accum.weighting`); states written before 0.3
             have neither and read as ``"samples"`` and -100.
+        ema_decay: the weights' moving average's decay, or None (see
+            :mod:`~mindspore_accum.ema`).
 
     Position:
         epoch: the 1-based epoch in progress (or just finished, with ``epoch_done``).
@@ -116,6 +118,7 @@ class TrainingState:
     ranks: int = 1
     weighting: str = "samples"
     ignore_index: int = -100
+    ema_decay: float = None
     epoch: int = 1
     micro_batch: int = 0
     epoch_done: bool = False

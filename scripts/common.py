@@ -77,6 +77,17 @@ def non_negative_float(text):
     return value
 
 
+def ema_decay(text):
+    """An argparse type: a decay in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}: e.g. 0.999")
+    return value
+
+
 def resume_command(path):
     """This very command line, resuming from ``path``."""
     argv, skip = [], False
@@ -107,6 +118,9 @@ def add_optimizer_args(parser):
     parser.add_argument("--lr", type=positive_float, default=0.01)
     parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="--optimizer momentum only")
     parser.add_argument("--weight_decay", type=non_negative_float, default=0.0)
+    parser.add_argument("--ema_decay", type=ema_decay, default=None,
+                        help="keep a moving average of the weights, updated once per optimizer update; the model "
+                             "checkpoint then holds it (e.g. 0.999)")
 
 
 def optimizer_words(args):

@@ -112,7 +112,8 @@ def parse_args(argv=None):
 #: The flags every data-parallel rank must share; paths and display flags may differ between nodes.
 TRAINING_FLAGS = ("model", "dataset", "image_size", "num_classes", "norm", "conv_impl", "batch_size", "num_samples",
                   "mini_steps", "remainder", "epochs", "lr", "momentum", "lr_schedule", "warmup_steps", "amp_level",
-                  "clip_grad_norm", "seed", "weighting", "seq_len", "bucket", "optimizer", "weight_decay")
+                  "clip_grad_norm", "seed", "weighting", "seq_len", "bucket", "optimizer", "weight_decay",
+                  "ema_decay")
 
 
 def state_dir_for(ckpt_path):
@@ -174,7 +175,7 @@ def train(args, rank, ranks, shards, resumed, device):
     model = build_model(args, updates * args.epochs)
     if args.init_ckpt:
         load_initial_weights(model.network, args.init_ckpt)
-    callbacks = build_callbacks(say, args, model.network, resumed) if rank == 0 else []  # the others write nothing
+    callbacks = build_callbacks(say, args, model, resumed) if rank == 0 else []  # the others write nothing
     progress = next((c for c in callbacks if isinstance(c, ProgressBar)), None)
     save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir_for(args.ckpt_path), save_every=args.save_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume,
@@ -231,16 +232,24 @@ def build_model(args, total_updates):
     optimizer = build_optimizer(args, network.trainable_params(), lr)
     return GradientAccumulation(network, loss_fn, optimizer, amp_level=args.amp_level,
                                 clip_grad_norm=args.clip_grad_norm, distributed=args.distribute,
-                                weighting=args.weighting)
+                                weighting=args.weighting, ema_decay=args.ema_decay)
 
 
-def build_callbacks(say, args, network, resumed):
-    """Rank 0's callbacks: the progress bar, the metrics file (with the test set, if asked), gradient flow."""
+def build_callbacks(say, args, model, resumed):
+    """Rank 0's callbacks: the progress bar, the metrics file (with the test set, if asked), gradient flow.
+
+    With --ema_decay the epoch's evaluation scores the moving average: the weights the checkpoint holds.
+    """
+    network = model.network
     evaluate_epoch = None
     if args.eval_every_epoch:
         test_set = build_dataset(args, train=False, drop_remainder=False)
 
         def evaluate_epoch(epoch):
+            with model.ema.applied() if model.ema is not None else contextlib.nullcontext():
+                return score_epoch(epoch)
+
+        def score_epoch(epoch):
             if task_of(args.model) == "lm":
                 result = evaluate(network, test_set, lm=True)
                 say(f"epoch: {epoch} test loss: {result['Loss']:.6f} test bits per byte: {result['BitsPerByte']:.4f}")

@@ -40,6 +40,7 @@ from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.checkpoint import check_writable_directory, load_initial_weights
 from mindspore_accum.driver import AMP_LEVELS
 from mindspore_accum.model_guards import (
+    AverageCheckpoint,
     EpochSizeCheck,
     ResumableCheckpoint,
     SaveOnSignal,
@@ -93,7 +94,7 @@ class CountOnFrom(Callback):
 
 #: The flags a resume must match, with the dataset's micro-batches per epoch; --epochs may grow, paths may change.
 SETTINGS = ("model", "dataset", "image_size", "num_classes", "norm", "seq_len", "bucket", "batch_size", "num_samples",
-            "mini_steps", "optimizer", "lr", "momentum", "weight_decay", "amp_level", "weighting", "seed")
+            "mini_steps", "optimizer", "lr", "momentum", "weight_decay", "ema_decay", "amp_level", "weighting", "seed")
 
 
 def resume(cell, path, dataset, epochs, settings):
@@ -133,7 +134,7 @@ def train(args):
     optimizer = build_optimizer(args, network.trainable_params(), args.lr)
     cell = GradientAccumulationCell(nn.WithLossCell(compute, build_loss(args)), optimizer, args.mini_steps,
                                     micro_batches_per_epoch=micro_batches, loss_scaler=loss_scaler,
-                                    weighting=args.weighting)
+                                    weighting=args.weighting, ema_decay=args.ema_decay)
     settings = {**{flag: getattr(args, flag) for flag in SETTINGS}, "micro_batches_per_epoch": micro_batches}
     start = resume(cell, args.resume, dataset, args.epochs, settings) if args.resume else 0
 
@@ -155,7 +156,8 @@ def train(args):
                              append_info=["epoch_num", "step_num", record], crc_check=True)
     stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
     callbacks = [CountOnFrom(start), EpochSizeCheck(cell), LossMonitor(per_print_times=args.mini_steps),
-                 TimeMonitor(), ResumableCheckpoint(args.model, args.ckpt_path, bare, resuming=bool(args.resume)),
+                 TimeMonitor(), ResumableCheckpoint(args.model, args.ckpt_path, bare, resuming=bool(args.resume))
+                 if cell.ema is None else AverageCheckpoint(cell.ema, network, args.ckpt_path, args.model),
                  ResumableCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole, resuming=bool(args.resume)),
                  stop]
     # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
