@@ -18,7 +18,7 @@ from mindspore import nn, ops
 
 from mindspore_accum.validation import check_choice
 
-__all__ = ["CONV_IMPLS", "Im2ColConv2d", "make_conv2d", "im2col_is_faster"]
+__all__ = ["CONV_IMPLS", "Im2ColConv2d", "make_conv2d", "im2col_is_faster", "use_im2col"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,3 +102,38 @@ def make_conv2d(in_channels, out_channels, kernel_size, conv_impl="auto", **kwar
         conv_impl = "im2col" if on_cpu and im2col_is_faster(in_channels, out_channels, kernel_size) else "native"
     cls = Im2ColConv2d if conv_impl == "im2col" else nn.Conv2d
     return cls(in_channels, out_channels, kernel_size, **kwargs)
+
+
+def use_im2col(network, conv_impl="auto"):
+    """Gives a network this project did not build the CPU fast path: its ``nn.Conv2d`` layers become im2col.
+
+    As :func:`~mindspore_accum.convert_bn_to_gn` does for norms, in place:
+    every plain ``nn.Conv2d`` that ``conv_impl`` picks (``"auto"``: on the CPU,
+    kernels above 1x1; ``"im2col"``: all; ``"native"``: none) is replaced by an
+    :class:`Im2ColConv2d` holding the **same** weight and bias Parameters, so
+    names, checkpoints and an optimizer built before or after see the same
+    tensors. Grouped and depthwise convolutions (``group > 1``) and NHWC
+    layers stay native. Returns the names replaced.
+    """
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+    if conv_impl == "native" or (conv_impl == "auto" and ms.get_context("device_target") != "CPU"):
+        return []
+    replaced = []
+    for parent_name, parent in list(network.cells_and_names()):
+        for child_name, conv in list(parent.name_cells().items()):
+            if type(conv) is not nn.Conv2d or conv.group != 1 or conv.data_format != "NCHW":
+                continue
+            if conv_impl == "auto" and not im2col_is_faster(conv.in_channels, conv.out_channels, conv.kernel_size):
+                continue
+            fast = Im2ColConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                                pad_mode=conv.pad_mode, padding=conv.padding, dilation=conv.dilation,
+                                has_bias=conv.has_bias)
+            fast.weight = conv.weight  # the same Parameter: its name and value stay
+            if conv.has_bias:
+                fast.bias = conv.bias
+            if isinstance(parent, nn.SequentialCell):
+                parent[int(child_name)] = fast
+            else:
+                setattr(parent, child_name, fast)
+            replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    return replaced

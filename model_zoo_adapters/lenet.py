@@ -9,6 +9,7 @@ from mindspore.common.initializer import Normal
 
 from mindspore_accum.validation import check_positive_int
 
+from .augment import augmentations
 from .batching import batch_checked
 from .conv import make_conv2d
 from .mnist_files import prepare_mnist_split
@@ -53,8 +54,9 @@ class LeNet5(nn.Cell):
 
 
 def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuffle=None,
-                   drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None, num_classes=10):
-    """MNIST as 32x32, normalised, CHW float32 images and int32 labels, in batches.
+                   drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None, num_classes=10,
+                   image_size=32, augment=()):
+    """MNIST as 32x32 (or ``image_size``), normalised, CHW float32 images and int32 labels, in batches.
 
     Args:
         data_path: a directory with the MNIST files (see
@@ -70,6 +72,9 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
         num_shards, shard_id: read only shard ``shard_id`` of ``num_shards``
             equal shards (data parallel training: one shard per rank).
         num_classes: labels must be below it (checked in the label file).
+        image_size: the side the images are resized to (LeNet5 takes 32).
+        augment: training augmentations by name (see
+            :data:`~model_zoo_adapters.augment.AUGMENTATIONS`), after the resize.
     """
     batch_size = check_positive_int("batch_size", batch_size, example=32)
     if num_samples is not None:
@@ -79,7 +84,8 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
     mnist = ds.MnistDataset(directory, usage=split, num_samples=num_samples,
                             shuffle=train if shuffle is None else shuffle, num_shards=num_shards, shard_id=shard_id)
     image_ops = [
-        vision.Resize((32, 32), interpolation=vision.Inter.LINEAR),
+        vision.Resize((image_size, image_size), interpolation=vision.Inter.LINEAR),
+        *augmentations(augment),
         vision.Rescale(1.0 / 255.0, 0.0),
         vision.Rescale(1.0 / MNIST_STD, -MNIST_MEAN / MNIST_STD),
         vision.HWC2CHW(),

@@ -23,6 +23,7 @@ from mindspore import nn, ops
 
 from mindspore_accum.validation import check_choice, check_positive_int
 
+from .augment import augmentations
 from .batching import batch_checked
 from .conv import make_conv2d
 from .image_files import check_cifar10_dir, image_folder_classes, image_folder_split
@@ -115,7 +116,7 @@ class Bottleneck(_ResidualBlock):
 
 
 class ResNet(nn.Cell):
-    """A ResNet on 3-channel NCHW images of any size of at least 32x32.
+    """A ResNet on NCHW images of any size of at least 32x32 (3 channels, or ``in_channels``).
 
     Args:
         block: :class:`BasicBlock` or :class:`Bottleneck`.
@@ -125,14 +126,16 @@ class ResNet(nn.Cell):
             (``nn.GroupNorm`` with :data:`GROUPS` groups).
         conv_impl: see :func:`~model_zoo_adapters.conv.make_conv2d`.
         zero_init_residual: start each block's last norm at gamma = 0 (the zoo does).
+        in_channels: the images' channels: 3, or 1 for MNIST.
     """
 
-    def __init__(self, block, depths, num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True):
+    def __init__(self, block, depths, num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True,
+                 in_channels=3):
         super().__init__()
         check_positive_int("num_classes", num_classes, example=10)
         check_choice("norm", norm, NORMS)
         self.norm_kind = norm
-        self.stem = _Conv(3, 64, 7, 2, norm, conv_impl)
+        self.stem = _Conv(check_positive_int("in_channels", in_channels), 64, 7, 2, norm, conv_impl)
         self.relu = nn.ReLU()
         self.max_pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
         widths = (64, 128, 256, 512)
@@ -156,20 +159,20 @@ class ResNet(nn.Cell):
         return self.end_point(self.flatten(x))
 
 
-def resnet18(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True):
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, norm, conv_impl, zero_init_residual)
+def resnet18(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True, in_channels=3):
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, norm, conv_impl, zero_init_residual, in_channels)
 
 
-def resnet34(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True):
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, norm, conv_impl, zero_init_residual)
+def resnet34(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True, in_channels=3):
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, norm, conv_impl, zero_init_residual, in_channels)
 
 
-def resnet50(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True):
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, norm, conv_impl, zero_init_residual)
+def resnet50(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True, in_channels=3):
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, norm, conv_impl, zero_init_residual, in_channels)
 
 
-def resnet101(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True):
-    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes, norm, conv_impl, zero_init_residual)
+def resnet101(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True, in_channels=3):
+    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes, norm, conv_impl, zero_init_residual, in_channels)
 
 
 #: The constructors by name, as the scripts' ``--model`` takes them.
@@ -178,7 +181,7 @@ RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "re
 
 def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset="cifar10", num_samples=None,
                    shuffle=None, drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None,
-                   num_classes=10):
+                   num_classes=10, augment=()):
     """CIFAR-10 or an image folder as normalised CHW float32 images of ``image_size`` and int32 labels, in batches.
 
     The pipelines are the model zoo's ResNet ones:
@@ -208,6 +211,8 @@ def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset
         num_shards, shard_id: read only shard ``shard_id`` of ``num_shards``.
         num_classes: CIFAR-10's label bytes must be below it (an image
             folder's labels are its class folders, in range by construction).
+        augment: more training augmentations by name (see
+            :data:`~model_zoo_adapters.augment.AUGMENTATIONS`), after the resize.
     """
     data_path = os.fspath(data_path)
     batch_size = check_positive_int("batch_size", batch_size, example=32)
@@ -221,8 +226,9 @@ def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset
         usage = "train" if train else "test"
         directory = check_cifar10_dir(data_path, usage, num_classes)
         data = ds.Cifar10Dataset(directory, usage=usage, num_samples=num_samples, shuffle=shuffle, **shards)
-        augment = [vision.RandomCrop((32, 32), (4, 4, 4, 4)), vision.RandomHorizontalFlip(prob=0.5)] if train else []
-        image_ops = augment + [vision.Resize((image_size, image_size)), vision.Rescale(1.0 / 255.0, 0.0),
+        crop = [vision.RandomCrop((32, 32), (4, 4, 4, 4)), vision.RandomHorizontalFlip(prob=0.5)] if train else []
+        image_ops = crop + [vision.Resize((image_size, image_size)), *augmentations(augment if train else ()),
+                            vision.Rescale(1.0 / 255.0, 0.0),
                                vision.Normalize(CIFAR10_MEAN, CIFAR10_STD), vision.HWC2CHW()]
         description = f"the CIFAR-10 {usage} split in {data_path}"
     else:
@@ -234,7 +240,8 @@ def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset
                     vision.RandomHorizontalFlip(prob=0.5)]
         else:
             crop = [vision.Resize(int(image_size / 0.875)), vision.CenterCrop(image_size)]
-        image_ops = crop + [vision.Rescale(1.0 / 255.0, 0.0), vision.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        image_ops = crop + [*augmentations(augment if train else ()), vision.Rescale(1.0 / 255.0, 0.0),
+                            vision.Normalize(IMAGENET_MEAN, IMAGENET_STD),
                             vision.HWC2CHW()]
         description = f"the image folder {directory}"
     data = data.map(operations=transforms.TypeCast(ms.int32), input_columns="label",

@@ -21,17 +21,37 @@ from mindspore.train import ConfusionMatrix  # noqa: E402
 from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
 from model_zoo_adapters import lenet, resnet, text, transformer  # noqa: E402
+from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
 from model_zoo_adapters.image_files import image_folder_classes, image_folder_split  # noqa: E402
+from model_zoo_adapters.mindcv_models import ALIASES, MINDCV_PREFIX, create_mindcv_model, mindcv_name  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
-MODELS = ("lenet", *resnet.RESNETS, *transformer.TEXT_MODELS)
+MODELS = ("lenet", *resnet.RESNETS, *ALIASES, *transformer.TEXT_MODELS)
 #: The text datasets: next-byte prediction over plain text, and labelled text (JSONL).
 TEXT_DATASETS = {"lm": "text", "classify": "text_classification"}
 DATASETS = ("mnist", *resnet.DATASETS, *TEXT_DATASETS.values())
 #: What a window is weighted by when --weighting is not given: a per-token loss's valid tokens for a language model.
 DEFAULT_WEIGHTING = {"image": "samples", "lm": "items", "classify": "samples"}
+
+
+def model_name(text):
+    """An argparse type: one of :data:`MODELS`, or ``mindcv:<name>`` for any of mindcv's networks."""
+    if text in MODELS or (text.startswith(MINDCV_PREFIX) and len(text) > len(MINDCV_PREFIX)):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(map(repr, MODELS))}, "
+                                     f"or mindcv:<name>)")
+
+
+def augment_names(text):
+    """An argparse type: comma-separated augmentation names."""
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown augmentation {unknown[0]!r} (choose from "
+                                         f"{', '.join(AUGMENTATIONS)}, comma-separated)")
+    return tuple(names)
 
 
 def task_of(model):
@@ -150,7 +170,8 @@ def add_common_args(parser):
                         help="convolutions: auto (im2col where faster on the CPU, native on GPU/Ascend), "
                              "native (nn.Conv2d) or im2col; checkpoints are the same either way")
     parser.add_argument("--batch_size", type=positive_int, default=32, help="samples per micro-batch")
-    parser.add_argument("--model", choices=MODELS, default="lenet")
+    parser.add_argument("--model", type=model_name, default="lenet",
+                        help=f"{', '.join(MODELS)}, or mindcv:<name> for any network of mindcv (an optional extra)")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
                         help="default: mnist for lenet, cifar10 for the ResNets, text for gpt_*, "
                              "text_classification for bert_*")
@@ -164,7 +185,13 @@ def add_common_args(parser):
     parser.add_argument("--num_classes", type=positive_int, default=None,
                         help="default: 10 for mnist and cifar10, the number of class folders for imagefolder")
     parser.add_argument("--norm", choices=resnet.NORMS, default=None,
-                        help="ResNets: batch (BatchNorm, the zoo's) or group (GroupNorm: accumulation is exact)")
+                        help="ResNets and mindcv networks: batch (BatchNorm, the zoo's) or group (GroupNorm: "
+                             "accumulation is exact)")
+    parser.add_argument("--gn_groups", type=positive_int, default=None,
+                        help="mindcv networks with --norm group: groups per GroupNorm (default: the largest "
+                             "divisor of each layer's channels not above 32; 1 is the EfficientNet recipe's)")
+    parser.add_argument("--augment", type=augment_names, default=(),
+                        help=f"training augmentations, comma-separated: {', '.join(AUGMENTATIONS)}")
     parser.add_argument("--num_samples", type=positive_int, default=None,
                         help="use only this many samples of the split (a quick run)")
 
@@ -181,10 +208,14 @@ def resolve_model_args(args, train):
                          f"gpt_tiny (text) or bert_tiny (text_classification)")
     if args.seq_len is not None or args.bucket:
         raise ValueError(f"--seq_len and --bucket apply to the text models, not --model {args.model}: drop them")
+    if mindcv_name(args.model) is None and args.model not in resnet.RESNETS and args.model != "lenet":
+        raise ValueError(f"--model {args.model} is not a model: use one of {', '.join(MODELS)} or mindcv:<name>")
     if args.data_path is None:
         if args.dataset != "mnist":
             raise ValueError(f"--dataset {args.dataset} needs --data_path: the directory of its files")
         args.data_path = "data/mnist"
+    #: The images' channels: every network but LeNet5 is built for them (MNIST's 1, or 3).
+    args.channels = 1 if args.dataset == "mnist" else 3
     if args.model == "lenet":
         if args.dataset != "mnist":
             raise ValueError(f"--model lenet takes 1-channel 32x32 images (--dataset mnist), but --dataset "
@@ -197,11 +228,10 @@ def resolve_model_args(args, train):
                              f"drop --norm")
         args.image_size = 32
     else:
-        if args.dataset == "mnist":
-            raise ValueError(f"--model {args.model} takes 3-channel images, but --dataset mnist has 1-channel "
-                             f"images: use --dataset cifar10 or imagefolder, or --model lenet")
-        args.image_size = args.image_size or 224
+        args.image_size = args.image_size or (32 if args.dataset == "mnist" else 224)
         args.norm = args.norm or "batch"
+    if args.gn_groups is not None and (mindcv_name(args.model) is None or args.norm != "group"):
+        raise ValueError("--gn_groups applies to a mindcv network with --norm group: drop --gn_groups")
     classes = 10
     if args.dataset == "imagefolder":
         classes = len(image_folder_classes(image_folder_split(args.data_path, train)))
@@ -216,7 +246,8 @@ def _resolve_text_args(args, task, train):
         args.dataset = wanted
     if args.dataset != wanted:
         raise ValueError(f"--model {args.model} takes --dataset {wanted}, not {args.dataset}")
-    for flag, value in (("--image_size", args.image_size), ("--norm", args.norm)):
+    for flag, value in (("--image_size", args.image_size), ("--norm", args.norm), ("--gn_groups", args.gn_groups),
+                        ("--augment", ",".join(args.augment) or None)):
         if value is not None:
             raise ValueError(f"{flag} {value} applies to the image models, not --model {args.model}: drop {flag}")
     if getattr(args, "conv_impl", "auto") != "auto":
@@ -252,7 +283,11 @@ def build_network(args):
         return transformer.create_text_model(args.model, max_len=args.seq_len, num_classes=args.num_classes)
     if args.model == "lenet":
         return lenet.LeNet5(num_class=args.num_classes, conv_impl=args.conv_impl)
-    return resnet.RESNETS[args.model](num_classes=args.num_classes, norm=args.norm, conv_impl=args.conv_impl)
+    if mindcv_name(args.model) is not None:
+        return create_mindcv_model(mindcv_name(args.model), args.num_classes, args.channels, args.norm,
+                                   args.gn_groups, args.conv_impl)
+    return resnet.RESNETS[args.model](num_classes=args.num_classes, norm=args.norm, conv_impl=args.conv_impl,
+                                      in_channels=args.channels)
 
 
 def build_loss(args):
@@ -276,11 +311,12 @@ def build_dataset(args, train, **kwargs):
         kwargs.pop("drop_remainder", None)
         return text.create_classification_dataset(args.data_path, args.batch_size, train=train, seq_len=args.seq_len,
                                                   num_classes=args.num_classes, **kwargs)
+    augment = args.augment if train else ()
     if args.dataset == "mnist":
         return lenet.create_dataset(args.data_path, args.batch_size, train=train, num_classes=args.num_classes,
-                                    **kwargs)
+                                    image_size=args.image_size, augment=augment, **kwargs)
     return resnet.create_dataset(args.data_path, args.batch_size, train=train, image_size=args.image_size,
-                                 dataset=args.dataset, num_classes=args.num_classes, **kwargs)
+                                 dataset=args.dataset, num_classes=args.num_classes, augment=augment, **kwargs)
 
 
 def setup_mindspore(device_target, seed=None):

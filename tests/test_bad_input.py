@@ -161,7 +161,9 @@ def test_each_optimizer_trains_from_the_command_line_and_momentum_is_refused_for
 @pytest.mark.parametrize("flags, fragments", [
     (("--model", "lenet", "--dataset", "cifar10"), ("--model lenet takes 1-channel", "--dataset cifar10 has 3-channel",
                                                     "use --model resnet18")),
-    (("--model", "resnet18", "--dataset", "mnist"), ("--model resnet18 takes 3-channel", "use --dataset cifar10")),
+    (("--model", "resnet18", "--gn_groups", 4), ("--gn_groups applies to a mindcv network with --norm group",)),
+    (("--model", "resnet18", "--augment", "spin"), ("argument --augment: unknown augmentation 'spin'",)),
+    (("--model", "notanet"), ("argument --model: invalid choice: 'notanet'",)),
     (("--model", "resnet18", "--num_classes", 5), ("--num_classes 5 is fewer than the 10 classes",
                                                   "pass --num_classes 10")),
     (("--model", "lenet", "--image_size", 64), ("--image_size 64 does not fit --model lenet",)),
