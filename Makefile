@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/data_parallel.py
 	$(PY) benchmarks/weighting.py
 	$(PY) benchmarks/text_lm.py
+	$(PY) benchmarks/efficientnet.py
 
 clean:
 	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt
