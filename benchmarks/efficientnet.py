@@ -12,7 +12,6 @@ its other convolutions are 1x1 or depthwise.
 
 import argparse
 import os
-import statistics
 import sys
 
 os.environ.setdefault("GLOG_v", "3")
@@ -24,7 +23,7 @@ from mindspore import Tensor, nn  # noqa: E402
 from mindspore_accum import GradientAccumulationCell  # noqa: E402
 from model_zoo_adapters.conv import use_im2col  # noqa: E402
 from model_zoo_adapters.mindcv_models import create_mindcv_model  # noqa: E402
-from rounds import set_up_cpu_graph_mode, time_rotated  # noqa: E402
+from rounds import report_ratio, set_up_cpu_graph_mode, time_cells  # noqa: E402
 
 
 def main():
@@ -51,20 +50,10 @@ def main():
                                                nn.AdamWeightDecay(network.trainable_params(), 3e-4), 4,
                                                micro_batches_per_epoch=len(batches))
 
-    def runner(cell):
-        def run():
-            for data, label in batches:
-                out = cell(data, label)
-            out.asnumpy()
-        return run
-
-    times = time_rotated({name: runner(cell) for name, cell in cells.items()}, args.rounds, len(batches))
-    print(f"use_im2col replaced {len(replaced)} convolution(s): {', '.join(replaced)}")
-    for name, values in times.items():
-        print(f"{name:>7}: {statistics.median(values):.1f} ms per micro-step of {args.batch_size} (median of "
-              f"{args.rounds} rounds)")
-    ratios = [i / n for i, n in zip(times["im2col"], times["native"])]
-    print(f"im2col / native: {statistics.median(ratios):.3f} (median of per-round ratios)")
+    times = time_cells(cells, batches, args.rounds)
+    print(f"use_im2col replaced {len(replaced)} convolution(s): {', '.join(replaced)}; micro-batches of "
+          f"{args.batch_size}")
+    report_ratio(times, "im2col", "native")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ none always goes first, and the benchmarks compare per-round ratios.
 
 import argparse
 import os
+import statistics
 import time
 
 import mindspore as ms
 
-__all__ = ["lenet_parser", "set_up_cpu_graph_mode", "time_rotated"]
+__all__ = ["lenet_parser", "set_up_cpu_graph_mode", "time_rotated", "time_cells", "report_ratio"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,3 +47,24 @@ def time_rotated(runs, rounds, micro_steps):
             runs[name]()
             times[name].append((time.perf_counter() - start) * 1000 / micro_steps)
     return times
+
+
+def time_cells(cells, batches, rounds):
+    """:func:`time_rotated` for train Cells called once per micro-batch, read back once at a round's end."""
+    def runner(cell):
+        def run():
+            for inputs in batches:
+                out = cell(*inputs)
+            out.asnumpy()  # wait for the device once, at the end of the round
+        return run
+    return time_rotated({name: runner(cell) for name, cell in cells.items()}, rounds, len(batches))
+
+
+def report_ratio(times, path, baseline, what="micro-step"):
+    """Prints each path's median time and ``path / baseline`` as the median of per-round ratios, with quartiles."""
+    for name, values in times.items():
+        print(f"{name:>8}: {statistics.median(values):.2f} ms per {what} (median of {len(values)} rounds)")
+    ratios = [t / b for t, b in zip(times[path], times[baseline])]
+    low, _, high = statistics.quantiles(ratios, n=4)
+    print(f"{path} / {baseline}: {statistics.median(ratios):.3f} (median of per-round ratios; quartiles "
+          f"{low:.3f}-{high:.3f})")

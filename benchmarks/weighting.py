@@ -13,7 +13,6 @@ micro-batch are a few scalar operations against a transformer's micro-step.
 
 import argparse
 import os
-import statistics
 import sys
 
 os.environ.setdefault("GLOG_v", "3")
@@ -24,7 +23,7 @@ from mindspore import nn  # noqa: E402
 from mindspore_accum import GradientAccumulationCell  # noqa: E402
 from model_zoo_adapters import text  # noqa: E402
 from model_zoo_adapters.transformer import TokenCrossEntropy, create_text_model  # noqa: E402
-from rounds import set_up_cpu_graph_mode, time_rotated  # noqa: E402
+from rounds import report_ratio, set_up_cpu_graph_mode, time_cells  # noqa: E402
 
 
 def main():
@@ -51,19 +50,7 @@ def main():
             nn.WithLossCell(network, TokenCrossEntropy()), nn.AdamWeightDecay(network.trainable_params(), 1e-3),
             args.mini_steps, micro_batches_per_epoch=len(batches), weighting=weighting)
 
-    def runner(cell):
-        def run():
-            for ids, labels in batches:
-                out = cell(ids, labels)
-            out.asnumpy()  # wait for the device once, at the end of the round
-        return run
-
-    times = time_rotated({name: runner(cell) for name, cell in cells.items()}, args.rounds, len(batches))
-    ratios = [items / samples for items, samples in zip(times["items"], times["samples"])]
-    for name, values in times.items():
-        print(f"{name:>8}: {statistics.median(values):.2f} ms per micro-step (median of {args.rounds} rounds)")
-    print(f"items / samples: {statistics.median(ratios):.3f} (median of per-round ratios; "
-          f"quartiles {statistics.quantiles(ratios, n=4)[0]:.3f}-{statistics.quantiles(ratios, n=4)[2]:.3f})")
+    report_ratio(time_cells(cells, batches, args.rounds), "items", "samples")
 
 
 if __name__ == "__main__":

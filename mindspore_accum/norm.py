@@ -15,6 +15,7 @@ from typing import Optional
 from mindspore import nn
 from mindspore.nn.layer.normalization import _BatchNorm
 
+from .cell_surgery import child_cells, swap_child
 from .validation import check_positive_int
 
 __all__ = ["batchnorm_cells", "convert_bn_to_gn", "default_groups", "warn_if_batchnorm", "MAX_GROUPS"]
@@ -82,25 +83,20 @@ def convert_bn_to_gn(network: nn.Cell, num_groups: Optional[int] = None) -> nn.C
     if num_groups is not None:
         num_groups = check_positive_int("num_groups", num_groups, example=32)
     found = []  # (parent, child name, full name, BatchNorm2d, groups); all checked before any is changed
-    for parent_name, parent in network.cells_and_names():
-        for child_name, bn in parent.name_cells().items():
-            if not isinstance(bn, nn.BatchNorm2d):
-                continue
-            full = f"{parent_name}.{child_name}" if parent_name else child_name
-            groups = default_groups(bn.num_features) if num_groups is None else min(num_groups, bn.num_features)
-            if bn.num_features % groups:
-                raise ValueError(f"num_groups={num_groups} does not divide the {bn.num_features} channels of "
-                                 f"{full}: pass a num_groups that divides every BatchNorm2d's channels, e.g. 32 "
-                                 f"for a ResNet")
-            found.append((parent, child_name, full, bn, groups))
+    for full, parent, child_name, bn in child_cells(network):
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue
+        groups = default_groups(bn.num_features) if num_groups is None else min(num_groups, bn.num_features)
+        if bn.num_features % groups:
+            raise ValueError(f"num_groups={num_groups} does not divide the {bn.num_features} channels of "
+                             f"{full}: pass a num_groups that divides every BatchNorm2d's channels, e.g. 32 "
+                             f"for a ResNet")
+        found.append((parent, child_name, full, bn, groups))
     replaced = {}
     for parent, child_name, full, bn, groups in found:
         gn = nn.GroupNorm(groups, bn.num_features, eps=bn.eps,
                           gamma_init=bn.gamma.data.copy(), beta_init=bn.beta.data.copy())
-        if isinstance(parent, nn.SequentialCell):
-            parent[int(child_name)] = gn  # SequentialCell keeps its own list of cells too
-        else:
-            setattr(parent, child_name, gn)
+        swap_child(parent, child_name, gn)
         replaced[full] = gn
     # A cell assigned deep in a tree names its parameters relative to its
     # parent only; give them their full names, as construction would have.

@@ -16,6 +16,7 @@ import logging
 import mindspore as ms
 from mindspore import nn, ops
 
+from mindspore_accum.cell_surgery import child_cells, swap_child
 from mindspore_accum.validation import check_choice
 
 __all__ = ["CONV_IMPLS", "Im2ColConv2d", "make_conv2d", "im2col_is_faster", "use_im2col"]
@@ -119,21 +120,17 @@ def use_im2col(network, conv_impl="auto"):
     if conv_impl == "native" or (conv_impl == "auto" and ms.get_context("device_target") != "CPU"):
         return []
     replaced = []
-    for parent_name, parent in list(network.cells_and_names()):
-        for child_name, conv in list(parent.name_cells().items()):
-            if type(conv) is not nn.Conv2d or conv.group != 1 or conv.data_format != "NCHW":
-                continue
-            if conv_impl == "auto" and not im2col_is_faster(conv.in_channels, conv.out_channels, conv.kernel_size):
-                continue
-            fast = Im2ColConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                                pad_mode=conv.pad_mode, padding=conv.padding, dilation=conv.dilation,
-                                has_bias=conv.has_bias)
-            fast.weight = conv.weight  # the same Parameter: its name and value stay
-            if conv.has_bias:
-                fast.bias = conv.bias
-            if isinstance(parent, nn.SequentialCell):
-                parent[int(child_name)] = fast
-            else:
-                setattr(parent, child_name, fast)
-            replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    for full, parent, child_name, conv in child_cells(network):
+        if type(conv) is not nn.Conv2d or conv.group != 1 or conv.data_format != "NCHW":
+            continue
+        if conv_impl == "auto" and not im2col_is_faster(conv.in_channels, conv.out_channels, conv.kernel_size):
+            continue
+        fast = Im2ColConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                            pad_mode=conv.pad_mode, padding=conv.padding, dilation=conv.dilation,
+                            has_bias=conv.has_bias)
+        fast.weight = conv.weight  # the same Parameter: its name and value stay
+        if conv.has_bias:
+            fast.bias = conv.bias
+        swap_child(parent, child_name, fast)
+        replaced.append(full)
     return replaced

@@ -17,6 +17,7 @@ Parameter names are mindcv's own, so mindcv's checkpoints load with
 
 from mindspore import nn
 
+from mindspore_accum.cell_surgery import child_cells, swap_child
 from mindspore_accum.norm import convert_bn_to_gn
 
 from .conv import use_im2col
@@ -62,13 +63,8 @@ def create_mindcv_model(name, num_classes, in_channels=3, norm="batch", gn_group
 def disable_dropout(network):
     """Replaces dropout and stochastic depth by identities, in place, for numeric comparisons; returns their names."""
     replaced = []
-    for parent_name, parent in list(network.cells_and_names()):
-        for child_name, cell in list(parent.name_cells().items()):
-            if isinstance(cell, nn.Dropout) or type(cell).__name__ == "DropPath":
-                identity = nn.Identity()
-                if isinstance(parent, nn.SequentialCell):
-                    parent[int(child_name)] = identity
-                else:
-                    setattr(parent, child_name, identity)
-                replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    for full, parent, child_name, cell in child_cells(network):
+        if isinstance(cell, nn.Dropout) or type(cell).__name__ == "DropPath":
+            swap_child(parent, child_name, nn.Identity())
+            replaced.append(full)
     return replaced

@@ -76,36 +76,23 @@ positive_int = _whole_number(1)
 non_negative_int = _whole_number(0)
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _float_in(low, high, low_open, what):
+    """An argparse type: a number in ``[low, high)`` (or ``(low, high)`` with ``low_open``); ``what`` says so."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not (low < value if low_open else low <= value) or not value < high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
 
 
-def non_negative_float(text):
-    """An argparse type: a finite number >= 0 (a momentum, a weight decay)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def ema_decay(text):
-    """An argparse type: a decay in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}: e.g. 0.999")
-    return value
+positive_float = _float_in(0, float("inf"), True, "a finite number > 0")
+#: A momentum, a weight decay.
+non_negative_float = _float_in(0, float("inf"), False, "a finite number >= 0")
+ema_decay = _float_in(0, 1, False, "a number in [0, 1), e.g. 0.999")
 
 
 def resume_command(path):
