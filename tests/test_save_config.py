@@ -65,9 +65,9 @@ def test_an_older_record_reads_back_with_its_counters_and_records():
 def test_the_record_written_is_flat():
     state = TrainingState.from_json(json.dumps(OLDER_RECORD))
     written = json.loads(state.to_json())
-    # A record from before 0.3 reads as weighting="samples" over labels other than -100, with no run id.
+    # A record from before 0.3 reads as weighting="samples" over labels other than -100, no EMA, no run id.
     expected = dict(OLDER_RECORD, epoch_records=[dict(OLDER_RECORD["epoch_records"][0])], weighting="samples",
-                    ignore_index=-100, run_id=None)
+                    ignore_index=-100, ema_decay=None, run_id=None)
     expected["epoch_records"][0]["micro_batches"] = expected["epoch_records"][0].pop("micro_steps")
     assert written == expected
 
