@@ -20,22 +20,19 @@ bit for bit; this module only adds *when*.
 import logging
 from typing import Optional
 
-import mindspore as ms
-from mindspore import Parameter, Tensor, amp, nn, ops
+from mindspore import amp, nn
 
-from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .ema import ExponentialMovingAverage
+from .engine import AccumulationEngine, AccumulationStep, warn_if_longer_than_epoch
 from .norm import warn_if_batchnorm
 from .schedule import WindowSchedule
 from .validation import check_positive_int
-from .weighting import check_loss, check_weighting
 
 __all__ = ["GradientAccumulationCell"]
 
 logger = logging.getLogger(__name__)
 
 
-class GradientAccumulationCell(nn.Cell):
+class GradientAccumulationCell(AccumulationStep):
     """A train Cell that accumulates ``mini_steps`` micro-batches per optimizer update, in one graph.
 
     Each call runs one micro-batch through forward and backward into the
@@ -99,85 +96,28 @@ class GradientAccumulationCell(nn.Cell):
                  loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
                  all_reduce: bool = False, weighting: str = "samples", ignore_index: int = -100,
                  ema_decay: Optional[float] = None):
-        super().__init__(auto_prefix=False)
-        _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index)
         schedule = WindowSchedule(mini_steps, remainder)
-        self.mini_steps = schedule.mini_steps
-        self.remainder = schedule.remainder
-        self.micro_batches_per_epoch = micro_batches_per_epoch
         if micro_batches_per_epoch is not None:
-            self.micro_batches_per_epoch = check_positive_int("micro_batches_per_epoch", micro_batches_per_epoch)
-            if self.micro_batches_per_epoch < self.mini_steps:
-                logger.warning("mini_steps=%d is larger than the %d micro-batches of an epoch: every update is a "
-                               "partial window of %d micro-batches%s", self.mini_steps, self.micro_batches_per_epoch,
-                               self.micro_batches_per_epoch, " (flushed at the epoch's end)"
-                               if self.remainder == "flush" else ", and remainder='drop' discards it: no update "
-                               "will happen")
-        elif self.mini_steps > 1:
+            micro_batches_per_epoch = check_positive_int("micro_batches_per_epoch", micro_batches_per_epoch)
+            warn_if_longer_than_epoch(schedule.mini_steps, micro_batches_per_epoch, schedule.remainder)
+        elif schedule.mini_steps > 1:
             logger.warning("micro_batches_per_epoch is None: windows run on across epochs; pass "
                            "micro_batches_per_epoch=dataset.get_dataset_size() to end each epoch's last window")
-        self.buffer = AccumulationBuffer(optimizer.parameters)
-        self.forward_backward = TrainForwardBackward(network_with_loss, optimizer.parameters, self.buffer, loss_scaler,
-                                                     weighting, ignore_index)
+        engine = AccumulationEngine(network_with_loss, optimizer, loss_scaler=loss_scaler,
+                                    clip_grad_norm=clip_grad_norm, all_reduce=all_reduce, weighting=weighting,
+                                    ignore_index=ignore_index, ema_decay=ema_decay)
+        super().__init__(engine, schedule, micro_batches_per_epoch, clears=True)
         #: The weights' moving average (its Parameters are in the train Cell's checkpoint), or None.
-        self.ema = ExponentialMovingAverage(optimizer.parameters, ema_decay) if ema_decay is not None else None
-        self.optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce, ema=self.ema)
-        self.clear = TrainClear(self.buffer)
+        self.ema = engine.ema
         self.optimizer = optimizer
         self.loss_scaler = loss_scaler
-        self.window_micro_steps = self.buffer.window_micro_steps
-        self.window_loss = self.buffer.window_loss
-        #: Micro-batches of the current epoch consumed; 0 again after the epoch's last.
-        self.epoch_micro_batch = Parameter(Tensor(0, ms.int32), name="epoch_micro_batch", requires_grad=False)
         # The scaler is no Cell: naming its Parameters here puts them in the train
         # network's checkpoint, so that a resume gets the scale and its counter back.
-        for name in ("scale_value", "counter"):
-            if isinstance(getattr(loss_scaler, name, None), Parameter):
-                setattr(self, "loss_scaler_" + name, getattr(loss_scaler, name))
-        self._flush = self.remainder == "flush"
-        self._knows_epoch = self.micro_batches_per_epoch is not None
-        self._skips_overflow = isinstance(loss_scaler, amp.DynamicLossScaler)
-        self._nan = Tensor(float("nan"), ms.float32)
+        for name, param in engine.scaler_parameters().items():
+            setattr(self, "loss_scaler_" + name, param)
         warn_if_batchnorm(network_with_loss, self.mini_steps)
 
-    def construct(self, *inputs):
-        loss = self.forward_backward(*inputs)
-        full = ops.depend(self.window_micro_steps, loss) >= self.mini_steps
-        if not self._knows_epoch:
-            return self._update() if full else self._window_loss()
-        position = self.epoch_micro_batch + 1
-        epoch_end = position >= self.micro_batches_per_epoch
-        full = ops.depend(full, ops.assign(self.epoch_micro_batch, ops.select(epoch_end, 0, position)))
-        # One runtime branch per micro-step: the remainder policy is fixed when the graph is built.
-        if self._flush:
-            return self._update() if full | epoch_end else self._window_loss()
-        if full:
-            return self._update()
-        return self._drop() if epoch_end else self._window_loss()
-
-    def _window_loss(self):
-        # A copy, not the Parameter: TrainClear zeroes the Parameter afterwards.
-        return ops.identity(self.window_loss)
-
-    def _drop(self):
-        return ops.depend(self._window_loss(), self.clear())
-
-    def _update(self):
-        applied = self.optim()
-        loss = self._window_loss()  # after TrainOptim: over all ranks, with all_reduce
-        if not self._skips_overflow:  # loud divergence: LossMonitor stops on NaN; a window without items is none
-            loss = ops.select(applied | (ops.depend(self.buffer.window_samples, applied) <= 0), loss, self._nan)
-        return ops.depend(loss, self.clear())
-
-
-def _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index):
-    if not isinstance(network_with_loss, nn.Cell):
-        raise TypeError(f"network_with_loss must be a mindspore.nn.Cell (e.g. nn.WithLossCell), got "
-                        f"{type(network_with_loss).__name__}")
-    if not isinstance(optimizer, nn.Optimizer):
-        raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
-    if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
-        raise TypeError(f"loss_scaler must be None or a mindspore.amp.DynamicLossScaler or StaticLossScaler, "
-                        f"got {loss_scaler!r}")
-    check_weighting(weighting, ignore_index)
-    check_loss(getattr(network_with_loss, "_loss_fn", None), "the loss's", ignore_index)
+    def settings(self, **more):
+        """The engine's settings and the window's, with ``more`` (a front end's): what a resume must match."""
+        return self.engine.settings(mini_steps=self.mini_steps, remainder=self.remainder,
+                                    micro_batches_per_epoch=self.micro_batches_per_epoch, **more)

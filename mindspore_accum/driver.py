@@ -7,17 +7,23 @@ import logging
 import math
 import os
 import uuid
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor, amp, nn, ops
+from mindspore import Parameter, amp, nn
 
 from .callbacks import Callback
-from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
 from .distributed import data_parallel_rank
-from .ema import ExponentialMovingAverage
+from .engine import (
+    AMP_LEVELS,
+    AccumulationEngine,
+    AccumulationStep,
+    amp_network,
+    default_loss_scaler,
+    warn_if_longer_than_epoch,
+)
 from .interrupt import StopSignals, TrainingInterrupted
 from .norm import warn_if_batchnorm
 from .run_lock import run_locks
@@ -31,13 +37,9 @@ from .training_state import (
     read_training_state,
     restore_training_state,
 )
-from .validation import check_choice, check_positive_float, check_positive_int
-from .weighting import check_loss, check_weighting
+from .validation import check_choice, check_positive_int
 
 __all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
-
-#: ``mindspore.amp.auto_mixed_precision`` levels.
-AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 logger = logging.getLogger(__name__)
 
@@ -115,19 +117,6 @@ def current_learning_rate(optimizer, just_applied=False):
     return float(values[min(step, values.size - 1)])
 
 
-def _optimizer_description(optimizer):
-    """The optimizer's class, with its weight decay when it has one: ``AdamWeightDecay(weight_decay=0.01)``.
-
-    A resume compares it: a changed weight decay is no tensor of the state, so it
-    is named here. Without weight decay it is the bare class name, as states
-    before 0.3 recorded.
-    """
-    decay = getattr(optimizer, "weight_decay", 0.0)
-    decay = float(decay.asnumpy()) if isinstance(decay, Tensor) and decay.size == 1 else decay
-    name = type(optimizer).__name__
-    return f"{name}(weight_decay={decay:g})" if isinstance(decay, float) and decay else name
-
-
 def _batch_size(inputs):
     return int(inputs[0].shape[0])
 
@@ -146,50 +135,11 @@ def _own_outputs(ckpt_path, states):
         yield
 
 
-def _check_arguments(network, loss_fn, optimizer, weighting, ignore_index):
-    check_weighting(weighting, ignore_index)
-    check_loss(loss_fn, "loss_fn", ignore_index)
-    if not isinstance(network, nn.Cell):
-        raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
-    if not isinstance(loss_fn, nn.Cell):
-        raise TypeError(f"loss_fn must be a mindspore.nn.Cell, got {type(loss_fn).__name__}")
-    if not isinstance(optimizer, nn.Optimizer):
-        raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
-
-
-def _loss_scaler_for(amp_level, loss_scaler):
-    """``"auto"``: MindSpore's ``DynamicLossScaleManager`` defaults below O0, none at O0; else as given, checked."""
-    if isinstance(loss_scaler, str) and loss_scaler == "auto":
-        return None if amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
-    if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
-        raise TypeError(f"loss_scaler must be 'auto', None, or a mindspore.amp.DynamicLossScaler or "
-                        f"StaticLossScaler, got {loss_scaler!r}")
-    return loss_scaler
-
-
-class _MicroStep(nn.Cell):
-    """The driver's micro-step: forward and backward, and the update when the window is full, in one graph.
-
-    It is :class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`
-    without the clear: the driver clears after its callbacks have seen the
-    window's gradient, and flushes a partial window itself at an epoch's end.
-
-    Returns: the micro-batch's loss and whether an update was applied, as
-    device tensors: nothing is read back here.
-    """
-
-    def __init__(self, forward_backward, optim, buffer, mini_steps):
-        super().__init__(auto_prefix=False)
-        self.forward_backward = forward_backward
-        self.optim = optim
-        self.window_micro_steps = buffer.window_micro_steps
-        self.mini_steps = mini_steps
-        self.not_applied = Tensor(False, ms.bool_)
-
-    def construct(self, *inputs):
-        loss = self.forward_backward(*inputs)
-        full = ops.depend(self.window_micro_steps, loss) >= self.mini_steps
-        return loss, self.optim() if full else self.not_applied
+def _micro_batches_of(train_dataset):
+    """The micro-batches of one epoch: the dataset's size, or a list's length; None for an unsized iterable."""
+    if hasattr(train_dataset, "get_dataset_size"):
+        return train_dataset.get_dataset_size()
+    return len(train_dataset) if hasattr(train_dataset, "__len__") else None
 
 
 class GradientAccumulation:
@@ -253,38 +203,35 @@ class GradientAccumulation:
                  loss_scaler: Union[str, amp.LossScaler, None] = "auto", clip_grad_norm: Optional[float] = None,
                  distributed: bool = False, weighting: str = "samples", ignore_index: int = -100,
                  ema_decay: Optional[float] = None):
-        _check_arguments(network, loss_fn, optimizer, weighting, ignore_index)
-        #: The weights' moving average, updated once per applied update; None without ``ema_decay``.
-        self.ema = ExponentialMovingAverage(optimizer.parameters, ema_decay) if ema_decay is not None else None
-        #: What windows are weighted by, and the label that is no item.
-        self.weighting, self.ignore_index = weighting, ignore_index
+        for name, cell in (("network", network), ("loss_fn", loss_fn)):
+            if not isinstance(cell, nn.Cell):
+                raise TypeError(f"{name} must be a mindspore.nn.Cell, got {type(cell).__name__}")
         self.amp_level = check_choice("amp_level", amp_level, AMP_LEVELS)
-        loss_scaler = _loss_scaler_for(amp_level, loss_scaler)
-        if clip_grad_norm is not None:
-            clip_grad_norm = check_positive_float("clip_grad_norm", clip_grad_norm, "or None for no clipping")
         #: This process's rank and the number of ranks (0 and 1 unless ``distributed``).
         self.rank, self.ranks = data_parallel_rank() if distributed else (0, 1)
         self.distributed = bool(distributed)
         #: The network as given: its parameters are what checkpoints hold.
         self.network = network
         #: Where ``amp_level`` put its casts; the same Parameter objects as ``network``.
-        self.compute_network = network if amp_level == "O0" else amp.auto_mixed_precision(network, amp_level)
+        self.compute_network = amp_network(network, amp_level)
         self.network_with_loss = nn.WithLossCell(self.compute_network, loss_fn)
-        self.optimizer = optimizer
-        self.loss_scaler = loss_scaler
-        self.clip_grad_norm = clip_grad_norm
-        self.buffer = AccumulationBuffer(optimizer.parameters)
-        self.train_forward_backward = TrainForwardBackward(self.network_with_loss, optimizer.parameters,
-                                                           self.buffer, loss_scaler, weighting, ignore_index)
-        self.train_optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce=distributed,
-                                      ema=self.ema)
-        self.train_clear = TrainClear(self.buffer)
-        # Only a dynamic scaler can answer an overflow (by lowering the scale);
-        # without one, a non-finite window means training has diverged.
-        self._skips_overflow = isinstance(loss_scaler, amp.DynamicLossScaler)
+        #: The Cells, shared with GradientAccumulationCell's kind: see :mod:`~mindspore_accum.engine`.
+        self.engine = AccumulationEngine(self.network_with_loss, optimizer,
+                                         loss_scaler=default_loss_scaler(amp_level, loss_scaler),
+                                         clip_grad_norm=clip_grad_norm, all_reduce=distributed, weighting=weighting,
+                                         ignore_index=ignore_index, ema_decay=ema_decay, loss_fn=loss_fn)
+        engine = self.engine
+        self.optimizer, self.loss_scaler, self.clip_grad_norm = optimizer, engine.loss_scaler, engine.clip_grad_norm
+        #: What windows are weighted by, and the label that is no item.
+        self.weighting, self.ignore_index = weighting, ignore_index
+        #: The weights' moving average, updated once per applied update; None without ``ema_decay``.
+        self.ema = engine.ema
+        self.buffer = engine.buffer
+        self.train_forward_backward, self.train_optim, self.train_clear = \
+            engine.forward_backward, engine.optim, engine.clear
         #: The run's counters, over all calls and across a resume; saved in every training state.
         self.progress = Progress()
-        self._micro_steps = {}  # mini_steps -> _MicroStep
+        self._steps = {}  # (mini_steps, remainder, micro_batches) -> AccumulationStep
         self.run_id = None
         self._warned_batchnorm = False
 
@@ -298,17 +245,16 @@ class GradientAccumulation:
 
     def state_parameters(self) -> Dict[str, List[Parameter]]:
         """What a training state saves and a resume restores, in named groups (see :mod:`.training_state`)."""
-        scaler = [getattr(self.loss_scaler, name) for name in ("scale_value", "counter")
-                  if isinstance(getattr(self.loss_scaler, name, None), Parameter)]
         groups = {"network": list(self.network.get_parameters()), "optimizer": list(self.optimizer.get_parameters()),
-                  "buffer": list(self.buffer.parameters()), "scaler": scaler}
+                  "buffer": list(self.buffer.parameters()), "scaler": list(self.engine.scaler_parameters().values())}
         if self.ema is not None:
             groups["ema"] = self.ema.parameters()
         return groups
 
     def train_process(self, epoch: int, train_dataset: Iterable, mini_steps: int = 4, *, remainder: str = "flush",
                       save: Optional[SaveConfig] = None, log_every: Optional[int] = 1,
-                      callbacks: Iterable[Callback] = (), seed: Optional[int] = None) -> List[UpdateRecord]:
+                      callbacks: Iterable[Callback] = (), seed: Optional[int] = None,
+                      settings: Optional[Mapping] = None) -> List[UpdateRecord]:
         """Trains until ``epoch`` epochs are done and saves the checkpoint.
 
         Args:
@@ -331,6 +277,10 @@ class GradientAccumulation:
                 told of every epoch, micro-step and update.
             seed: the seed the caller set, recorded in the state and checked on
                 resume; the driver itself draws no random numbers.
+            settings: what else changes training, as ``{name: JSON value}``
+                (a front end's flags, a data fingerprint): recorded in every
+                state beside the driver's own (see :mod:`~mindspore_accum.settings`);
+                a resume that changes one is refused by name.
 
         Returns:
             A list of :class:`UpdateRecord`, one per optimizer update of this call.
@@ -346,7 +296,7 @@ class GradientAccumulation:
             raise TypeError(f"save must be a mindspore_accum.SaveConfig or None, got {save!r}: pass "
                             f"save=SaveConfig(ckpt_path=..., state_dir=...)")
         run = self._begin(epoch, train_dataset, WindowSchedule(mini_steps, remainder), save, log_every, callbacks,
-                          seed)
+                          seed, settings)
         with StopSignals(save.handle_signals) as run.stop, _own_outputs(run.ckpt_path, run.states):
             for batches in self._epochs(train_dataset, epoch, run.state, run.micro_batches):
                 self._train_epoch(run, batches)
@@ -356,7 +306,7 @@ class GradientAccumulation:
 
     # Set-up and resume.
 
-    def _begin(self, epoch, train_dataset, schedule, save, log_every, callbacks, seed):
+    def _begin(self, epoch, train_dataset, schedule, save, log_every, callbacks, seed, settings):
         """Checks the arguments and the outputs, resumes or starts afresh; returns the call's :class:`_Run`."""
         epoch = check_positive_int("epoch", epoch, example=10)
         if log_every is not None:
@@ -366,39 +316,40 @@ class GradientAccumulation:
         states = None
         if save.state_dir is not None and writer:
             states = StateDirectory(save.state_dir, save.keep_checkpoints)
-        micro_batches = train_dataset.get_dataset_size() if hasattr(train_dataset, "get_dataset_size") else None
-        run = _Run(schedule, self._new_state(schedule, train_dataset, micro_batches, seed), states, ckpt_path,
-                   micro_batches, tuple(callbacks), log_every, save.save_every, self._micro_step(schedule.mini_steps))
+        micro_batches = _micro_batches_of(train_dataset)
+        run = _Run(schedule, self._new_state(schedule, train_dataset, micro_batches, seed, settings), states,
+                   ckpt_path, micro_batches, tuple(callbacks), log_every, save.save_every,
+                   self._step(schedule, micro_batches))
         self._warn_about(schedule, micro_batches, run.states, save.resume)
         if save.resume is not None:
             run.state = self._resume(save.resume, epoch, run.state)
+            # The open window's micro-batches, from the buffer the state restored: the host's count for window_end.
+            run.window = int(self.buffer.window_micro_steps.asnumpy())
         else:
             self.train_clear()  # a window left by an interrupted earlier call must not leak in
+            if self.ema is not None:
+                self.ema.reset()  # from the weights training starts from: loaded ones too (--init_ckpt)
+        position = run.state.micro_batch
+        run.step.epoch_micro_batch.set_data(ms.Tensor(position if micro_batches and position < micro_batches else 0,
+                                                      ms.int32))
         #: The run's identity: new for a fresh run, the resumed state's for a resumed one (see TrainingState).
         self.run_id = run.state.run_id
         return run
 
-    def _new_state(self, schedule, train_dataset, micro_batches, seed):
+    def _new_state(self, schedule, train_dataset, micro_batches, seed, settings):
         """This call's settings, at the start, with the driver's counters."""
-        return TrainingState(
-            model=type(self.network).__name__, optimizer=_optimizer_description(self.optimizer),
-            mini_steps=schedule.mini_steps, remainder=schedule.remainder,
+        recorded = self.engine.settings(
+            model=type(self.network).__name__, mini_steps=schedule.mini_steps, remainder=schedule.remainder,
             batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
-            micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level,
-            loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
-            clip_grad_norm=self.clip_grad_norm, ranks=self.ranks, weighting=self.weighting,
-            ignore_index=self.ignore_index, ema_decay=self.ema.decay_value if self.ema is not None else None,
-            progress=self.progress, run_id=uuid.uuid4().hex)
+            micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level, ranks=self.ranks)
+        return TrainingState(settings=recorded.merged(settings or {}), progress=self.progress,
+                             run_id=uuid.uuid4().hex)
 
     def _warn_about(self, schedule, micro_batches, states, resume):
         """Settings that run, but not as the user probably meant."""
         if not self._warned_batchnorm:  # once per driver: it is about the network, not the call
             self._warned_batchnorm = warn_if_batchnorm(self.network, schedule.mini_steps)
-        if micro_batches is not None and micro_batches < schedule.mini_steps:
-            logger.warning("mini_steps=%d is larger than the %d micro-batches of an epoch: every update is a "
-                           "partial window of %d micro-batches%s", schedule.mini_steps, micro_batches,
-                           micro_batches, " (flushed at the epoch's end)" if schedule.remainder == "flush"
-                           else ", and remainder='drop' discards it: no update will happen")
+        warn_if_longer_than_epoch(schedule.mini_steps, micro_batches, schedule.remainder)
         earlier = StateDirectory.files_in(states.directory) if resume is None and states is not None else []
         if earlier:
             # Lightning's choice: warn, not refuse, so that running the same command twice works.
@@ -421,6 +372,13 @@ class GradientAccumulation:
         if state.epoch_done:
             state.next_epoch()
         return state
+
+    def _step(self, schedule, micro_batches):
+        """The one-graph micro-step for this window and epoch, built once and kept."""
+        key = (schedule.mini_steps, schedule.remainder, micro_batches)
+        if key not in self._steps:
+            self._steps[key] = AccumulationStep(self.engine, schedule, micro_batches, clears=False)
+        return self._steps[key]
 
     # The epoch loop.
 
@@ -468,36 +426,37 @@ class GradientAccumulation:
         state.next_epoch()
 
     def _train_micro_batch(self, run, inputs):
-        """One micro-step; at a full window, the update (in the same graph) and its record."""
-        loss, applied = run.step(*inputs)  # one graph; nothing is read back until the window closes
+        """One micro-step; where it closed a window (full, or the epoch's end), the window's record and clear."""
+        loss, applied = run.step(*inputs)  # one graph; nothing is read back unless the window closed
         run.stop.rearm()  # every graph run takes SIGINT over; take it back
         samples = _batch_size(inputs)
         state = run.state
         state.micro_batch += 1
         self.progress.total_micro_steps += 1
         self.progress.total_samples += samples
-        run.pending.append(loss)
-        state.window_samples.append(samples)
+        run.window += 1
+        state.window_samples += samples
         for callback in run.callbacks:
             callback.micro_step(state.epoch, state.micro_batch, loss, samples)
-        if run.schedule.is_window_full(len(state.window_samples)):
+        # The rule the step Cell has just applied on the device, on the host's counts: no read-back to learn it.
+        update, epoch_end = run.schedule.window_end(run.window, state.micro_batch, run.micro_batches)
+        if update:
             record = self._close_window(run, applied)
             if run.save_every is not None and not record.skipped and self.total_updates % run.save_every == 0:
                 self._save_state(run)
+        elif epoch_end:
+            self._drop_window(run)
         if run.stop.signum is not None:
             self._interrupt(run)
 
     def _end_epoch(self, run):
-        """The partial window (flushed or dropped), the epoch's callbacks, and its training state."""
+        """The epoch's callbacks and its training state (and an unsized stream's partial window)."""
         state = run.state
-        self._read_losses(run)
-        if run.schedule.flush_at_epoch_end(len(state.window_losses)):
-            self._close_window(run, self.train_optim(), flushed=True)
-        elif state.window_losses:
-            logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')",
-                        state.epoch, len(state.window_losses))
-            state.window_losses, state.window_samples = [], []
-            self.train_clear()
+        if run.window:  # only a stream of unknown size: the step Cell closes every other epoch's last window
+            if run.schedule.flush:
+                self._close_window(run, self.train_optim())
+            else:
+                self._drop_window(run)
         if state.micro_batch == 0:
             raise ValueError(f"train_dataset gave no micro-batches in epoch {state.epoch}: pass a "
                              f"mindspore dataset or a re-iterable such as a list, not an empty or "
@@ -516,52 +475,38 @@ class GradientAccumulation:
 
     # The end of a window.
 
-    def _micro_step(self, mini_steps):
-        """The one-graph micro-step for ``mini_steps``, built once and kept."""
-        if mini_steps not in self._micro_steps:
-            self._micro_steps[mini_steps] = _MicroStep(self.train_forward_backward, self.train_optim, self.buffer,
-                                                       mini_steps)
-        return self._micro_steps[mini_steps]
+    def _drop_window(self, run):
+        logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')", run.state.epoch,
+                    run.window)
+        self.train_clear()
+        run.window, run.state.window_samples = 0, 0
 
-    def _read_losses(self, run):
-        """Reads the open window's losses back (one sync a window) into the state; stops on a non-finite one.
-
-        Data parallel: a rank must not stop alone (the others would wait in the
-        all-reduce); the loss goes into the reduced window, and every rank sees it there.
-        """
-        state = run.state
-        losses = [float(loss.asnumpy()) for loss in run.pending]
-        run.pending.clear()
-        first = state.micro_batch - len(losses) + 1
-        for offset, loss in enumerate(losses):
-            if not math.isfinite(loss) and not self._skips_overflow and not self.distributed:
-                # The update stage refused the window too: nothing was applied from it.
-                self._diverged(run, f"loss is {loss}", micro_batch=first + offset)
-        state.window_losses.extend(losses)
-
-    def _close_window(self, run, applied, flushed=False):
+    def _close_window(self, run, applied):
         """The record of a window whose update stage has run (``applied``: its device flag), then an empty window.
 
         Callbacks see the update between the two, while ``grad_sum`` still
         holds the window's gradient.
         """
-        self._read_losses(run)
         applied = bool(applied.asnumpy())
         run.stop.rearm()
         state = run.state
         lr = current_learning_rate(self.optimizer, just_applied=applied)
-        samples, items, loss = self._window_figures(state)
+        micro_batches, items, loss = self._window_figures()
+        flushed = micro_batches < run.schedule.mini_steps
+        # Samples weighting counts rows, so the buffer's count (over all ranks, once reduced) is the window's samples.
+        samples = items if self.weighting == "samples" else state.window_samples * self.ranks
         empty = not applied and items == 0  # weighting="items", every label ignored: nothing to apply
-        if not applied and not empty and not self._skips_overflow:
-            self._diverged(run, "the window's accumulated gradient" + (" or loss, over all ranks," if self.distributed
-                                                                        else "") + " is not finite (NaN or inf)")
+        if not applied and not empty and not self.engine.skips_overflow:
+            ranks = ", over all ranks," if self.distributed else ""
+            self._diverged(run, f"the window's loss{ranks} is {loss}" if not math.isfinite(loss) else
+                           f"the window's accumulated gradient{ranks} is not finite (NaN or inf)", micro_batches)
         if applied:
             self.progress.total_updates += 1
         elif not empty:
             self.progress.skipped_updates += 1
-        record = UpdateRecord(state.epoch, len(run.epoch_records) + 1, len(state.window_losses), samples, loss, lr,
-                              self.total_updates, self.total_samples * self.ranks, not applied, self._loss_scale(),
-                              items)
+        record = UpdateRecord(state.epoch, len(run.epoch_records) + 1, micro_batches, samples, loss, lr,
+                              self.total_updates, self.total_samples * self.ranks, not applied,
+                              self.engine.loss_scale(), items)
         run.epoch_records.append(record)
         if empty:
             logger.warning("epoch: %d step: %d the window has no items (every label is ignore_index=%d): no update",
@@ -573,26 +518,18 @@ class GradientAccumulation:
             callback.update(record, self)
         self.train_clear()
         run.stop.rearm()
-        state.window_losses, state.window_samples = [], []
+        run.window, state.window_samples = 0, 0
         if applied and run.log_every is not None and (flushed or record.update % run.log_every == 0):
             scale = "" if record.loss_scale is None else \
                 f" (loss scale {record.loss_scale:g}, {self.skipped_updates} skipped)"
             logger.info("epoch: %d step: %d loss is %.6f%s", state.epoch, record.update, record.loss, scale)
         return record
 
-    def _loss_scale(self):
-        return float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
-
-    def _window_figures(self, state):
-        """The closed window's samples, items and loss (over all ranks when data parallel)."""
-        samples = sum(state.window_samples) * self.ranks  # every rank's micro-batches have the same sizes
-        if self.weighting == "samples" and not self.distributed:
-            # Sample-weighted, so that it is the loss of the concatenated window.
-            return samples, samples, sum(loss * n for loss, n in zip(state.window_losses, state.window_samples)) \
-                / samples
-        # The buffer's count and running mean: over all ranks once TrainOptim has reduced them.
+    def _window_figures(self):
+        """The closed window's micro-batches, items and loss, from the buffer (over all ranks when data parallel)."""
+        micro_batches = int(self.buffer.window_micro_steps.asnumpy())
         items = int(round(float(self.buffer.window_samples.asnumpy())))
-        return samples, items, float(self.buffer.window_loss.asnumpy())
+        return micro_batches, items, float(self.buffer.window_loss.asnumpy())
 
     # Saving and stopping.
 
@@ -606,19 +543,19 @@ class GradientAccumulation:
 
     def _interrupt(self, run):
         """Stops on the signal received: the state saved (unless it just was), then :class:`TrainingInterrupted`."""
-        self._read_losses(run)
         state = run.state
         if run.states is not None and run.saved_at != (state.epoch, state.micro_batch, state.epoch_done):
             self._save_state(run)
         raise TrainingInterrupted(run.stop.signum, run.states.last_path if run.states is not None else None,
                                   state.where())
 
-    def _diverged(self, run, what, micro_batch=None):
+    def _diverged(self, run, what, window):
         kept = run.states.last_path if run.states is not None else None
         state = run.state
-        micro_batch = state.micro_batch if micro_batch is None else micro_batch
-        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {micro_batch} (in update "
-                             f"{len(run.epoch_records) + 1} of the epoch): training stopped, nothing saved; "
+        first = state.micro_batch - window + 1
+        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {state.micro_batch} (in update "
+                             f"{len(run.epoch_records) + 1} of the epoch, micro-batches {first}-{state.micro_batch}): "
+                             f"training stopped, nothing saved; "
                              + (f"the last good training state, {kept}, is kept" if kept else
                                 "no training state was saved before it")
                              + "; lower the learning rate or check the data")
@@ -640,8 +577,8 @@ class _Run:
     save_every: Optional[int]
     step: nn.Cell
     stop: StopSignals = None
-    #: The open window's losses, device tensors until the window closes.
-    pending: list = dataclasses.field(default_factory=list)
+    #: Micro-batches in the open window: the host's count, for window_end.
+    window: int = 0
     #: The epoch's records, those of a resumed state included.
     epoch_records: list = dataclasses.field(default_factory=list)
     #: The records this call made, returned at the end.

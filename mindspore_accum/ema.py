@@ -63,6 +63,11 @@ class ExponentialMovingAverage(nn.Cell):
     def construct(self):
         return self.hyper_map(ops.partial(_blend, self.decay), self.averages, self.weights)
 
+    def reset(self):
+        """Starts the averages from the weights as they are now: at a run's fresh start, after any weights loaded."""
+        for weight, average in zip(self.weights, self.averages):
+            average.set_data(Tensor(weight.asnumpy(), ms.float32))
+
     def parameters(self):
         """The averages, for a training state."""
         return list(self.averages)

@@ -9,12 +9,36 @@ import math
 
 from .validation import check_choice, check_positive_int
 
-__all__ = ["WindowSchedule", "REMAINDER_POLICIES"]
+__all__ = ["WindowSchedule", "REMAINDER_POLICIES", "window_end"]
 
 #: ``"flush"``: apply a partial window at the end of an epoch, weighted by its
 #: true sample count. ``"drop"``: discard it, so that every update is a full
 #: window of ``mini_steps`` micro-batches.
 REMAINDER_POLICIES = ("flush", "drop")
+
+
+def window_end(window_micro_steps, epoch_position, mini_steps, micro_batches_per_epoch, flush):
+    """The one rule of when a window closes: ``(update, epoch_end)`` after a micro-step.
+
+    ``window_micro_steps`` micro-batches are in the window, this one included,
+    and ``epoch_position`` of the epoch's ``micro_batches_per_epoch`` are
+    consumed (None: an endless stream, no epoch end). ``update``: apply the
+    window now - it is full, or (``flush``) the epoch ends. Where ``update``
+    is False and ``epoch_end`` True, the partial window is dropped.
+
+    It is evaluated on the device, on Tensors, inside the step Cell
+    (:class:`~mindspore_accum.engine.AccumulationStep`), and on the host, on
+    ints, by the driver, which so knows when a window closed without reading
+    anything back. ``micro_batches_per_epoch`` and ``flush`` are constants of
+    the graph.
+    """
+    full = window_micro_steps >= mini_steps
+    if micro_batches_per_epoch is None:
+        return full, False
+    epoch_end = epoch_position >= micro_batches_per_epoch
+    if flush:
+        return full | epoch_end, epoch_end
+    return full, epoch_end
 
 
 class WindowSchedule:
@@ -30,13 +54,14 @@ class WindowSchedule:
         self.mini_steps = check_positive_int("mini_steps", mini_steps, example=4)
         self.remainder = check_choice("remainder", remainder, REMAINDER_POLICIES)
 
-    def is_window_full(self, window_micro_steps):
-        """True when a window holding ``window_micro_steps`` micro-batches must be applied now."""
-        return window_micro_steps >= self.mini_steps
+    @property
+    def flush(self):
+        """True when a partial window at the end of an epoch is applied."""
+        return self.remainder == "flush"
 
-    def flush_at_epoch_end(self, window_micro_steps):
-        """True when the partial window left at the end of an epoch is applied, False when it is dropped or empty."""
-        return window_micro_steps > 0 and self.remainder == "flush"
+    def window_end(self, window_micro_steps, epoch_position, micro_batches_per_epoch):
+        """:func:`window_end` with this schedule's ``mini_steps`` and remainder policy."""
+        return window_end(window_micro_steps, epoch_position, self.mini_steps, micro_batches_per_epoch, self.flush)
 
     def updates_per_epoch(self, micro_batches):
         """Optimizer updates in an epoch of ``micro_batches`` micro-batches."""

@@ -3,7 +3,8 @@
 The model checkpoint (:mod:`.checkpoint`) holds the bare network for eval.py.
 A training-state checkpoint holds, beside it, the trainer's
 ``state_parameters()`` in groups (``network/``, ``optimizer/``, ``buffer/``,
-``scaler/``) and a JSON record, :class:`TrainingState`. It is an ordinary
+``scaler/`` and, with EMA, ``ema/``) and a JSON record, :class:`TrainingState`,
+whose ``settings`` are the run's :class:`~mindspore_accum.settings.RunSettings`. It is an ordinary
 MindSpore checkpoint, written atomically with a CRC. The layout, field by
 field, is in docs/resuming.md, which tests/test_docs.py checks against this
 module.
@@ -27,6 +28,7 @@ from .checkpoint import (
     read_checkpoint,
     write_checkpoint_atomically,
 )
+from .settings import RunSettings
 from .validation import PathLike, check_positive_int
 
 __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state", "read_training_state",
@@ -34,7 +36,8 @@ __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state",
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+#: 2: the settings as one record; 1 (before 0.4): each setting a field of its own, still read.
+STATE_FORMAT = 2
 #: Training-state files are ``<STATE_PREFIX><epoch>_<micro-batch>.ckpt``.
 STATE_PREFIX = "state-"
 
@@ -43,10 +46,12 @@ STATE_PREFIX = "state-"
 #: they must match instead, like the settings below.
 _OPTIMIZER_SETTINGS = ("optimizer/learning_rate", "optimizer/momentum")
 
-#: Settings a resumed run must share with the run that saved the state: with
-#: any of them different, "continue exactly" has no meaning.
-_SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
-             "amp_level", "loss_scaler", "clip_grad_norm", "ranks", "weighting", "ignore_index", "ema_decay")
+#: The fields of a format-1 record that were settings: they move into ``settings`` when it is read.
+_FORMAT_1_SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch",
+                      "seed", "amp_level", "loss_scaler", "clip_grad_norm", "ranks", "weighting", "ignore_index",
+                      "ema_decay")
+#: What a format-1 record without them meant (states from before 0.3).
+_FORMAT_1_DEFAULTS = {"weighting": "samples", "ignore_index": -100, "ema_decay": None}
 
 
 @dataclasses.dataclass
@@ -75,20 +80,14 @@ class TrainingState:
     """A run's settings and position, small and named; saved as JSON in the state file.
 
     Settings (compared on resume):
-        model, optimizer: class names of the network and the optimizer.
-        mini_steps, remainder: the window schedule.
-        batch_size: the dataset's micro-batch size, if it reports one.
-        micro_batches_per_epoch: the dataset's size, if it reports one.
-        seed: the seed the run was started with, if it was given.
-        amp_level, loss_scaler, clip_grad_norm: mixed precision (the scaler's
-            class name), and the clipping norm.
-        ranks: data-parallel ranks (1 without data parallelism); the
-            position counts each rank's own micro-batches.
-        weighting, ignore_index: what windows are weighted by (see
-            :mod:`~mindspore_accum.weighting`); states written before 0.3
-            have neither and read as ``"samples"`` and -100.
-        ema_decay: the weights' moving average's decay, or None (see
-            :mod:`~mindspore_accum.ema`).
+        settings: the run's :class:`~mindspore_accum.settings.RunSettings`:
+            the driver's own (``model`` and ``optimizer`` class names,
+            ``mini_steps``, ``remainder``, ``batch_size``,
+            ``micro_batches_per_epoch``, ``seed``, ``amp_level``,
+            ``loss_scaler``, ``clip_grad_norm``, ``ranks``, ``weighting``,
+            ``ignore_index``, ``ema_decay``) and whatever the caller passed
+            as ``train_process(settings=...)``: train.py passes its flags and
+            the data's fingerprint.
 
     Position:
         epoch: the 1-based epoch in progress (or just finished, with ``epoch_done``).
@@ -96,8 +95,8 @@ class TrainingState:
         epoch_done: True once the epoch's end (flush, callbacks) has run.
         progress: the driver's :class:`Progress` (saved as its four fields,
             beside the others).
-        window_losses, window_samples: the open window's micro-batch losses
-            and sizes (the tensors are in the buffer); empty between windows.
+        window_samples: the rows of the open window's micro-batches (its
+            items, micro-batches and loss are in the buffer); 0 between windows.
         epoch_records: the epoch's updates so far, as dicts of
             :class:`~mindspore_accum.driver.UpdateRecord` fields.
         run_id: drawn when a run starts afresh and kept across its resumes;
@@ -105,26 +104,12 @@ class TrainingState:
             own run's lines (None in states from before 0.3).
     """
 
-    model: str
-    optimizer: str
-    mini_steps: int
-    remainder: str
-    batch_size: int = None
-    micro_batches_per_epoch: int = None
-    seed: int = None
-    amp_level: str = "O0"
-    loss_scaler: str = None
-    clip_grad_norm: float = None
-    ranks: int = 1
-    weighting: str = "samples"
-    ignore_index: int = -100
-    ema_decay: float = None
+    settings: RunSettings = dataclasses.field(default_factory=RunSettings)
     epoch: int = 1
     micro_batch: int = 0
     epoch_done: bool = False
     progress: Progress = dataclasses.field(default_factory=Progress)
-    window_losses: list = dataclasses.field(default_factory=list)
-    window_samples: list = dataclasses.field(default_factory=list)
+    window_samples: int = 0
     epoch_records: list = dataclasses.field(default_factory=list)
     run_id: str = None
     format: int = STATE_FORMAT
@@ -143,29 +128,44 @@ class TrainingState:
         """The record written into a state file: one flat JSON object (the counters beside the position)."""
         fields = dataclasses.asdict(self)
         fields.update(fields.pop("progress"))
+        fields["settings"] = self.settings.values
         return json.dumps(fields)
 
     @classmethod
     def from_json(cls, text):
-        """The inverse of :meth:`to_json`.
+        """The inverse of :meth:`to_json`; a format-1 record (before 0.4) reads too.
 
         Raises:
-            ValueError, TypeError: not a record of this format.
+            ValueError, TypeError: not a record of either format.
         """
         fields = json.loads(text)
-        if not isinstance(fields, dict) or fields.get("format") != STATE_FORMAT:
-            found = fields.get("format") if isinstance(fields, dict) else fields
+        found = fields.get("format") if isinstance(fields, dict) else fields
+        if found not in (1, STATE_FORMAT):
             raise ValueError(f"format {found!r}, expected {STATE_FORMAT}")
+        if found == 1:
+            fields = _from_format_1(fields)
         progress = Progress(**{name: fields.pop(name) for name in _PROGRESS_FIELDS if name in fields})
         for record in fields.get("epoch_records", []):  # UpdateRecord.micro_batches was micro_steps before 0.2
             if "micro_steps" in record:
                 record["micro_batches"] = record.pop("micro_steps")
-        return cls(progress=progress, **fields)
+        settings = fields.pop("settings")
+        if not isinstance(settings, dict):
+            raise TypeError(f"settings is {type(settings).__name__}, expected an object")
+        return cls(progress=progress, settings=RunSettings.of(settings), **fields)
 
     def differences(self, other):
         """The settings that differ from ``other``'s, as ``name=<ours> ... vs <theirs>`` phrases."""
-        return [f"{name}={getattr(self, name)!r} in the state vs {getattr(other, name)!r} in this run"
-                for name in _SETTINGS if getattr(self, name) != getattr(other, name)]
+        return self.settings.differences(other.settings)
+
+
+def _from_format_1(fields):
+    """A format-1 record's fields in format 2: the settings gathered, the open window's rows summed."""
+    fields = dict(fields)
+    settings = {**_FORMAT_1_DEFAULTS, **{name: fields.pop(name) for name in _FORMAT_1_SETTINGS if name in fields}}
+    fields.pop("window_losses", None)
+    fields["window_samples"] = sum(fields.get("window_samples", []))
+    fields["settings"], fields["format"] = settings, STATE_FORMAT
+    return fields
 
 
 def _state_tensors(trainer):

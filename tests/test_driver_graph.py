@@ -20,7 +20,6 @@ from mindspore_accum import (
     TrainForwardBackward,
     TrainOptim,
 )
-from mindspore_accum.schedule import WindowSchedule
 from nets import LOSS, MLP, NO_CKPT, OPTIMIZERS, micro_batches, twin
 
 BATCHES = [4] * 6 + [2]  # 7 micro-batches an epoch; the last is smaller
@@ -28,23 +27,23 @@ BATCHES = [4] * 6 + [2]  # 7 micro-batches an epoch; the last is smaller
 
 def three_cell_loop(network, optimizer, batches, epochs, mini_steps, remainder="flush", amp_level="O0",
                     loss_scaler=None, clip_grad_norm=None):
-    """The tutorial's loop, with the schedule's rules; returns whether each window's update was applied."""
+    """The tutorial's loop, its window rule written out here; returns whether each window's update was applied."""
     compute = network if amp_level == "O0" else amp.auto_mixed_precision(network, amp_level)
     buffer = AccumulationBuffer(optimizer.parameters)
     forward_backward = TrainForwardBackward(nn.WithLossCell(compute, LOSS), optimizer.parameters, buffer,
                                             loss_scaler)
     optim, clear = TrainOptim(optimizer, buffer, loss_scaler, clip_grad_norm), TrainClear(buffer)
-    schedule, applied = WindowSchedule(mini_steps, remainder), []
+    applied = []
     for _ in range(epochs):
         window = 0
         for data, label in batches:
             forward_backward(data, label)
             window += 1
-            if schedule.is_window_full(window):
+            if window == mini_steps:
                 applied.append(bool(optim().asnumpy()))
                 clear()
                 window = 0
-        if schedule.flush_at_epoch_end(window):
+        if window and remainder == "flush":
             applied.append(bool(optim().asnumpy()))
         clear()
     return applied

@@ -59,22 +59,33 @@ def test_an_older_record_reads_back_with_its_counters_and_records():
     state = TrainingState.from_json(json.dumps(OLDER_RECORD))
     assert state.progress == Progress(total_updates=4, total_micro_steps=16, total_samples=64, skipped_updates=0)
     assert state.epoch_records[0]["micro_batches"] == 4 and "micro_steps" not in state.epoch_records[0]
-    assert (state.epoch, state.micro_batch, state.window_losses) == (2, 6, [2.25, 2.0])
+    # The open window's rows, summed: its losses are in the buffer's tensors, not the record.
+    assert (state.epoch, state.micro_batch, state.window_samples) == (2, 6, 8)
 
 
-def test_the_record_written_is_flat():
+#: The format-1 fields that were settings, typed out again here (not taken from the module's list).
+OLDER_SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
+                  "amp_level", "loss_scaler", "clip_grad_norm", "ranks")
+
+
+def test_the_record_written_is_flat_with_its_settings_in_one_object():
     state = TrainingState.from_json(json.dumps(OLDER_RECORD))
     written = json.loads(state.to_json())
     # A record from before 0.3 reads as weighting="samples" over labels other than -100, no EMA, no run id.
-    expected = dict(OLDER_RECORD, epoch_records=[dict(OLDER_RECORD["epoch_records"][0])], weighting="samples",
-                    ignore_index=-100, ema_decay=None, run_id=None)
+    settings = {name: OLDER_RECORD[name] for name in OLDER_SETTINGS}
+    settings.update(weighting="samples", ignore_index=-100, ema_decay=None)
+    expected = {name: value for name, value in OLDER_RECORD.items() if name not in OLDER_SETTINGS}
+    expected.pop("window_losses")
+    expected.update(epoch_records=[dict(OLDER_RECORD["epoch_records"][0])], settings=settings, window_samples=8,
+                    run_id=None, format=2)
     expected["epoch_records"][0]["micro_batches"] = expected["epoch_records"][0].pop("micro_steps")
     assert written == expected
+    assert TrainingState.from_json(state.to_json()) == state  # format 2 reads back to the same state
 
 
 def test_another_format_is_refused():
-    with pytest.raises(ValueError, match="format 2, expected 1"):
-        TrainingState.from_json(json.dumps(dict(OLDER_RECORD, format=2)))
+    with pytest.raises(ValueError, match="format 3, expected 2"):
+        TrainingState.from_json(json.dumps(dict(OLDER_RECORD, format=3)))
 
 
 def test_the_counters_have_one_home_shared_by_the_driver_and_its_saved_state(tmp_path):

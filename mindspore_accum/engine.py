@@ -1,0 +1,222 @@
+"""One accumulation engine for both front ends: the builder, and the step Cell that decides the window.
+
+:class:`AccumulationEngine` builds, once, what the driver
+(:class:`~mindspore_accum.driver.GradientAccumulation`) and the train Cell
+(:class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`) share:
+the argument checks, the buffer and the tutorial's three Cells, the EMA, the
+loss scaler's Parameters, and the settings the engine records.
+
+:class:`AccumulationStep` is one micro-step in one graph: forward and
+backward into the buffer, then :func:`~mindspore_accum.schedule.window_end`
+on the device - is the window full, or does the epoch end? - and, if so, the
+update stage. ``GradientAccumulationCell`` is this step with the clear inside
+the graph (``clears=True``); the driver runs the same step with
+``clears=False``, so that its callbacks see the window's gradient before it
+clears the buffer itself.
+"""
+
+import logging
+from typing import Optional
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, amp, nn, ops
+
+from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
+from .ema import ExponentialMovingAverage
+from .schedule import WindowSchedule, window_end
+from .settings import RunSettings
+from .validation import check_choice, check_positive_float
+from .weighting import check_loss, check_weighting
+
+__all__ = ["AccumulationEngine", "AccumulationStep", "AMP_LEVELS", "amp_network", "default_loss_scaler",
+           "optimizer_description", "warn_if_longer_than_epoch"]
+
+logger = logging.getLogger(__name__)
+
+#: ``mindspore.amp.auto_mixed_precision`` levels.
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+
+
+def amp_network(network, amp_level):
+    """``network`` with ``amp_level``'s casts (the same Parameter objects); ``network`` itself at O0."""
+    check_choice("amp_level", amp_level, AMP_LEVELS)
+    return network if amp_level == "O0" else amp.auto_mixed_precision(network, amp_level)
+
+
+def default_loss_scaler(amp_level, loss_scaler="auto"):
+    """``"auto"``: MindSpore's ``DynamicLossScaleManager`` defaults below O0, none at O0; else as given, checked."""
+    if isinstance(loss_scaler, str) and loss_scaler == "auto":
+        return None if check_choice("amp_level", amp_level, AMP_LEVELS) == "O0" else \
+            amp.DynamicLossScaler(2 ** 16, 2, 2000)
+    if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
+        raise TypeError(f"loss_scaler must be 'auto', None, or a mindspore.amp.DynamicLossScaler or "
+                        f"StaticLossScaler, got {loss_scaler!r}")
+    return loss_scaler
+
+
+def optimizer_description(optimizer):
+    """The optimizer's class, with its weight decay when it has one: ``AdamWeightDecay(weight_decay=0.01)``.
+
+    A resume compares it: a changed weight decay is no tensor of the state, so it
+    is named here. Without weight decay it is the bare class name, as states
+    before 0.3 recorded.
+    """
+    decay = getattr(optimizer, "weight_decay", 0.0)
+    decay = float(decay.asnumpy()) if isinstance(decay, Tensor) and decay.size == 1 else decay
+    name = type(optimizer).__name__
+    return f"{name}(weight_decay={decay:g})" if isinstance(decay, float) and decay else name
+
+
+def warn_if_longer_than_epoch(mini_steps, micro_batches, remainder):
+    """Warns when ``mini_steps`` exceeds an epoch: every update is then a partial window (or none, with drop)."""
+    if micro_batches is not None and micro_batches < mini_steps:
+        logger.warning("mini_steps=%d is larger than the %d micro-batches of an epoch: every update is a "
+                       "partial window of %d micro-batches%s", mini_steps, micro_batches, micro_batches,
+                       " (flushed at the epoch's end)" if remainder == "flush"
+                       else ", and remainder='drop' discards it: no update will happen")
+
+
+class AccumulationEngine:
+    """The buffer, the three Cells, the EMA and the loss scaler of one accumulation set-up, checked and built once.
+
+    Args:
+        network_with_loss: the network with its loss (e.g. ``nn.WithLossCell``),
+            outputting the *mean* loss over the micro-batch.
+        optimizer: a MindSpore optimizer; its ``parameters`` are differentiated.
+        loss_scaler, clip_grad_norm, all_reduce, weighting, ignore_index,
+        ema_decay: as :class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`.
+        loss_fn: the loss Cell, when the caller has it apart (checked for its
+            reduction); else ``network_with_loss``'s own is looked up.
+    """
+
+    def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, *,
+                 loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
+                 all_reduce: bool = False, weighting: str = "samples", ignore_index: int = -100,
+                 ema_decay: Optional[float] = None, loss_fn: Optional[nn.Cell] = None):
+        _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index, loss_fn)
+        if clip_grad_norm is not None:
+            clip_grad_norm = check_positive_float("clip_grad_norm", clip_grad_norm, "or None for no clipping")
+        self.optimizer = optimizer
+        self.loss_scaler = loss_scaler
+        self.clip_grad_norm = clip_grad_norm
+        self.weighting, self.ignore_index = weighting, ignore_index
+        self.all_reduce = bool(all_reduce)
+        self.buffer = AccumulationBuffer(optimizer.parameters)
+        self.forward_backward = TrainForwardBackward(network_with_loss, optimizer.parameters, self.buffer,
+                                                     loss_scaler, weighting, ignore_index)
+        #: The weights' moving average, or None; :meth:`ExponentialMovingAverage.reset` at a fresh start.
+        self.ema = ExponentialMovingAverage(optimizer.parameters, ema_decay) if ema_decay is not None else None
+        self.optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, self.all_reduce, ema=self.ema)
+        self.clear = TrainClear(self.buffer)
+        #: Only a dynamic scaler can answer an overflow (by lowering the scale); else a non-finite window diverged.
+        self.skips_overflow = isinstance(loss_scaler, amp.DynamicLossScaler)
+
+    def scaler_parameters(self):
+        """The loss scaler's Parameters (its scale and counter), which a resume must get back."""
+        return {name: getattr(self.loss_scaler, name) for name in ("scale_value", "counter")
+                if isinstance(getattr(self.loss_scaler, name, None), Parameter)}
+
+    def loss_scale(self):
+        """The current loss scale as a float, or None without a scaler (one read-back)."""
+        return float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
+
+    def settings(self, **more) -> RunSettings:
+        """What this engine computes with, as a :class:`~mindspore_accum.settings.RunSettings`, with ``more``."""
+        return RunSettings.of(
+            optimizer=optimizer_description(self.optimizer),
+            loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
+            clip_grad_norm=self.clip_grad_norm, weighting=self.weighting, ignore_index=self.ignore_index,
+            ema_decay=self.ema.decay_value if self.ema is not None else None, **more)
+
+
+class AccumulationStep(nn.Cell):
+    """One micro-step in one graph: forward and backward, the window's end decided on the device, the update.
+
+    Args:
+        engine: the :class:`AccumulationEngine` whose Cells it runs.
+        schedule: the :class:`~mindspore_accum.schedule.WindowSchedule`.
+        micro_batches_per_epoch: the epoch's micro-batches, or None (windows
+            run on across epochs).
+        clears: True (the train Cell): the graph clears the closed window and
+            returns the window's loss; False (the driver): it leaves the
+            buffer for the driver's callbacks and returns ``(loss, applied)``,
+            the micro-batch's loss and whether an update was applied.
+
+    ``epoch_micro_batch`` counts the epoch's micro-batches consumed, on the
+    device; 0 again after the epoch's last.
+    """
+
+    def __init__(self, engine: AccumulationEngine, schedule: WindowSchedule,
+                 micro_batches_per_epoch: Optional[int] = None, clears: bool = True):
+        super().__init__(auto_prefix=False)
+        self.engine = engine
+        self.buffer = engine.buffer
+        self.forward_backward, self.optim, self.clear = engine.forward_backward, engine.optim, engine.clear
+        self.mini_steps, self.remainder = schedule.mini_steps, schedule.remainder
+        self.micro_batches_per_epoch = micro_batches_per_epoch
+        self.window_micro_steps = self.buffer.window_micro_steps
+        self.window_loss = self.buffer.window_loss
+        #: Micro-batches of the current epoch consumed; 0 again after the epoch's last.
+        self.epoch_micro_batch = Parameter(Tensor(0, ms.int32), name="epoch_micro_batch", requires_grad=False)
+        self._flush = schedule.flush
+        self._knows_epoch = micro_batches_per_epoch is not None
+        self._clears = bool(clears)
+        self._skips_overflow = engine.skips_overflow
+        self._nan = Tensor(float("nan"), ms.float32)
+        self._not_applied = Tensor(False, ms.bool_)
+
+    def construct(self, *inputs):
+        loss = self.forward_backward(*inputs)
+        window = ops.depend(self.window_micro_steps, loss)
+        if not self._knows_epoch:
+            update, epoch_end = window_end(window, 0, self.mini_steps, None, self._flush)
+            return self._update(loss) if update else self._open(loss)
+        position = self.epoch_micro_batch + 1
+        update, epoch_end = window_end(window, position, self.mini_steps, self.micro_batches_per_epoch, self._flush)
+        update = ops.depend(update, ops.assign(self.epoch_micro_batch, ops.select(epoch_end, 0, position)))
+        # One runtime branch per micro-step with flush: the remainder policy is a constant of the graph.
+        if self._flush:
+            return self._update(loss) if update else self._open(loss)
+        if update:
+            return self._update(loss)
+        return self._drop(loss) if epoch_end else self._open(loss)
+
+    def _window_loss(self):
+        # A copy, not the Parameter: TrainClear zeroes the Parameter afterwards.
+        return ops.identity(self.window_loss)
+
+    def _open(self, loss):
+        if self._clears:
+            return self._window_loss()
+        return loss, self._not_applied
+
+    def _drop(self, loss):
+        if self._clears:
+            return ops.depend(self._window_loss(), self.clear())
+        return loss, self._not_applied
+
+    def _update(self, loss):
+        applied = self.optim()
+        if not self._clears:
+            return loss, applied
+        window_loss = self._window_loss()  # after TrainOptim: over all ranks, with all_reduce
+        if not self._skips_overflow:  # loud divergence: LossMonitor stops on NaN; a window without items is none
+            window_loss = ops.select(applied | (ops.depend(self.buffer.window_samples, applied) <= 0), window_loss,
+                                     self._nan)
+        return ops.depend(window_loss, self.clear())
+
+
+def _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index, loss_fn):
+    if not isinstance(network_with_loss, nn.Cell):
+        raise TypeError(f"network_with_loss must be a mindspore.nn.Cell (e.g. nn.WithLossCell), got "
+                        f"{type(network_with_loss).__name__}")
+    if not isinstance(optimizer, nn.Optimizer):
+        raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
+    if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
+        raise TypeError(f"loss_scaler must be None or a mindspore.amp.DynamicLossScaler or StaticLossScaler, "
+                        f"got {loss_scaler!r}")
+    check_weighting(weighting, ignore_index)
+    if loss_fn is None:
+        check_loss(getattr(network_with_loss, "_loss_fn", None), "the loss's", ignore_index)
+    else:
+        check_loss(loss_fn, "loss_fn", ignore_index)
