@@ -24,7 +24,6 @@ them):
   ``Model.train``: ``with run_lock(ckpt_directory): model.train(...)``.
 """
 
-import json
 import logging
 import os
 
@@ -38,6 +37,7 @@ from .checkpoint import (
     write_checkpoint_atomically,
 )
 from .interrupt import StopSignals
+from .settings import RunSettings
 
 __all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
            "ResumableCheckpoint", "remove_partial_files", "AverageCheckpoint"]
@@ -49,16 +49,21 @@ SETTINGS_KEY = "mindspore_accum_settings"
 
 
 def settings_record(settings):
-    """``{SETTINGS_KEY: json}``, for ``CheckpointConfig(append_info=[...])`` and :class:`SaveOnSignal`."""
-    return {SETTINGS_KEY: json.dumps(settings, sort_keys=True)}
+    """``{SETTINGS_KEY: json}`` of a :class:`~mindspore_accum.settings.RunSettings` (or a dict), for
+    ``CheckpointConfig(append_info=[...])`` and :class:`SaveOnSignal`."""
+    return {SETTINGS_KEY: _as_settings(settings).to_json()}
+
+
+def _as_settings(settings):
+    return settings if isinstance(settings, RunSettings) else RunSettings.of(settings)
 
 
 def load_train_cell_checkpoint(cell, path, settings):
     """Loads a train-Cell checkpoint into ``cell`` if it fits this run; returns the global micro-step it was taken at.
 
     Everything is checked before anything is loaded: the file's CRC, its
-    ``step_num``, the settings it records against ``settings`` (a dict of this
-    run's), and every tensor's name and shape against ``cell``'s.
+    ``step_num``, the settings it records against ``settings`` (this run's
+    :class:`~mindspore_accum.settings.RunSettings`, or a dict), and every tensor's name and shape against ``cell``'s.
 
     Raises:
         CheckpointError: naming the file and what does not fit.
@@ -71,9 +76,8 @@ def load_train_cell_checkpoint(cell, path, settings):
     step = int(params.pop("step_num").asnumpy())
     params.pop("epoch_num", None)
     recorded = params.pop(SETTINGS_KEY, None)
-    saved = json.loads(recorded) if isinstance(recorded, str) else {}
-    differences = [f"{name}={saved[name]!r} in the checkpoint vs {value!r} in this run"
-                   for name, value in settings.items() if name in saved and saved[name] != value]
+    saved = RunSettings.from_json(recorded) if isinstance(recorded, str) else RunSettings()
+    differences = saved.differences(_as_settings(settings), saved_in="the checkpoint")
     problems = mismatches({p.name: p.shape for p in cell.get_parameters()},
                           {name: value.shape for name, value in params.items() if hasattr(value, "shape")})
     if differences or problems:

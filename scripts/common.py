@@ -20,6 +20,7 @@ from mindspore.train import ConfusionMatrix  # noqa: E402
 
 from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
+from mindspore_accum.settings import data_fingerprint  # noqa: E402
 from model_zoo_adapters import lenet, resnet, text, transformer  # noqa: E402
 from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
@@ -93,6 +94,39 @@ positive_float = _float_in(0, float("inf"), True, "a finite number > 0")
 #: A momentum, a weight decay.
 non_negative_float = _float_in(0, float("inf"), False, "a finite number >= 0")
 ema_decay = _float_in(0, 1, False, "a number in [0, 1), e.g. 0.999")
+
+
+#: The flags that are no setting: where the files are, how the run is shown, how long it runs, how it is launched.
+#: Every other flag is a setting, recorded in each state and train checkpoint and compared on resume, so a flag
+#: added later is compared without anyone touching a list. The data is compared by its fingerprint, not its path.
+RUN_FLAGS = frozenset(("help", "data_path", "ckpt_path", "resume", "init_ckpt", "device_target", "epochs", "log_every",
+                       "no_progress", "keep_checkpoints", "save_every", "save_steps", "eval_every_epoch",
+                       "grad_flow_every", "distribute", "dataset_sink_mode"))
+
+
+def parse_flags(parser, argv=None):
+    """``parser.parse_args(argv)``, with ``setting_flags``: the flags that are settings (all but :data:`RUN_FLAGS`)."""
+    args = parser.parse_args(argv)
+    args.setting_flags = tuple(action.dest for action in parser._actions if action.dest not in RUN_FLAGS)
+    return args
+
+
+def training_settings(args):
+    """The run's settings as the scripts record them: ``{"--<flag>": value}`` and ``"data"``, the data's fingerprint.
+
+    After :func:`resolve_model_args`, so that defaults are filled in.
+    """
+    settings = {f"--{name}": getattr(args, name) for name in args.setting_flags}
+    settings["data"] = fingerprint_of(args.data_path)
+    return settings
+
+
+def fingerprint_of(data_path):
+    """:func:`~mindspore_accum.settings.data_fingerprint` of ``data_path``; the built-in corpus by its text."""
+    if data_path == "pydoc":
+        import hashlib
+        return "pydoc:" + hashlib.sha256(repr(sorted(text._pydoc_topics().items())).encode()).hexdigest()[:16]
+    return data_fingerprint(data_path)
 
 
 def resume_command(path):

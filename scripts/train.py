@@ -32,6 +32,7 @@ from common import (
     evaluate,
     non_negative_int,
     optimizer_words,
+    parse_flags,
     positive_float,
     positive_int,
     resolve_model_args,
@@ -40,6 +41,7 @@ from common import (
     setup_logging,
     setup_mindspore,
     task_of,
+    training_settings,
 )
 from mindspore_accum import (
     GradFlowSaver,
@@ -106,14 +108,7 @@ def parse_args(argv=None):
     parser.add_argument("--distribute", action="store_true",
                         help="data parallel over the ranks msrun started: each reads its shard, one all-reduce "
                              "per update; only rank 0 writes")
-    return parser.parse_args(argv)
-
-
-#: The flags every data-parallel rank must share; paths and display flags may differ between nodes.
-TRAINING_FLAGS = ("model", "dataset", "image_size", "num_classes", "norm", "conv_impl", "batch_size", "num_samples",
-                  "mini_steps", "remainder", "epochs", "lr", "momentum", "lr_schedule", "warmup_steps", "amp_level",
-                  "clip_grad_norm", "seed", "weighting", "seq_len", "bucket", "optimizer", "weight_decay",
-                  "ema_decay")
+    return parse_flags(parser, argv)
 
 
 def state_dir_for(ckpt_path):
@@ -150,13 +145,15 @@ def main():
         args.resume = find_training_state(args.resume)
         resumed, _ = read_training_state(args.resume)
     if args.seed is None:
-        args.seed = resumed.seed if resumed is not None and resumed.seed is not None else 1
+        saved_seed = resumed.settings.get("seed") if resumed is not None else None
+        args.seed = saved_seed if saved_seed is not None else 1
     # Every rank seeds alike, so that every rank starts from the same weights.
     device = setup_mindspore(args.device_target, args.seed)
     shards = {}
     if args.distribute:
         rank, ranks = init_data_parallel()
-        check_same_settings({flag: getattr(args, flag) for flag in TRAINING_FLAGS})  # before any rank trains
+        # Before any rank trains; --epochs too, which a resume may change but every rank must share.
+        check_same_settings({**training_settings(args), "--epochs": args.epochs})
         shards = {"num_shards": ranks, "shard_id": rank}
         if args.num_samples:  # MindSpore's num_samples counts per shard; the flag counts in all
             args.num_samples = -(-args.num_samples // ranks)
@@ -173,8 +170,6 @@ def train(args, rank, ranks, shards, resumed, device):
     updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(dataset.get_dataset_size())
     print_plan(say, args, device, ranks, dataset.get_dataset_size(), updates, resumed)
     model = build_model(args, updates * args.epochs)
-    if args.init_ckpt:
-        load_initial_weights(model.network, args.init_ckpt)
     callbacks = build_callbacks(say, args, model, resumed) if rank == 0 else []  # the others write nothing
     progress = next((c for c in callbacks if isinstance(c, ProgressBar)), None)
     save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir_for(args.ckpt_path), save_every=args.save_every,
@@ -185,7 +180,8 @@ def train(args, rank, ranks, shards, resumed, device):
     try:
         model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
                             log_every=None if progress is not None and progress.replaces_log_lines
-                            else args.log_every, callbacks=callbacks, seed=args.seed)
+                            else args.log_every, callbacks=callbacks, seed=args.seed,
+                            settings=training_settings(args))
     except TrainingInterrupted as stopped:
         print(f"{stopped}\nresume with:\n  {resume_command(stopped.state_path)}", file=sys.stderr)
         sys.exit(128 + stopped.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
@@ -223,8 +219,10 @@ def print_plan(say, args, device, ranks, micro_batches, updates, resumed):
 
 
 def build_model(args, total_updates):
-    """The network, the model zoo's loss, the optimizer (with the rate schedule over updates), and the driver."""
+    """The network (from --init_ckpt), the zoo's loss, the optimizer (rates over updates), and the driver."""
     network = build_network(args)
+    if args.init_ckpt:  # before the driver: everything built from the weights (the EMA) starts from these
+        load_initial_weights(network, args.init_ckpt)
     loss_fn = build_loss(args)
     lr = args.lr
     if args.lr_schedule != "constant" or args.warmup_steps:

@@ -29,12 +29,14 @@ from common import (
     build_network,
     build_optimizer,
     optimizer_words,
+    parse_flags,
     positive_int,
     resolve_model_args,
     resume_command,
     run,
     setup_logging,
     setup_mindspore,
+    training_settings,
 )
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.checkpoint import check_writable_directory, load_initial_weights
@@ -75,7 +77,7 @@ def parse_args(argv=None):
                         help="fine-tune: start from this checkpoint's network weights; a head of another shape is "
                              "re-initialised")
     parser.add_argument("--resume", default=None, metavar="FILE", help="a train/train-*.ckpt to continue from")
-    return parser.parse_args(argv)
+    return parse_flags(parser, argv)
 
 
 class CountOnFrom(Callback):
@@ -90,11 +92,6 @@ class CountOnFrom(Callback):
 
     def on_train_begin(self, run_context):
         run_context.original_args().cur_step_num = self.step
-
-
-#: The flags a resume must match, with the dataset's micro-batches per epoch; --epochs may grow, paths may change.
-SETTINGS = ("model", "dataset", "image_size", "num_classes", "norm", "seq_len", "bucket", "batch_size", "num_samples",
-            "mini_steps", "optimizer", "lr", "momentum", "weight_decay", "ema_decay", "amp_level", "weighting", "seed")
 
 
 def resume(cell, path, dataset, epochs, settings):
@@ -135,7 +132,7 @@ def train(args):
     cell = GradientAccumulationCell(nn.WithLossCell(compute, build_loss(args)), optimizer, args.mini_steps,
                                     micro_batches_per_epoch=micro_batches, loss_scaler=loss_scaler,
                                     weighting=args.weighting, ema_decay=args.ema_decay)
-    settings = {**{flag: getattr(args, flag) for flag in SETTINGS}, "micro_batches_per_epoch": micro_batches}
+    settings = cell.settings(amp_level=args.amp_level).merged(training_settings(args))
     start = resume(cell, args.resume, dataset, args.epochs, settings) if args.resume else 0
 
     print(f"device: {device} (GRAPH_MODE), model: {args.model}, amp_level: {args.amp_level}, seed: {args.seed}, "
