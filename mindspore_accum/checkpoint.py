@@ -5,23 +5,28 @@ of the training machinery: no ``grad_sum``, no optimizer moments, no wrapper
 prefixes. (The tutorial's checkpoint carried its accumulation buffers.)
 """
 
-import contextlib
-import errno
 import logging
 import os
-import re
-import tempfile
 from typing import List
 
 import mindspore as ms
 import numpy as np
 
+from .files import (
+    CheckpointError,
+    check_writable_directory,
+    newest_file,
+    read_checkpoint,
+    remove_partial_files,
+    remove_stale_temporaries,
+    write_checkpoint_atomically,
+)
 from .validation import PathLike
 
 __all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
            "save_network_checkpoint",
            "load_network_checkpoint", "load_initial_weights", "write_checkpoint_atomically", "read_checkpoint",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "remove_partial_files", "mismatches"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +36,6 @@ DEFAULT_CKPT_PATH = "gradient_accumulation.ckpt"
 TRAINING_STATE_KEY = "mindspore_accum_training_state"
 #: The prefix of the network's tensors in a training-state checkpoint.
 NETWORK_PREFIX = "network/"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written, read, or loaded into the given network."""
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_ckpt_path(path):
@@ -56,29 +52,6 @@ def check_ckpt_path(path):
         raise CheckpointError(f"ckpt_path {path!r} is a directory: give a file path such as {path}/model.ckpt")
     check_writable_directory(os.path.dirname(os.path.abspath(path)), "checkpoint directory")
     return path
-
-
-def check_writable_directory(directory, what):
-    """Creates ``directory`` if needed and proves it writable by creating a file in it; returns it.
-
-    ``os.access`` is not proof: it says yes to root everywhere, /proc included.
-
-    Raises:
-        CheckpointError: naming ``what``, the directory and the reason.
-    """
-    directory = os.fspath(directory)
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-        raise CheckpointError(f"cannot create the {what} {directory!r}: {error.strerror or error}: choose "
-                              f"another --ckpt_path") from None
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise CheckpointError(f"the {what} {directory!r} cannot be written ({error.strerror or error}): "
-                              f"choose another --ckpt_path") from None
-    return directory
 
 
 def save_network_checkpoint(network: ms.nn.Cell, path: PathLike, ema=None) -> str:
@@ -104,113 +77,6 @@ def save_network_checkpoint(network: ms.nn.Cell, path: PathLike, ema=None) -> st
     write_checkpoint_atomically(entries if ema is not None else network, path)
     logger.info("saved checkpoint %s", path)
     return path
-
-
-def write_checkpoint_atomically(save_obj, path, append_dict=None):
-    """``mindspore.save_checkpoint`` to ``path``, never leaving half a file behind.
-
-    The file is written under a temporary name in the same directory with a
-    CRC, flushed to disk, then renamed over ``path``; the rename is made
-    durable too. A crash leaves either the old file or the new one.
-
-    Raises:
-        CheckpointError: the file cannot be written.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    # The temporary name ends in .ckpt, else save_checkpoint would append it.
-    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
-    try:
-        ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
-        with open(tmp_path, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp_path, path)
-    except OSError as error:
-        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror or error}"
-                              + _space_note(error, save_obj, directory)) from None
-    finally:
-        # Ours, and the partial file save_checkpoint writes first (.tmp for .ckpt), which a full disk leaves.
-        for leftover in (tmp_path, os.path.splitext(tmp_path)[0] + ".tmp"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def _space_note(error, save_obj, directory):
-    """For a full disk: how much the checkpoint needs against what is free."""
-    if error.errno != errno.ENOSPC:
-        return ""
-    params = save_obj.get_parameters() if hasattr(save_obj, "get_parameters") else (e["data"] for e in save_obj)
-    needed = sum(param.nbytes for param in params)
-    stats = os.statvfs(directory)
-    return (f" (it needs about {needed / 1024:.0f} KiB; {stats.f_bavail * stats.f_frsize / 1024:.0f} KiB are free in "
-            f"{directory}): free some space or choose another --ckpt_path")
-
-
-#: ``.<name>.<pid>.tmp.ckpt`` (ours) and ``.<name>.<pid>.tmp.tmp`` (save_checkpoint's partial file).
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp\.(ckpt|tmp)$")
-
-
-def remove_stale_temporaries(directory):
-    """Deletes the temporary checkpoint files in ``directory`` of processes that no longer run; returns them.
-
-    A run killed mid-write (kill -9, a full disk) leaves them behind; a live
-    process's are left alone.
-    """
-    removed = []
-    for entry in os.scandir(directory) if os.path.isdir(directory) else ():
-        match = _TEMPORARY.match(entry.name)
-        if match and entry.is_file() and not _alive(int(match.group(1))):
-            os.remove(entry.path)
-            removed.append(entry.path)
-            logger.info("removed %s, left by a run that no longer runs", entry.path)
-    return removed
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def read_checkpoint(path, what="checkpoint", hint="pass the file written by train.py with --ckpt_path"):
-    """``mindspore.load_checkpoint`` with its CRC checked; every failure is a :class:`CheckpointError` naming the file.
-
-    The whole file is parsed before anything is returned, so a truncated or
-    corrupt file never reaches a network half-loaded.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{what} {path!r} does not exist: {hint}")
-    try:
-        with _quiet_mindspore():
-            return ms.load_checkpoint(path, crc_check=True)
-    except Exception as error:  # MindSpore raises ValueError, RuntimeError or protobuf errors
-        reason = _first_line(error)
-        if "May not have permission" in reason:  # MindSpore's words for a failed CRC or parse, which mislead
-            reason = "its CRC or structure does not check"
-        raise CheckpointError(f"{path!r} is not a readable MindSpore checkpoint (truncated or corrupt?): "
-                              f"{reason}") from None
-
-
-@contextlib.contextmanager
-def _quiet_mindspore():
-    """Mutes MindSpore's own ``[ERROR]`` line about an unreadable file: the CheckpointError says it, by name."""
-    from mindspore import log
-    mindspore_logger = log._get_logger()  # MindSpore 2.10's logger (pinned); GLOG_v sets its level
-    level = mindspore_logger.level
-    mindspore_logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        mindspore_logger.setLevel(level)
 
 
 def mismatches(expected, saved):
@@ -276,10 +142,10 @@ def load_initial_weights(network: ms.nn.Cell, path: PathLike) -> List[str]:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        found = [entry.path for entry in os.scandir(path) if entry.is_file() and entry.name.endswith(".ckpt")]
-        if not found:
-            raise CheckpointError(f"--init_ckpt {path!r} is a directory with no .ckpt file: give a checkpoint")
-        path = max(found, key=os.path.getmtime)
+        directory, path = path, newest_file(path)
+        if path is None:
+            raise CheckpointError(f"--init_ckpt {directory!r} is a directory with no .ckpt file: give a "
+                                  f"checkpoint")
     saved = read_checkpoint(path, "initial checkpoint", "pass a model checkpoint or a training state")
     if TRAINING_STATE_KEY in saved:
         saved = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items() if name.startswith(NETWORK_PREFIX)}

@@ -29,18 +29,13 @@ import os
 
 from mindspore.train import Callback, ModelCheckpoint
 
-from .checkpoint import (
-    CheckpointError,
-    mismatches,
-    read_checkpoint,
-    save_network_checkpoint,
-    write_checkpoint_atomically,
-)
+from .checkpoint import mismatches, save_network_checkpoint
+from .files import CheckpointError, prune, read_checkpoint, write_checkpoint_atomically
 from .interrupt import StopSignals
 from .settings import RunSettings
 
 __all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
-           "ResumableCheckpoint", "remove_partial_files", "AverageCheckpoint"]
+           "ResumableCheckpoint", "AverageCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,22 +176,6 @@ class ResumableCheckpoint(ModelCheckpoint):
             self._last_triggered_step = step - step % every
 
 
-def remove_partial_files(directories, since):
-    """Deletes what a failed ``ModelCheckpoint`` write leaves in ``directories``; returns the paths.
-
-    MindSpore writes ``<name>.tmp`` and renames it when done, so a full disk
-    leaves the ``.tmp``; its ``<prefix>-graph.meta`` may be cut short too. Only
-    files modified at or after ``since`` (a ``time.time()``) go: this run's.
-    """
-    removed = []
-    for directory in directories:
-        for entry in os.scandir(directory) if os.path.isdir(directory) else ():
-            if entry.is_file() and entry.name.endswith((".tmp", "-graph.meta")) and entry.stat().st_mtime >= since:
-                os.remove(entry.path)
-                removed.append(entry.path)
-    return removed
-
-
 class AverageCheckpoint(Callback):
     """With EMA on: at each epoch's end, the bare checkpoint ``<prefix>-<epoch>_<step>.ckpt`` holds the averages.
 
@@ -213,7 +192,4 @@ class AverageCheckpoint(Callback):
         params = run_context.original_args()
         name = f"{self.prefix}-{params.cur_epoch_num}_{params.batch_num}.ckpt"
         path = save_network_checkpoint(self.network, os.path.join(self.directory, name), self.ema)
-        for entry in os.scandir(self.directory):
-            if entry.is_file() and entry.name.startswith(self.prefix + "-") and entry.name.endswith(".ckpt") \
-                    and entry.path != path:
-                os.remove(entry.path)
+        prune(self.directory, self.prefix + "-*.ckpt", 1, kept=path)

@@ -9,8 +9,15 @@ lock: its lock file may stay, but the next run locks it at once. A run that
 ends normally deletes its lock file. The file holds the owner's process id,
 for the refusal message.
 
-Locks are re-entrant within a process: ``train.py`` takes the lock before it
-opens its metrics file, and the driver takes it again for library users.
+A lock covers nested paths too: a run whose output lies inside a live run's
+output directory, or whose output directory holds a live run's output, is
+refused by name, before it touches anything (two runs into ``d`` and
+``d/train``, or a ``--ckpt_path d/model.ckpt`` beside a Model-path run into
+``d``). A lock file counts as live while a process holds its flock.
+
+One owner takes each lock: the driver around ``train_process``, and
+``scripts/train_model.py`` around ``Model.train``. Locks are re-entrant within
+a process, so a library user may hold one around the driver's own.
 """
 
 import contextlib
@@ -52,11 +59,55 @@ def run_lock(path):
         return
     _acquire(lock_file, path)
     try:
+        _refuse_nested(path)
+    except RunInUseError:
+        _release(lock_file)
+        raise
+    try:
         yield
     finally:
-        fd, _ = _held.pop(lock_file)
-        os.unlink(lock_file)  # while still locked: whoever opens the name next gets a new file (see _acquire)
-        os.close(fd)  # closing the descriptor releases the flock
+        _release(lock_file)
+
+
+def _release(lock_file):
+    fd, _ = _held.pop(lock_file)
+    os.unlink(lock_file)  # while still locked: whoever opens the name next gets a new file (see _acquire)
+    os.close(fd)  # closing the descriptor releases the flock
+
+
+def _refuse_nested(path):
+    """Refuses ``path`` if it lies inside a live run's output directory, or its tree holds a live run's output."""
+    real = os.path.realpath(os.fspath(path))
+    ancestor = os.path.dirname(real)
+    while ancestor != os.path.dirname(ancestor):  # up to, not including, the root
+        _refuse_if_live(lock_path_for(ancestor), f"{os.fspath(path)!r} lies inside {ancestor!r}, the output of "
+                                                 f"another run")
+        ancestor = os.path.dirname(ancestor)
+    if os.path.isdir(real):
+        for root, _, names in os.walk(real):
+            for name in names:
+                if name.startswith(".") and name.endswith(".lock"):
+                    owned = os.path.join(root, name[1:-len(".lock")])
+                    _refuse_if_live(os.path.join(root, name), f"{os.fspath(path)!r} holds {owned!r}, the output "
+                                                              f"of another run")
+
+
+def _refuse_if_live(lock_file, what):
+    """Raises :class:`RunInUseError` if another process holds the flock of ``lock_file``."""
+    if os.path.realpath(lock_file) in _held:  # this process's own lock: not another run's
+        return
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no run there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise RunInUseError(f"{what} (process {owner}), which is still running: choose a --ckpt_path outside its "
+                            f"outputs, or wait for it to finish") from None
+    finally:
+        os.close(fd)  # a shared lock we took, if any, goes with it
 
 
 def _acquire(lock_file, path):

@@ -11,7 +11,6 @@ module.
 """
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -20,11 +19,12 @@ from typing import Dict, Tuple
 import mindspore as ms
 import numpy as np
 
-from .checkpoint import (
-    TRAINING_STATE_KEY,
+from .checkpoint import TRAINING_STATE_KEY, mismatches
+from .files import (
     CheckpointError,
     check_writable_directory,
-    mismatches,
+    files_in,
+    prune,
     read_checkpoint,
     write_checkpoint_atomically,
 )
@@ -330,22 +330,16 @@ class StateDirectory:
 
     @staticmethod
     def files_in(directory):
-        """The state files in ``directory``, oldest written first.
+        """The state files in ``directory``, oldest written first (:func:`~mindspore_accum.files.files_in`).
 
-        Write time, not the position in the name, orders them: after resuming
-        from an earlier state, the files this run writes are the ones to keep.
+        A directory named state-old.ckpt is the user's, not a state to load or prune.
         """
-        paths = glob.glob(os.path.join(glob.escape(os.fspath(directory)), STATE_PREFIX + "*.ckpt"))
-        # Files only: a directory named state-old.ckpt is the user's, not a state to load or prune.
-        return sorted((p for p in paths if os.path.isfile(p)), key=lambda p: (os.stat(p).st_mtime_ns, p))
+        return files_in(directory, STATE_PREFIX + "*.ckpt")
 
     def save(self, trainer, state):
         """Writes ``state`` as ``state-<epoch>_<micro-batch>.ckpt``, then deletes all but the newest ``keep``."""
         path = os.path.join(self.directory, f"{STATE_PREFIX}{state.epoch}_{state.micro_batch}.ckpt")
         save_training_state(trainer, state, path)
         self.last_path = path
-        for old in self.files_in(self.directory)[:-self.keep]:
-            if old != path:
-                os.remove(old)
-                logger.debug("removed old training state %s", old)
+        prune(self.directory, STATE_PREFIX + "*.ckpt", self.keep, kept=path)
         return path

@@ -58,7 +58,6 @@ from mindspore_accum.checkpoint import check_ckpt_path, check_writable_directory
 from mindspore_accum.distributed import check_same_settings
 from mindspore_accum.driver import AMP_LEVELS
 from mindspore_accum.lr_schedule import LR_SCHEDULES
-from mindspore_accum.run_lock import run_lock
 from mindspore_accum.schedule import REMAINDER_POLICIES, WindowSchedule
 from mindspore_accum.training_state import find_training_state
 from mindspore_accum.weighting import WEIGHTINGS
@@ -158,9 +157,7 @@ def main():
         if args.num_samples:  # MindSpore's num_samples counts per shard; the flag counts in all
             args.num_samples = -(-args.num_samples // ranks)
     setup_logging(quiet=rank != 0)
-    # One run per checkpoint, taken before anything is written (rank 0: the other ranks write nothing).
-    with run_lock(args.ckpt_path) if rank == 0 else contextlib.nullcontext():
-        train(args, rank, ranks, shards, resumed, device)
+    train(args, rank, ranks, shards, resumed, device)  # the driver takes the run lock: it owns the outputs
 
 
 def train(args, rank, ranks, shards, resumed, device):

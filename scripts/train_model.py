@@ -41,13 +41,13 @@ from common import (
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.checkpoint import check_writable_directory, load_initial_weights
 from mindspore_accum.driver import AMP_LEVELS
+from mindspore_accum.files import remove_partial_files
 from mindspore_accum.model_guards import (
     AverageCheckpoint,
     EpochSizeCheck,
     ResumableCheckpoint,
     SaveOnSignal,
     load_train_cell_checkpoint,
-    remove_partial_files,
     settings_record,
 )
 from mindspore_accum.run_lock import run_lock
@@ -114,7 +114,8 @@ def main():
     check_writable_directory(args.ckpt_path, "checkpoint directory")
     with run_lock(args.ckpt_path):  # one run per checkpoint directory, as train.py
         # Holding the lock, no one else writes here: partial files are a killed run's (kill -9 mid-write).
-        remove_partial_files([args.ckpt_path, os.path.join(args.ckpt_path, "train")], since=0)
+        for directory in (args.ckpt_path, os.path.join(args.ckpt_path, "train")):
+            remove_partial_files(directory, since=0)
         train(args)
 
 
@@ -163,7 +164,8 @@ def train(args):
         Model(cell).train(args.epochs, dataset, callbacks=callbacks, dataset_sink_mode=args.dataset_sink_mode,
                           sink_size=-1, initial_epoch=start // micro_batches)
     except OSError as error:  # a full disk: MindSpore's error names no file, and it leaves its partial files
-        remove_partial_files([args.ckpt_path, os.path.join(args.ckpt_path, "train")], started)
+        for directory in (args.ckpt_path, os.path.join(args.ckpt_path, "train")):
+            remove_partial_files(directory, since=started)
         raise OSError(error.errno, f"cannot write a checkpoint in {args.ckpt_path!r}: {error.strerror}: free some "
                                    f"space or choose another --ckpt_path") from None
     if stop.signum is not None:

@@ -1,0 +1,220 @@
+"""The file layer: how every file of a run is written, read, found, pruned and cleaned up.
+
+Each format is a thin module over it: the model checkpoint
+(:mod:`.checkpoint`), the training state (:mod:`.training_state`) and the
+train-Cell checkpoint (:mod:`.model_guards`). The run lock is
+:mod:`.run_lock`.
+
+* :func:`write_checkpoint_atomically`: a temporary file in the same
+  directory, with a CRC, flushed, renamed over the target; never half a file.
+* :func:`read_checkpoint`: the whole file parsed and its CRC checked, or one
+  :class:`CheckpointError` naming the file.
+* :func:`files_in` and :func:`newest_file`: a directory's files of a pattern,
+  oldest written first; :func:`prune`: all but the newest few deleted.
+* :func:`remove_partial_files`: what a dead run left half-written.
+"""
+
+import contextlib
+import errno
+import fnmatch
+import logging
+import os
+import re
+import tempfile
+
+import mindspore as ms
+
+__all__ = ["CheckpointError", "check_writable_directory", "write_checkpoint_atomically", "read_checkpoint",
+           "files_in", "newest_file", "prune", "remove_partial_files", "remove_stale_temporaries"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written, read, or loaded into the given network."""
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_writable_directory(directory, what):
+    """Creates ``directory`` if needed and proves it writable by creating a file in it; returns it.
+
+    ``os.access`` is not proof: it says yes to root everywhere, /proc included.
+
+    Raises:
+        CheckpointError: naming ``what``, the directory and the reason.
+    """
+    directory = os.fspath(directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"cannot create the {what} {directory!r}: {error.strerror or error}: choose "
+                              f"another --ckpt_path") from None
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise CheckpointError(f"the {what} {directory!r} cannot be written ({error.strerror or error}): "
+                              f"choose another --ckpt_path") from None
+    return directory
+
+
+def write_checkpoint_atomically(save_obj, path, append_dict=None):
+    """``mindspore.save_checkpoint`` to ``path``, never leaving half a file behind.
+
+    The file is written under a temporary name in the same directory with a
+    CRC, flushed to disk, then renamed over ``path``; the rename is made
+    durable too. A crash leaves either the old file or the new one.
+
+    Raises:
+        CheckpointError: the file cannot be written.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    # The temporary name ends in .ckpt, else save_checkpoint would append it.
+    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+    try:
+        ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
+        with open(tmp_path, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp_path, path)
+    except OSError as error:
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror or error}"
+                              + _space_note(error, save_obj, directory)) from None
+    finally:
+        # Ours, and the partial file save_checkpoint writes first (.tmp for .ckpt), which a full disk leaves.
+        for leftover in (tmp_path, os.path.splitext(tmp_path)[0] + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _space_note(error, save_obj, directory):
+    """For a full disk: how much the checkpoint needs against what is free."""
+    if error.errno != errno.ENOSPC:
+        return ""
+    params = save_obj.get_parameters() if hasattr(save_obj, "get_parameters") else (e["data"] for e in save_obj)
+    needed = sum(param.nbytes for param in params)
+    stats = os.statvfs(directory)
+    return (f" (it needs about {needed / 1024:.0f} KiB; {stats.f_bavail * stats.f_frsize / 1024:.0f} KiB are free in "
+            f"{directory}): free some space or choose another --ckpt_path")
+
+
+#: ``.<name>.<pid>.tmp.ckpt`` (ours) and ``.<name>.<pid>.tmp.tmp`` (save_checkpoint's partial file).
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp\.(ckpt|tmp)$")
+
+
+def remove_partial_files(directory, since=None):
+    """Deletes what runs that no longer write left half-written in ``directory``; returns the paths.
+
+    Our temporaries (``.<name>.<pid>.tmp.ckpt``) of processes that no longer
+    run; a live process's are left alone. With ``since`` (a ``time.time()``),
+    also MindSpore's own partial files - ``ModelCheckpoint`` writes
+    ``<name>.tmp`` and renames it - modified since then, and a
+    ``<prefix>-graph.meta`` cut short by a failed write; ``since=0`` takes
+    every ``.tmp``, for a run that holds the directory's lock (no live run
+    writes there) and cleans up after a killed one. A complete graph file is
+    never taken at a start.
+    """
+    removed = []
+    for entry in os.scandir(directory) if os.path.isdir(directory) else ():
+        if not entry.is_file():
+            continue
+        match = _TEMPORARY.match(entry.name)
+        if match:
+            partial = not _alive(int(match.group(1)))
+        elif since is None:
+            partial = False
+        else:
+            suffixes = (".tmp",) if since == 0 else (".tmp", "-graph.meta")
+            partial = entry.name.endswith(suffixes) and entry.stat().st_mtime >= since
+        if partial:
+            os.remove(entry.path)
+            removed.append(entry.path)
+            logger.info("removed %s, left by a run that no longer writes", entry.path)
+    return removed
+
+
+def remove_stale_temporaries(directory):
+    """Our temporaries of dead processes in ``directory`` (:func:`remove_partial_files` without ``since``)."""
+    return remove_partial_files(directory)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def read_checkpoint(path, what="checkpoint", hint="pass the file written by train.py with --ckpt_path"):
+    """``mindspore.load_checkpoint`` with its CRC checked; every failure is a :class:`CheckpointError` naming the file.
+
+    The whole file is parsed before anything is returned, so a truncated or
+    corrupt file never reaches a network half-loaded.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path!r} does not exist: {hint}")
+    try:
+        with _quiet_mindspore():
+            return ms.load_checkpoint(path, crc_check=True)
+    except Exception as error:  # MindSpore raises ValueError, RuntimeError or protobuf errors
+        reason = _first_line(error)
+        if "May not have permission" in reason:  # MindSpore's words for a failed CRC or parse, which mislead
+            reason = "its CRC or structure does not check"
+        raise CheckpointError(f"{path!r} is not a readable MindSpore checkpoint (truncated or corrupt?): "
+                              f"{reason}") from None
+
+
+@contextlib.contextmanager
+def _quiet_mindspore():
+    """Mutes MindSpore's own ``[ERROR]`` line about an unreadable file: the CheckpointError says it, by name."""
+    from mindspore import log
+    mindspore_logger = log._get_logger()  # MindSpore 2.10's logger (pinned); GLOG_v sets its level
+    level = mindspore_logger.level
+    mindspore_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        mindspore_logger.setLevel(level)
+
+
+def files_in(directory, pattern="*.ckpt"):
+    """The files of ``directory`` whose names match ``pattern``, oldest written first (directories are no files).
+
+    Write time, not the name, orders them: after a resume from an earlier
+    file, the files this run writes are the newest.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    found = [entry.path for entry in os.scandir(directory)
+             if entry.is_file() and fnmatch.fnmatchcase(entry.name, pattern) and not entry.name.startswith(".")]
+    return sorted(found, key=lambda p: (os.stat(p).st_mtime_ns, p))
+
+
+def newest_file(directory, pattern="*.ckpt"):
+    """The most recently written file of :func:`files_in`, or None."""
+    found = files_in(directory, pattern)
+    return found[-1] if found else None
+
+
+def prune(directory, pattern, keep, kept=None):
+    """Deletes all but the newest ``keep`` files of :func:`files_in` (and never ``kept``); returns them."""
+    removed = []
+    for old in files_in(directory, pattern)[:-keep]:
+        if kept is None or os.path.abspath(old) != os.path.abspath(kept):
+            os.remove(old)
+            removed.append(old)
+            logger.debug("removed old file %s", old)
+    return removed
