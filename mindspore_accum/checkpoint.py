@@ -100,8 +100,9 @@ def load_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> ms.nn.Cell:
 
     Names and shapes are compared before anything is loaded, so a checkpoint of
     another model is refused with the mismatched parameters named and the
-    network left untouched. A training state (``state-*.ckpt``) is accepted
-    too: its network's tensors are loaded.
+    network left untouched. A training state (``state-*.ckpt``) or a train-Cell
+    checkpoint (``train/train-*.ckpt``) is accepted too: its network's tensors
+    are loaded.
 
     Raises:
         CheckpointError: the file is missing, is not a MindSpore checkpoint, is
@@ -113,6 +114,10 @@ def load_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> ms.nn.Cell:
         saved = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items()
                  if name.startswith(NETWORK_PREFIX)}
         logger.info("%s is a training state: loading the network it holds", path)
+    elif "step_num" in saved:  # a train-Cell checkpoint: the network's tensors beside the optimizer's and the buffer's
+        names = {param.name for param in network.get_parameters()}
+        saved = {name: value for name, value in saved.items() if name in names}
+        logger.info("%s is a train-Cell checkpoint: loading the network it holds (its raw weights)", path)
     problems = mismatches({param.name: param.shape for param in network.get_parameters()},
                           {name: value.shape for name, value in saved.items()})
     if problems:

@@ -27,7 +27,7 @@ them):
 import logging
 import os
 
-from mindspore.train import Callback, ModelCheckpoint
+from mindspore.train import Callback, LossMonitor, ModelCheckpoint
 
 from .checkpoint import mismatches, save_network_checkpoint
 from .files import CheckpointError, prune, read_checkpoint, write_checkpoint_atomically
@@ -35,7 +35,7 @@ from .interrupt import StopSignals
 from .settings import RunSettings
 
 __all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
-           "ResumableCheckpoint", "AverageCheckpoint"]
+           "ResumableCheckpoint", "ResumableLossMonitor", "AverageCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,21 @@ class ResumableCheckpoint(ModelCheckpoint):
             self._last_triggered_step = step - step % every
 
 
+class ResumableLossMonitor(LossMonitor):
+    """``LossMonitor`` whose lines after a resume fall at the micro-steps of the uninterrupted run's.
+
+    ``LossMonitor`` counts ``per_print_times`` from its own start, so a run
+    resumed at micro-step 10 printed at 13, 16, ... instead of 12, 15, ....
+    Put it after the callback that sets ``cur_step_num`` to the resumed
+    micro-step. (It sets MindSpore 2.10's private ``_last_print_time``.)
+    """
+
+    def on_train_begin(self, run_context):
+        step, every = run_context.original_args().cur_step_num, self._per_print_times
+        if step and every:
+            self._last_print_time = step - step % every
+
+
 class AverageCheckpoint(Callback):
     """With EMA on: at each epoch's end, the bare checkpoint ``<prefix>-<epoch>_<step>.ckpt`` holds the averages.
 
@@ -190,6 +205,8 @@ class AverageCheckpoint(Callback):
 
     def on_train_epoch_end(self, run_context):
         params = run_context.original_args()
+        if params.cur_step_num % params.batch_num:
+            return  # a stop mid-epoch (a signal) also ends the epoch: its averages are no epoch's end
         name = f"{self.prefix}-{params.cur_epoch_num}_{params.batch_num}.ckpt"
         path = save_network_checkpoint(self.network, os.path.join(self.directory, name), self.ema)
         prune(self.directory, self.prefix + "-*.ckpt", 1, kept=path)

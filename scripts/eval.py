@@ -25,17 +25,17 @@ from common import (
     task_of,
 )
 from mindspore_accum import load_network_checkpoint
+from mindspore_accum.files import newest_file
 
 
 def newest_checkpoint(path):
     """``path`` itself, or the newest ``.ckpt`` in it if it is a directory."""
     if not os.path.isdir(path):
         return path
-    # scandir, not glob: a directory name may hold glob characters such as [ and *.
-    found = [entry.path for entry in os.scandir(path) if entry.is_file() and entry.name.endswith(".ckpt")]
-    if not found:
+    found = newest_file(path)
+    if found is None:
         raise ValueError(f"--ckpt_path {path!r} is a directory with no .ckpt file: give a checkpoint file")
-    return max(found, key=os.path.getmtime)
+    return found
 
 
 def main():

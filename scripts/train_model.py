@@ -19,7 +19,7 @@ import sys
 import time
 
 from mindspore import Model, amp, nn
-from mindspore.train import Callback, CheckpointConfig, LossMonitor, TimeMonitor
+from mindspore.train import Callback, CheckpointConfig, TimeMonitor
 
 from common import (
     add_common_args,
@@ -46,6 +46,7 @@ from mindspore_accum.model_guards import (
     AverageCheckpoint,
     EpochSizeCheck,
     ResumableCheckpoint,
+    ResumableLossMonitor,
     SaveOnSignal,
     load_train_cell_checkpoint,
     settings_record,
@@ -153,7 +154,7 @@ def train(args):
     whole = CheckpointConfig(save_checkpoint_steps=args.save_steps or micro_batches, keep_checkpoint_max=5,
                              append_info=["epoch_num", "step_num", record], crc_check=True)
     stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
-    callbacks = [CountOnFrom(start), EpochSizeCheck(cell), LossMonitor(per_print_times=args.mini_steps),
+    callbacks = [CountOnFrom(start), EpochSizeCheck(cell), ResumableLossMonitor(per_print_times=args.mini_steps),
                  TimeMonitor(), ResumableCheckpoint(args.model, args.ckpt_path, bare, resuming=bool(args.resume))
                  if cell.ema is None else AverageCheckpoint(cell.ema, network, args.ckpt_path, args.model),
                  ResumableCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole, resuming=bool(args.resume)),
