@@ -19,7 +19,7 @@ from .norm import convert_bn_to_gn
 from .save_config import SaveConfig
 from .training_state import read_training_state
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     # The tutorial's three Cells, the single-graph Cell for Model, and the driver.
