@@ -98,7 +98,8 @@ def check_same_settings(settings):
     the same first difference.
 
     Raises:
-        ValueError: ``"--<name> is <value> on rank <r> but <value> on rank 0: ..."``.
+        ValueError: ``"<name> is <value> on rank <r> but <value> on rank 0: ..."`` (the scripts' names are
+            their flags, ``--mini_steps``).
     """
     rank, ranks = data_parallel_rank()
     encoded = np.frombuffer(json.dumps(settings, sort_keys=True).encode(), np.uint8)
@@ -111,7 +112,7 @@ def check_same_settings(settings):
     for other in range(1, ranks):
         for name in sorted(set(every[0]) | set(every[other])):
             if every[0].get(name) != every[other].get(name):
-                raise ValueError(f"--{name} is {every[other].get(name)!r} on rank {other} but "
+                raise ValueError(f"{name} is {every[other].get(name)!r} on rank {other} but "
                                  f"{every[0].get(name)!r} on rank 0: launch every rank with the same flags")
     logger.debug("rank %d of %d: settings agree with every rank", rank, ranks)
 
