@@ -18,7 +18,7 @@ mnist: $(VENV)/.installed
 	$(PY) scripts/train.py --data_path data/mnist --mini_steps 4
 	$(PY) scripts/eval.py --data_path data/mnist --ckpt_path gradient_accumulation.ckpt
 
-# The linter first: a finding fails the run before the 17-minute suite starts.
+# The linter first: a finding fails the run before the suite (about 24 minutes here) starts.
 test: lint
 	$(PY) -m pytest tests
 
