@@ -7,29 +7,58 @@ window's samples, never summed.
 """
 
 from .accumulation_cell import GradientAccumulationCell
-from .callbacks import Callback, GradFlowSaver, MetricsLog, ProgressBar
+from .callbacks import Callback, DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
-from .checkpoint import CheckpointError, load_initial_weights, load_network_checkpoint, save_network_checkpoint
+from .checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
 from .distributed import init_data_parallel
 from .driver import GradientAccumulation, NonFiniteError, UpdateRecord
+from .ema import ExponentialMovingAverage
+from .engine import AccumulationEngine, AccumulationStep
+from .files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
 from .grad_flow import plot_grad_flow
 from .interrupt import TrainingInterrupted
 from .lr_schedule import learning_rates
+from .metrics import MeanCrossEntropy
+from .model_callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
+from .model_guards import (
+    AverageCheckpoint,
+    EpochSizeCheck,
+    ResumableCheckpoint,
+    ResumableLossMonitor,
+    SaveOnSignal,
+    find_train_cell_checkpoint,
+    load_train_cell_checkpoint,
+    settings_record,
+)
 from .norm import convert_bn_to_gn
+from .run_lock import RunInUseError, run_lock
 from .save_config import SaveConfig
-from .training_state import read_training_state
+from .schedule import WindowSchedule, window_end
+from .settings import RunSettings, data_fingerprint
+from .training_state import TrainingState, read_training_state
 
 __version__ = "0.4.0"
 
+#: The public API, in one place (docs/api.md lists it, and a test keeps the two in step). The names the
+#: modules export beyond these are for the project's own scripts and may change.
 __all__ = [
-    # The tutorial's three Cells, the single-graph Cell for Model, and the driver.
-    "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear", "GradientAccumulationCell",
-    "GradientAccumulation", "SaveConfig", "UpdateRecord",
+    # The tutorial's three Cells, and the accumulation step both engines run.
+    "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear", "AccumulationEngine",
+    "AccumulationStep", "WindowSchedule", "window_end",
+    # The driver, its settings, records and hooks (DriverCallback; Callback is its old name).
+    "GradientAccumulation", "SaveConfig", "UpdateRecord", "DriverCallback", "Callback", "MetricsLog",
+    "ProgressBar", "GradFlowSaver", "plot_grad_flow",
+    # The train Cell for mindspore.train.Model, and the mindspore.train callbacks that guard it.
+    "GradientAccumulationCell", "CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar", "SaveOnSignal",
+    "EpochSizeCheck", "ResumableCheckpoint", "ResumableLossMonitor", "AverageCheckpoint",
+    "load_train_cell_checkpoint", "find_train_cell_checkpoint", "settings_record",
+    # What a run records, and what a resume must match.
+    "RunSettings", "data_fingerprint", "TrainingState", "read_training_state",
+    # Files: the atomic write, the CRC read, newest and pruning; the run lock.
+    "write_checkpoint_atomically", "read_checkpoint", "newest_file", "prune", "run_lock", "RunInUseError",
+    "save_network_checkpoint", "load_network_checkpoint", "load_initial_weights",
     # What stops a run.
     "NonFiniteError", "TrainingInterrupted", "CheckpointError",
-    # Callbacks of the driver.
-    "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver", "plot_grad_flow",
     # Helpers a training script needs.
-    "learning_rates", "convert_bn_to_gn", "save_network_checkpoint", "load_network_checkpoint", "load_initial_weights",
-    "read_training_state", "init_data_parallel",
+    "learning_rates", "convert_bn_to_gn", "init_data_parallel", "ExponentialMovingAverage", "MeanCrossEntropy",
 ]

@@ -1,7 +1,7 @@
 """What the driver tells the outside: progress, a metrics log, gradient-flow pictures.
 
 :meth:`GradientAccumulation.train_process` calls each callback's methods;
-subclass :class:`Callback` and override the ones you need. ``update`` runs
+subclass :class:`DriverCallback` and override the ones you need. ``update`` runs
 after ``TrainOptim`` and before ``TrainClear``, so ``driver.buffer.grad_sum``
 still holds the window's gradient.
 """
@@ -19,12 +19,12 @@ from .validation import PathLike, check_positive_int
 if TYPE_CHECKING:  # only for the annotations: training_state imports MindSpore
     from .training_state import TrainingState
 
-__all__ = ["Callback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
+__all__ = ["DriverCallback", "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
 
 logger = logging.getLogger(__name__)
 
 
-class Callback:
+class DriverCallback:
     """No-op hooks; override what you need."""
 
     def epoch_begin(self, epoch, micro_batches, schedule, start=0):
@@ -50,7 +50,12 @@ class Callback:
         """With the epoch's :class:`~mindspore_accum.driver.UpdateRecord` list."""
 
 
-class MetricsLog(Callback):
+#: The old name, kept for code written against 0.3 and before; it is the driver's hooks, not
+#: ``mindspore.train.Callback`` (which the Model path takes). New code: :class:`DriverCallback`.
+Callback = DriverCallback
+
+
+class MetricsLog(DriverCallback):
     """Writes ``metrics.jsonl``: one JSON object a line, flushed as it goes.
 
     A record per update (``"kind": "update"``) and per epoch (``"kind":
@@ -141,7 +146,7 @@ def _covered(line, state):
     return state.epoch_done
 
 
-class ProgressBar(Callback):
+class ProgressBar(DriverCallback):
     """A ``tqdm`` bar per epoch over micro-batches, or plain lines where there is no terminal.
 
     The bar shows the last window's loss, the learning rate, images per second
@@ -198,7 +203,7 @@ class ProgressBar(Callback):
         return self.active
 
 
-class GradFlowSaver(Callback):
+class GradFlowSaver(DriverCallback):
     """Saves a gradient-flow PNG (see :func:`~mindspore_accum.grad_flow.plot_grad_flow`) every ``every`` updates.
 
     The gradients are the window's, read from ``grad_sum`` before it is cleared.

@@ -13,7 +13,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, amp, nn
 
-from .callbacks import Callback
+from .callbacks import DriverCallback
 from .checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
 from .distributed import data_parallel_rank
 from .engine import (
@@ -253,7 +253,7 @@ class GradientAccumulation:
 
     def train_process(self, epoch: int, train_dataset: Iterable, mini_steps: int = 4, *, remainder: str = "flush",
                       save: Optional[SaveConfig] = None, log_every: Optional[int] = 1,
-                      callbacks: Iterable[Callback] = (), seed: Optional[int] = None,
+                      callbacks: Iterable[DriverCallback] = (), seed: Optional[int] = None,
                       settings: Optional[Mapping] = None) -> List[UpdateRecord]:
         """Trains until ``epoch`` epochs are done and saves the checkpoint.
 
@@ -273,7 +273,7 @@ class GradientAccumulation:
                 skipped, not re-read.
             log_every: log one line every this many updates; None logs none
                 (a progress bar shows them instead).
-            callbacks: :class:`~mindspore_accum.callbacks.Callback` objects,
+            callbacks: :class:`~mindspore_accum.callbacks.DriverCallback` objects,
                 told of every epoch, micro-step and update.
             seed: the seed the caller set, recorded in the state and checked on
                 resume; the driver itself draws no random numbers.

@@ -30,11 +30,12 @@ import os
 from mindspore.train import Callback, LossMonitor, ModelCheckpoint
 
 from .checkpoint import mismatches, save_network_checkpoint
-from .files import CheckpointError, prune, read_checkpoint, write_checkpoint_atomically
+from .files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
 from .interrupt import StopSignals
 from .settings import RunSettings
 
-__all__ = ["SETTINGS_KEY", "settings_record", "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
+__all__ = ["SETTINGS_KEY", "settings_record", "find_train_cell_checkpoint", "read_train_cell_checkpoint",
+           "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
            "ResumableCheckpoint", "ResumableLossMonitor", "AverageCheckpoint"]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,36 @@ def _as_settings(settings):
     return settings if isinstance(settings, RunSettings) else RunSettings.of(settings)
 
 
+def find_train_cell_checkpoint(path):
+    """``--resume``'s file: ``path`` itself, or the newest ``train-*.ckpt`` in the directory or its ``train/``."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    for directory in (path, os.path.join(path, "train")):
+        newest = newest_file(directory, "train-*.ckpt")
+        if newest is not None:
+            return newest
+    raise CheckpointError(f"--resume {path!r} is a directory with no train-*.ckpt, in it or in its train/: pass "
+                          f"a train-Cell checkpoint, or the --ckpt_path of the run to resume")
+
+
+def read_train_cell_checkpoint(path):
+    """``(params, step, settings)`` of a train-Cell checkpoint: its tensors, its global micro-step, what it records.
+
+    Raises:
+        CheckpointError: a damaged file (CRC), or no train-Cell checkpoint.
+    """
+    path = os.fspath(path)
+    params = read_checkpoint(path, "train-Cell checkpoint", "pass a file from <ckpt_path>/train/")
+    if "step_num" not in params:
+        raise CheckpointError(f"--resume {path!r} is not a train-Cell checkpoint (no step_num): pass a file from "
+                              f"<ckpt_path>/train/")
+    step = int(params.pop("step_num").asnumpy())
+    params.pop("epoch_num", None)
+    recorded = params.pop(SETTINGS_KEY, None)
+    return params, step, RunSettings.from_json(recorded) if isinstance(recorded, str) else RunSettings()
+
+
 def load_train_cell_checkpoint(cell, path, settings):
     """Loads a train-Cell checkpoint into ``cell`` if it fits this run; returns the global micro-step it was taken at.
 
@@ -64,14 +95,7 @@ def load_train_cell_checkpoint(cell, path, settings):
         CheckpointError: naming the file and what does not fit.
     """
     path = os.fspath(path)
-    params = read_checkpoint(path, "train-Cell checkpoint", "pass a file from <ckpt_path>/train/")
-    if "step_num" not in params:
-        raise CheckpointError(f"--resume {path!r} is not a train-Cell checkpoint (no step_num): pass a file from "
-                              f"<ckpt_path>/train/")
-    step = int(params.pop("step_num").asnumpy())
-    params.pop("epoch_num", None)
-    recorded = params.pop(SETTINGS_KEY, None)
-    saved = RunSettings.from_json(recorded) if isinstance(recorded, str) else RunSettings()
+    params, step, saved = read_train_cell_checkpoint(path)
     differences = saved.differences(_as_settings(settings), saved_in="the checkpoint")
     problems = mismatches({p.name: p.shape for p in cell.get_parameters()},
                           {name: value.shape for name, value in params.items() if hasattr(value, "shape")})

@@ -178,13 +178,13 @@ def build_optimizer(args, params, lr):
     return OPTIMIZERS[args.optimizer](params, args, lr)
 
 
-def add_common_args(parser):
-    """Flags both scripts take, named as in MindSpore's model zoo."""
+def add_common_args(parser, ckpt_help="model checkpoint file"):
+    """Flags every script takes (train.py, train_model.py, eval.py), named as in MindSpore's model zoo."""
     parser.add_argument("--data_path", default=None,
                         help="the dataset's directory: MNIST files, raw or .gz (default: the shipped data/mnist); "
                              "CIFAR-10's binary files; or a folder of class subfolders. Text: a .txt or .jsonl file, "
                              "a directory with train and valid files, or pydoc (the default: Python's own docs)")
-    parser.add_argument("--ckpt_path", default="gradient_accumulation.ckpt", help="model checkpoint file")
+    parser.add_argument("--ckpt_path", default="gradient_accumulation.ckpt", help=ckpt_help)
     parser.add_argument("--device_target", default="auto", choices=DEVICE_TARGETS,
                         help="auto: GPU where this MindSpore can use one, else CPU")
     parser.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS,

@@ -10,29 +10,26 @@ train Cell (network, optimizer, accumulation buffer, counters, loss scale) to
 resume from, exactly, even mid-window:
 
     python scripts/train_model.py --data_path data/mnist --mini_steps 4 --resume ckpt/train/train-2_1875.ckpt
+
+(--resume ckpt takes the newest.) Every training flag is train.py's too (scripts/training.py); only
+--save_steps and --dataset_sink_mode are this engine's own.
 """
 
-import argparse
 import os
 import signal
-import sys
 import time
 
-from mindspore import Model, amp, nn
-from mindspore.train import Callback, CheckpointConfig, TimeMonitor
+from mindspore import Model, nn
+from mindspore.train import CheckpointConfig, TimeMonitor
 
 from common import (
-    add_common_args,
-    add_optimizer_args,
     build_dataset,
     build_loss,
     build_network,
     build_optimizer,
-    optimizer_words,
     parse_flags,
     positive_int,
     resolve_model_args,
-    resume_command,
     run,
     setup_logging,
     setup_mindspore,
@@ -40,59 +37,48 @@ from common import (
 )
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.checkpoint import check_writable_directory, load_initial_weights
-from mindspore_accum.driver import AMP_LEVELS
+from mindspore_accum.engine import amp_network, default_loss_scaler
 from mindspore_accum.files import remove_partial_files
+from mindspore_accum.model_callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
 from mindspore_accum.model_guards import (
     AverageCheckpoint,
     EpochSizeCheck,
     ResumableCheckpoint,
     ResumableLossMonitor,
     SaveOnSignal,
+    find_train_cell_checkpoint,
     load_train_cell_checkpoint,
+    read_train_cell_checkpoint,
     settings_record,
 )
 from mindspore_accum.run_lock import run_lock
 from mindspore_accum.schedule import WindowSchedule
-from mindspore_accum.weighting import WEIGHTINGS
+from training import (
+    check_training_flags,
+    epoch_evaluator,
+    exit_interrupted,
+    join_ranks,
+    learning_rate,
+    print_plan,
+    resolve_seed,
+    training_parser,
+)
 
 
 def parse_args(argv=None):
-    """The flags of ``argv`` (default: the command line)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     conflict_handler="resolve")
-    add_common_args(parser)
-    parser.add_argument("--ckpt_path", default="ckpt", help="checkpoint directory, as in the model zoo")
-    parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="epochs in all, counting resumed ones")
-    add_optimizer_args(parser)
-    parser.add_argument("--weighting", choices=WEIGHTINGS, default=None,
-                        help="what a window is weighted by: samples, or items (valid tokens); default items for gpt_*")
-    parser.add_argument("--amp_level", choices=AMP_LEVELS, default="O0",
-                        help="applied to the network before the Cell is built; O1-O3 add dynamic loss scaling")
-    parser.add_argument("--seed", type=int, default=1)
+    """The flags of ``argv`` (default: the command line): the shared core and the Model path's own."""
+    parser = training_parser(__doc__, "ckpt", "a directory, as in the model zoo: <model>-<epoch>_<step>.ckpt (the "
+                                              "network, for eval.py) and train/ (the train Cell, to resume from)")
     parser.add_argument("--save_steps", type=positive_int, default=None,
                         help="micro-steps between train-Cell checkpoints (default: one per epoch)")
     parser.add_argument("--dataset_sink_mode", action="store_true",
                         help="GPU/Ascend only (not run here): one sink per epoch, callbacks at its last micro-step")
-    parser.add_argument("--init_ckpt", default=None, metavar="PATH",
-                        help="fine-tune: start from this checkpoint's network weights; a head of another shape is "
-                             "re-initialised")
-    parser.add_argument("--resume", default=None, metavar="FILE", help="a train/train-*.ckpt to continue from")
-    return parse_flags(parser, argv)
-
-
-class CountOnFrom(Callback):
-    """Model.train counts micro-steps from 0; after a resume, count on from the resumed one.
-
-    First in the list: LossMonitor's and ModelCheckpoint's step numbers (file
-    names, step_num) are then the uninterrupted run's.
-    """
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_begin(self, run_context):
-        run_context.original_args().cur_step_num = self.step
+    args = parse_flags(parser, argv)
+    if args.ckpt_path.endswith(".ckpt"):
+        raise ValueError(f"--ckpt_path {args.ckpt_path!r} names a file, but train_model.py writes ModelCheckpoint's "
+                         f"directory of checkpoints: pass a directory, e.g. --ckpt_path "
+                         f"{os.path.splitext(args.ckpt_path)[0] or 'ckpt'}")
+    return args
 
 
 def resume(cell, path, dataset, epochs, settings):
@@ -108,57 +94,60 @@ def resume(cell, path, dataset, epochs, settings):
 def main():
     args = parse_args()
     resolve_model_args(args, train=True)
-    if args.init_ckpt and args.resume:
-        raise ValueError("--init_ckpt and --resume together: a resume restores everything, the weights included; "
-                         "drop --init_ckpt")
-    setup_logging()
+    check_training_flags(args)
+    saved_seed = None
+    if args.resume:
+        args.resume = find_train_cell_checkpoint(args.resume)
+        saved_seed = read_train_cell_checkpoint(args.resume)[2].get("--seed")
+    resolve_seed(args, saved_seed)
+    device = setup_mindspore(args.device_target, args.seed)  # every rank seeds alike: the same initial weights
+    rank, ranks, shards = join_ranks(args)
+    setup_logging(quiet=rank != 0)
+    if rank != 0:  # only rank 0 writes
+        return train(args, device, rank, ranks, shards)
     check_writable_directory(args.ckpt_path, "checkpoint directory")
     with run_lock(args.ckpt_path):  # one run per checkpoint directory, as train.py
         # Holding the lock, no one else writes here: partial files are a killed run's (kill -9 mid-write).
         for directory in (args.ckpt_path, os.path.join(args.ckpt_path, "train")):
             remove_partial_files(directory, since=0)
-        train(args)
+        return train(args, device, rank, ranks, shards)
 
 
-def train(args):
-    """Builds the Cell, resumes if asked, and runs Model.train with the zoo's callbacks and the guards."""
-    device = setup_mindspore(args.device_target, args.seed)
-    dataset = build_dataset(args, train=True, num_samples=args.num_samples)
-    micro_batches = dataset.get_dataset_size()
+def build_cell(args, micro_batches, total_updates, all_reduce):
+    """The network (from --init_ckpt), AMP, the optimizer (rates over updates) and the train Cell."""
     network = build_network(args)
-    if args.init_ckpt:
+    if args.init_ckpt:  # before the Cell: the EMA starts from these weights
         load_initial_weights(network, args.init_ckpt)
-    compute = network if args.amp_level == "O0" else amp.auto_mixed_precision(network, args.amp_level)
-    loss_scaler = None if args.amp_level == "O0" else amp.DynamicLossScaler(2 ** 16, 2, 2000)
-    optimizer = build_optimizer(args, network.trainable_params(), args.lr)
-    cell = GradientAccumulationCell(nn.WithLossCell(compute, build_loss(args)), optimizer, args.mini_steps,
-                                    micro_batches_per_epoch=micro_batches, loss_scaler=loss_scaler,
+    optimizer = build_optimizer(args, network.trainable_params(), learning_rate(args, total_updates))
+    cell = GradientAccumulationCell(nn.WithLossCell(amp_network(network, args.amp_level), build_loss(args)),
+                                    optimizer, args.mini_steps, micro_batches_per_epoch=micro_batches,
+                                    remainder=args.remainder, loss_scaler=default_loss_scaler(args.amp_level),
+                                    clip_grad_norm=args.clip_grad_norm, all_reduce=all_reduce,
                                     weighting=args.weighting, ema_decay=args.ema_decay)
-    settings = cell.settings(amp_level=args.amp_level).merged(training_settings(args))
-    start = resume(cell, args.resume, dataset, args.epochs, settings) if args.resume else 0
+    return cell, network
 
-    print(f"device: {device} (GRAPH_MODE), model: {args.model}, amp_level: {args.amp_level}, seed: {args.seed}, "
-          f"weighting: {args.weighting}")
-    window = min(args.mini_steps, micro_batches)  # an epoch shorter than mini_steps makes every window partial
-    print(f"effective batch: {args.batch_size * window} = {args.batch_size} x {window} (batch_size x "
-          + ("mini_steps" if window == args.mini_steps else f"the epoch's micro-batches, fewer than mini_steps "
-                                                              f"{args.mini_steps}")
-          + f"), {optimizer_words(args)}")
-    print(f"micro-batches per epoch: {micro_batches}, updates per epoch: "
-          f"{WindowSchedule(args.mini_steps).updates_per_epoch(micro_batches)}, epochs: {args.epochs}"
-          + (f", resuming at micro-step {start} from {args.resume}" if args.resume else ""))
+
+def train(args, device, rank, ranks, shards):
+    """Builds the Cell, resumes if asked, and runs Model.train with the zoo's callbacks and the guards."""
+    say = print if rank == 0 else _silent
+    dataset = build_dataset(args, train=True, num_samples=args.num_samples, **shards)
+    micro_batches = dataset.get_dataset_size()
+    updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
+    cell, network = build_cell(args, micro_batches, updates * args.epochs, all_reduce=args.distribute)
+    settings = cell.settings(amp_level=args.amp_level, ranks=ranks).merged(training_settings(args))
+    start = resume(cell, args.resume, dataset, args.epochs, settings) if args.resume else 0
+    print_plan(say, args, device, ranks, micro_batches, updates)
+    say(f"checkpoints: {args.ckpt_path} (the network every epoch; the train Cell in {args.ckpt_path}/train every "
+        + (f"{args.save_steps} micro-steps" if args.save_steps else "epoch")
+        + f", newest {args.keep_checkpoints} kept)"
+        + (f"; resuming at micro-step {start} from {args.resume}" if args.resume else ""))
     record = settings_record(settings)
-    bare = CheckpointConfig(save_checkpoint_steps=micro_batches, keep_checkpoint_max=1, saved_network=network,
-                            crc_check=True)
-    # step_num: the global micro-step, which --resume reads back; the settings, which it checks.
-    whole = CheckpointConfig(save_checkpoint_steps=args.save_steps or micro_batches, keep_checkpoint_max=5,
-                             append_info=["epoch_num", "step_num", record], crc_check=True)
     stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
-    callbacks = [CountOnFrom(start), EpochSizeCheck(cell), ResumableLossMonitor(per_print_times=args.mini_steps),
-                 TimeMonitor(), ResumableCheckpoint(args.model, args.ckpt_path, bare, resuming=bool(args.resume))
-                 if cell.ema is None else AverageCheckpoint(cell.ema, network, args.ckpt_path, args.model),
-                 ResumableCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole, resuming=bool(args.resume)),
-                 stop]
+    callbacks = [CountOnFrom(start), EpochSizeCheck(cell)]
+    if rank == 0:
+        callbacks += build_callbacks(args, cell, network, micro_batches, record, say)
+        # Data parallel: a rank that stopped alone would leave the others in the all-reduce (as train.py).
+        callbacks += [] if args.distribute else [stop]
     # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
     started = time.time()
     try:
@@ -170,9 +159,35 @@ def train(args):
         raise OSError(error.errno, f"cannot write a checkpoint in {args.ckpt_path!r}: {error.strerror}: free some "
                                    f"space or choose another --ckpt_path") from None
     if stop.signum is not None:
-        print(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to {stop.saved_path}\n"
-              f"resume with:\n  {resume_command(stop.saved_path)}", file=sys.stderr)
-        sys.exit(128 + stop.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        exit_interrupted(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to "
+                         f"{stop.saved_path}", stop.saved_path, stop.signum)
+
+
+def build_callbacks(args, cell, network, micro_batches, record, say):
+    """Rank 0's: progress, loss lines, time, the epoch's evaluation, the network's and the train Cell's checkpoints.
+
+    ``LossMonitor`` prints every ``--log_every`` updates' worth of micro-steps (``log_every x mini_steps``).
+    """
+    resuming = bool(args.resume)
+    bare = CheckpointConfig(save_checkpoint_steps=micro_batches, keep_checkpoint_max=1, saved_network=network,
+                            crc_check=True)
+    # step_num: the global micro-step, which --resume reads back; the settings, which it checks.
+    whole = CheckpointConfig(save_checkpoint_steps=args.save_steps or micro_batches,
+                             keep_checkpoint_max=args.keep_checkpoints,
+                             append_info=["epoch_num", "step_num", record], crc_check=True)
+    callbacks = [ModelProgressBar(args.batch_size, enabled=not args.no_progress),
+                 ResumableLossMonitor(per_print_times=args.log_every * args.mini_steps), TimeMonitor()]
+    evaluate_epoch = epoch_evaluator(args, network, cell.ema, say)
+    if evaluate_epoch is not None:
+        callbacks.append(EvaluateEachEpoch(evaluate_epoch))
+    callbacks.append(ResumableCheckpoint(args.model, args.ckpt_path, bare, resuming=resuming) if cell.ema is None
+                     else AverageCheckpoint(cell.ema, network, args.ckpt_path, args.model))
+    callbacks.append(ResumableCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole, resuming=resuming))
+    return callbacks
+
+
+def _silent(*_args, **_kwargs):
+    pass
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import types
 import pytest
 from mindspore import amp, nn
 
-from mindspore_accum import Callback, GradientAccumulation, MetricsLog, SaveConfig, UpdateRecord
+from mindspore_accum import DriverCallback, GradientAccumulation, MetricsLog, SaveConfig, UpdateRecord
 from mindspore_accum.training_state import Progress, TrainingState
 from nets import LOSS, MLP
 
@@ -72,11 +72,11 @@ def test_every_train_process_parameter_and_save_config_field_is_in_the_driver_pa
 
 def test_every_callback_hook_and_its_arguments_are_in_the_driver_page():
     text = section("docs/driver.md", "Callbacks")
-    hooks = [name for name, _ in inspect.getmembers(Callback, inspect.isfunction) if not name.startswith("_")]
+    hooks = [name for name, _ in inspect.getmembers(DriverCallback, inspect.isfunction) if not name.startswith("_")]
     check(hooks, text)
     for hook in hooks:  # the signature as written, e.g. `micro_step(epoch, micro_batch, loss, samples)`
         arguments = [p.name if p.default is p.empty else f"{p.name}={p.default!r}"
-                     for p in inspect.signature(getattr(Callback, hook)).parameters.values()][1:]
+                     for p in inspect.signature(getattr(DriverCallback, hook)).parameters.values()][1:]
         written = f"{hook}({', '.join(arguments)})"
         assert f"`{written}`" in text, f"docs/driver.md does not show {written}"
 

@@ -13,7 +13,7 @@ from mindspore import Tensor, amp, nn
 
 from mindspore_accum import (
     AccumulationBuffer,
-    Callback,
+    DriverCallback,
     GradientAccumulation,
     SaveConfig,
     TrainClear,
@@ -111,7 +111,7 @@ def test_o2_with_an_overflowing_window_and_clipping_are_bit_identical(options):
 READ_BACKS = ("asnumpy", "_item", "_tolist")
 
 
-class Reads(Callback):
+class Reads(DriverCallback):
     """Where tensors are read back: the micro-step count at each read-back during training.
 
     ``read_every_loss`` is the control: a callback that reads each micro-batch's

@@ -12,14 +12,14 @@ import pytest
 from mindspore import Model, amp, nn
 from mindspore import dataset as ds
 
-from mindspore_accum import Callback, GradientAccumulation, GradientAccumulationCell, SaveConfig
+from mindspore_accum import DriverCallback, GradientAccumulation, GradientAccumulationCell, SaveConfig
 from mindspore_accum.checkpoint import load_network_checkpoint
 from nets import LOSS, MLP, NO_CKPT, micro_batches, params_of, twin
 
 DECAY = 0.8
 
 
-class AfterEachUpdate(Callback):
+class AfterEachUpdate(DriverCallback):
     def __init__(self):
         self.params, self.skipped = [], []
 
@@ -81,7 +81,7 @@ def test_mid_window_resume_keeps_the_ema_exact(tmp_path):
 
     from mindspore_accum import TrainingInterrupted
 
-    class InterruptAt(Callback):
+    class InterruptAt(DriverCallback):
         def micro_step(self, epoch, micro_batch, loss, samples):
             if (epoch, micro_batch) == (2, 2):
                 os.kill(os.getpid(), signal.SIGINT)

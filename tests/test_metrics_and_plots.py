@@ -16,7 +16,7 @@ from mindspore import Tensor, nn, ops
 from PIL import Image
 from test_epochs import window_losses
 
-from mindspore_accum import Callback, GradientAccumulation, MetricsLog, plot_grad_flow
+from mindspore_accum import DriverCallback, GradientAccumulation, MetricsLog, plot_grad_flow
 from nets import LOSS, MLP, NO_CKPT, micro_batches, numpy_scores, twin
 
 TRAIN_SAMPLES, BATCH, MINI_STEPS, EPOCHS = 64, 8, 3, 2  # 8 micro-batches: updates of 3, 3 and a flushed 2
@@ -128,7 +128,7 @@ def test_update_callbacks_see_the_window_gradient_before_the_clear():
     network = MLP()
     frozen = twin(MLP, network)
 
-    class Capture(Callback):
+    class Capture(DriverCallback):
         def update(self, record, driver):
             self.grads = {p.name: p.asnumpy().copy() for p in driver.buffer.grad_sum}
 

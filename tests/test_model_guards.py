@@ -24,7 +24,7 @@ from mindspore_accum import GradientAccumulation, GradientAccumulationCell
 from mindspore_accum.model_guards import EpochSizeCheck
 from nets import MLP, micro_batches
 
-FLAGS = ("--batch_size", 8, "--mini_steps", 3, "--epochs", 2)
+FLAGS = ("--batch_size", 8, "--mini_steps", 3, "--epochs", 2, "--log_every", 1)  # a LossMonitor line per window
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path, tiny_mnist):
 
 
 def test_sigterm_saves_the_train_cell_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path, tiny_mnist):
-    flags = ("--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 3, "--epochs", 40)
+    flags = ("--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 3, "--epochs", 40, "--log_every", 1)
     whole = run_script("train_model.py", *flags, "--ckpt_path", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     process = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "train_model.py"), *map(str, flags),
@@ -162,7 +162,8 @@ def test_train_model_warns_when_mini_steps_exceeds_an_epoch_and_its_banner_says_
 
 def test_kill_9_then_resume_from_the_newest_train_checkpoint_equals_the_uninterrupted_run(tmp_path, tiny_mnist):
     """train.py's kill -9 harness on train_model.py: partial files are removed, and the resume is exact."""
-    flags = ("--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 3, "--epochs", 40, "--save_steps", 5)
+    flags = ("--data_path", tiny_mnist, "--batch_size", 8, "--mini_steps", 3, "--epochs", 40, "--save_steps", 5,
+             "--log_every", 1)
     whole = run_script("train_model.py", *flags, "--ckpt_path", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     process = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "train_model.py"), *map(str, flags),

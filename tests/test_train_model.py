@@ -16,7 +16,7 @@ from mindspore_accum import load_network_checkpoint, save_network_checkpoint
 from model_zoo_adapters.lenet import LeNet5
 
 # tiny_mnist: 64 images; batch 8 gives 8 micro-batches an epoch, mini_steps 3: windows of 3, 3 and a flushed 2.
-FLAGS = ("--batch_size", 8, "--mini_steps", 3, "--epochs", 2)
+FLAGS = ("--batch_size", 8, "--mini_steps", 3, "--epochs", 2, "--log_every", 1)  # a LossMonitor line per window
 
 
 def bare(path):

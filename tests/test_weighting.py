@@ -185,9 +185,9 @@ def test_mid_window_resume_in_items_mode_equals_the_uninterrupted_run(tmp_path):
     import os
     import signal
 
-    from mindspore_accum import Callback, TrainingInterrupted
+    from mindspore_accum import DriverCallback, TrainingInterrupted
 
-    class InterruptAt(Callback):
+    class InterruptAt(DriverCallback):
         def micro_step(self, epoch, micro_batch, loss, samples):
             if (epoch, micro_batch) == (1, 4):  # mid-window: the buffer holds the 4th micro-batch of 3 + 1
                 os.kill(os.getpid(), signal.SIGINT)

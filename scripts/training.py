@@ -1,0 +1,177 @@
+"""What train.py and train_model.py share: the training flags, their checks, the banner, the ranks, the signal exit.
+
+The two scripts are two engines over the same accumulation step (the driver,
+and ``Model`` with ``GradientAccumulationCell``); everything a user types is
+here, once. :data:`ENGINE_FLAGS` lists the few flags that only one engine
+has, and why; docs/cli.md prints that table and a test keeps both in step.
+"""
+
+import argparse
+import contextlib
+import sys
+
+from common import (
+    add_common_args,
+    add_optimizer_args,
+    build_dataset,
+    evaluate,
+    non_negative_int,
+    optimizer_words,
+    positive_float,
+    positive_int,
+    resume_command,
+    task_of,
+    training_settings,
+)
+from mindspore_accum import init_data_parallel, learning_rates
+from mindspore_accum.distributed import check_same_settings
+from mindspore_accum.engine import AMP_LEVELS
+from mindspore_accum.lr_schedule import LR_SCHEDULES
+from mindspore_accum.schedule import REMAINDER_POLICIES
+from mindspore_accum.weighting import WEIGHTINGS
+
+__all__ = ["ENGINE_FLAGS", "training_parser", "check_training_flags", "resolve_seed", "learning_rate",
+           "join_ranks", "print_plan", "epoch_evaluator", "exit_interrupted"]
+
+#: The flags one engine has and the other has not: flag -> (script, why). Every other training flag is both's.
+ENGINE_FLAGS = {
+    "--save_every": ("train.py", "training states every N updates; train_model.py saves by ModelCheckpoint's unit, "
+                                 "the micro-step: --save_steps"),
+    "--grad_flow_every": ("train.py", "the Cell clears the window's gradient inside its graph, so no Model callback "
+                                      "can read it"),
+    "--save_steps": ("train_model.py", "micro-steps between train-Cell checkpoints, ModelCheckpoint's "
+                                       "save_checkpoint_steps; train.py saves every N updates: --save_every"),
+    "--dataset_sink_mode": ("train_model.py", "Model.train's sink mode (GPU/Ascend); the driver runs one graph per "
+                                              "micro-step from Python"),
+}
+
+
+def training_parser(description, ckpt_default, ckpt_help):
+    """The parser core of both training scripts: every flag but the script's own (:data:`ENGINE_FLAGS`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, ckpt_help)
+    parser.set_defaults(ckpt_path=ckpt_default)
+    parser.add_argument("--mini_steps", type=positive_int, default=4, help="micro-batches per optimizer update")
+    parser.add_argument("--epochs", type=positive_int, default=10,
+                        help="epochs in all; a resumed run counts the epochs before the interruption")
+    add_optimizer_args(parser)
+    parser.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="constant",
+                        help="over optimizer updates, not micro-batches: constant, cosine (to 0), or step "
+                             "(/10 at half, /100 at three quarters)")
+    parser.add_argument("--warmup_steps", type=non_negative_int, default=0,
+                        help="optimizer updates of linear warm-up to --lr")
+    parser.add_argument("--amp_level", choices=AMP_LEVELS, default="O0",
+                        help="mixed precision (mindspore.amp.auto_mixed_precision); O1-O3 add dynamic loss scaling")
+    parser.add_argument("--weighting", choices=WEIGHTINGS, default=None,
+                        help="what a window is weighted by: samples, or items (valid tokens: the labels that are not "
+                             "-100); default items for gpt_*, samples otherwise")
+    parser.add_argument("--clip_grad_norm", type=positive_float, default=None, metavar="MAX",
+                        help="clip the window's mean gradient to this global norm, once per update")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seeds the initial weights and the shuffle (default 1, or the resumed run's)")
+    parser.add_argument("--remainder", choices=REMAINDER_POLICIES, default="flush",
+                        help="a partial window at the end of an epoch: apply it (flush) or discard it (drop)")
+    parser.add_argument("--log_every", type=positive_int, default=50,
+                        help="log every this many updates (train.py: when no progress bar is shown)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar, plain log lines")
+    parser.add_argument("--eval_every_epoch", action="store_true",
+                        help="test loss and accuracy on the test split after every epoch (train.py: into the "
+                             "metrics file too)")
+    parser.add_argument("--keep_checkpoints", type=positive_int, default=5,
+                        help="training states (train.py) or train-Cell checkpoints (train_model.py) to keep; older "
+                             "ones are deleted")
+    parser.add_argument("--init_ckpt", default=None, metavar="PATH",
+                        help="fine-tune: start from this checkpoint's network weights (a model checkpoint or a "
+                             "training state); a head of another shape is re-initialised")
+    parser.add_argument("--resume", default=None, metavar="PATH",
+                        help="continue from a run's file, or the newest in its directory: a training state "
+                             "(train.py), a train/train-*.ckpt (train_model.py)")
+    parser.add_argument("--distribute", action="store_true",
+                        help="data parallel over the ranks msrun started: each reads its shard, one all-reduce "
+                             "per update; only rank 0 writes")
+    return parser
+
+
+def check_training_flags(args):
+    """Refuses the combinations no engine can run."""
+    if args.init_ckpt and args.resume:
+        raise ValueError("--init_ckpt and --resume together: a resume restores everything, the weights included; "
+                         "drop --init_ckpt")
+
+
+def resolve_seed(args, saved_seed=None):
+    """``--seed``, else the resumed run's, else 1."""
+    if args.seed is None:
+        args.seed = saved_seed if saved_seed is not None else 1
+
+
+def learning_rate(args, total_updates):
+    """``--lr``, or with a schedule or warm-up its rates over ``total_updates`` updates (one per update)."""
+    if args.lr_schedule == "constant" and not args.warmup_steps:
+        return args.lr
+    return learning_rates(args.lr_schedule, args.lr, total_updates, args.warmup_steps)
+
+
+def join_ranks(args):
+    """``(rank, ranks, shards)``; with ``--distribute``, after every rank has agreed on every setting.
+
+    ``shards`` are the dataset's ``num_shards``/``shard_id``; ``--num_samples`` (which counts in all) becomes
+    MindSpore's count per shard.
+    """
+    if not args.distribute:
+        return 0, 1, {}
+    rank, ranks = init_data_parallel()
+    # Before any rank trains; --epochs too, which a resume may change but every rank must share.
+    check_same_settings({**training_settings(args), "--epochs": args.epochs})
+    if args.num_samples:
+        args.num_samples = -(-args.num_samples // ranks)
+    return rank, ranks, {"num_shards": ranks, "shard_id": rank}
+
+
+def print_plan(say, args, device, ranks, micro_batches, updates):
+    """The derived numbers, up front, so that a wrong setting shows before the run."""
+    say(f"device: {device} (GRAPH_MODE), conv_impl: {args.conv_impl}, seed: {args.seed}")
+    say(f"model: {args.model}" + (f" (norm: {args.norm})" if args.norm else "") + f", dataset: {args.dataset} ("
+        + (f"{args.image_size}x{args.image_size}" if task_of(args.model) == "image" else
+           f"{args.data_path}, sequences of at most {args.seq_len} bytes" + (", bucketed" if args.bucket else ""))
+        + (f", {args.num_classes} classes" if args.num_classes else "") + f"), weighting: {args.weighting}")
+    window = min(args.mini_steps, micro_batches)  # an epoch shorter than mini_steps makes every window partial
+    steps = "mini_steps" if window == args.mini_steps else \
+        f"the epoch's micro-batches, fewer than mini_steps {args.mini_steps}"
+    if ranks > 1:
+        say(f"data parallel: {ranks} ranks, each training on {micro_batches * args.batch_size} samples of its "
+            f"shard per epoch")
+        say(f"effective batch: {ranks * args.batch_size * window} = {ranks} x {args.batch_size} x {window} "
+            f"(ranks x batch_size x {steps}), {optimizer_words(args)}")
+    else:
+        say(f"effective batch: {args.batch_size * window} = {args.batch_size} x {window} (batch_size x {steps}), "
+            f"{optimizer_words(args)}")
+    say(f"micro-batches per epoch: {micro_batches}" + (" per rank" if ranks > 1 else "")
+        + f", updates per epoch: {updates}, epochs: {args.epochs}")
+    say(f"lr schedule: {args.lr_schedule} over {updates * args.epochs} updates, warm-up {args.warmup_steps}; "
+        f"amp_level: {args.amp_level}, clip_grad_norm: {args.clip_grad_norm}")
+
+
+def epoch_evaluator(args, network, ema, say):
+    """``--eval_every_epoch``'s ``evaluate(epoch) -> dict``, or None; with EMA on it scores the average."""
+    if not args.eval_every_epoch:
+        return None
+    test_set = build_dataset(args, train=False, drop_remainder=False)
+
+    def evaluate_epoch(epoch):
+        with ema.applied() if ema is not None else contextlib.nullcontext():
+            if task_of(args.model) == "lm":
+                result = evaluate(network, test_set, lm=True)
+                say(f"epoch: {epoch} test loss: {result['Loss']:.6f} test bits per byte: {result['BitsPerByte']:.4f}")
+                return {"test_loss": result["Loss"], "test_bits_per_byte": result["BitsPerByte"]}
+            result = evaluate(network, test_set)
+            say(f"epoch: {epoch} test loss: {result['Loss']:.6f} test accuracy: {result['Accuracy']:.4f}")
+            return {"test_loss": result["Loss"], "test_accuracy": result["Accuracy"]}
+
+    return evaluate_epoch
+
+
+def exit_interrupted(message, saved_path, signum):
+    """The signal's exit: what was saved, the command that resumes from it, and the shell's status (130, 143)."""
+    print(f"{message}\nresume with:\n  {resume_command(saved_path)}", file=sys.stderr)
+    sys.exit(128 + signum)
