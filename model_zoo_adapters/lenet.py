@@ -55,7 +55,7 @@ class LeNet5(nn.Cell):
 
 def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuffle=None,
                    drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None, num_classes=10,
-                   image_size=32, augment=()):
+                   image_size=32, augment=(), mean_std=None):
     """MNIST as 32x32 (or ``image_size``), normalised, CHW float32 images and int32 labels, in batches.
 
     Args:
@@ -75,7 +75,10 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
         image_size: the side the images are resized to (LeNet5 takes 32).
         augment: training augmentations by name (see
             :data:`~model_zoo_adapters.augment.AUGMENTATIONS`), after the resize.
+        mean_std: the pixels' mean and standard deviation on the 0-1 scale, to normalise by; default MNIST's
+            (another dataset in MNIST's files, Fashion-MNIST, has its own).
     """
+    mean, std = mean_std or (MNIST_MEAN, MNIST_STD)
     batch_size = check_positive_int("batch_size", batch_size, example=32)
     if num_samples is not None:
         num_samples = check_positive_int("num_samples", num_samples)
@@ -87,7 +90,7 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
         vision.Resize((image_size, image_size), interpolation=vision.Inter.LINEAR),
         *augmentations(augment),
         vision.Rescale(1.0 / 255.0, 0.0),
-        vision.Rescale(1.0 / MNIST_STD, -MNIST_MEAN / MNIST_STD),
+        vision.Rescale(1.0 / std, -mean / std),
         vision.HWC2CHW(),
     ]
     mnist = mnist.map(operations=transforms.TypeCast(ms.int32), input_columns="label",

@@ -28,7 +28,7 @@ from .batching import batch_checked
 from .conv import make_conv2d
 from .image_files import check_cifar10_dir, image_folder_classes, image_folder_split
 
-__all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "RESNETS", "NORMS", "GROUPS",
+__all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "RESNETS", "NORMS", "GROUPS",
            "create_dataset", "DATASETS", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 #: The image datasets ``create_dataset`` reads.
@@ -175,8 +175,13 @@ def resnet101(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual
     return ResNet(Bottleneck, (3, 4, 23, 3), num_classes, norm, conv_impl, zero_init_residual, in_channels)
 
 
-#: The constructors by name, as the scripts' ``--model`` takes them.
-RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}
+def resnet152(num_classes=10, norm="batch", conv_impl="auto", zero_init_residual=True, in_channels=3):
+    return ResNet(Bottleneck, (3, 8, 36, 3), num_classes, norm, conv_impl, zero_init_residual, in_channels)
+
+
+#: The constructors by name, as the scripts' ``--model`` takes them (model_zoo_adapters.registry registers each).
+RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101,
+           "resnet152": resnet152}
 
 
 def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset="cifar10", num_samples=None,

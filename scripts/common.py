@@ -1,4 +1,5 @@
-"""What train.py and eval.py share: argument types, device setup, and clean failure.
+"""What every script shares (train.py, train_model.py, eval.py): argument types, the model flags resolved through
+the registries (model_zoo_adapters.registry), device setup, evaluation, and clean failure.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -21,27 +22,23 @@ from mindspore.train import ConfusionMatrix  # noqa: E402
 from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
 from mindspore_accum.settings import data_fingerprint  # noqa: E402
-from model_zoo_adapters import lenet, resnet, text, transformer  # noqa: E402
+from model_zoo_adapters import registry, resnet, text, transformer  # noqa: E402
 from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
-from model_zoo_adapters.image_files import image_folder_classes, image_folder_split  # noqa: E402
-from model_zoo_adapters.mindcv_models import ALIASES, MINDCV_PREFIX, create_mindcv_model, mindcv_name  # noqa: E402
+from model_zoo_adapters.mindcv_models import MINDCV_PREFIX  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
-MODELS = ("lenet", *resnet.RESNETS, *ALIASES, *transformer.TEXT_MODELS)
-#: The text datasets: next-byte prediction over plain text, and labelled text (JSONL).
-TEXT_DATASETS = {"lm": "text", "classify": "text_classification"}
-DATASETS = ("mnist", *resnet.DATASETS, *TEXT_DATASETS.values())
-#: What a window is weighted by when --weighting is not given: a per-token loss's valid tokens for a language model.
-DEFAULT_WEIGHTING = {"image": "samples", "lm": "items", "classify": "samples"}
+MODELS = registry.model_names()
+DATASETS = tuple(registry.DATASETS)
 
 
 def model_name(text):
     """An argparse type: one of :data:`MODELS`, or ``mindcv:<name>`` for any of mindcv's networks."""
-    if text in MODELS or (text.startswith(MINDCV_PREFIX) and len(text) > len(MINDCV_PREFIX)):
+    if text in registry.MODELS or (text.startswith(MINDCV_PREFIX) and len(text) > len(MINDCV_PREFIX)):
         return text
-    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(map(repr, MODELS))}, "
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                     f"{', '.join(map(repr, registry.model_names()))}, "
                                      f"or mindcv:<name>)")
 
 
@@ -56,8 +53,8 @@ def augment_names(text):
 
 
 def task_of(model):
-    """``"image"``, ``"lm"`` (a causal LM) or ``"classify"`` (a sequence classifier)."""
-    return transformer.TEXT_MODELS[model][0] if model in transformer.TEXT_MODELS else "image"
+    """``"image"``, ``"lm"`` (a causal LM) or ``"classify"`` (a sequence classifier): the registry's task."""
+    return registry.model_entry(model).task
 
 
 def _whole_number(minimum):
@@ -194,7 +191,7 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
     parser.add_argument("--model", type=model_name, default="lenet",
                         help=f"{', '.join(MODELS)}, or mindcv:<name> for any network of mindcv (an optional extra)")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
-                        help="default: mnist for lenet, cifar10 for the ResNets, text for gpt_*, "
+                        help="default: mnist for lenet, cifar10 for the ResNets and mindcv's, text for gpt_*, "
                              "text_classification for bert_*")
     parser.add_argument("--seq_len", type=positive_int, default=None,
                         help="text models: tokens (bytes) per sequence at most; default 64 for gpt_*, 128 for bert_*")
@@ -218,53 +215,54 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
 
 
 def resolve_model_args(args, train):
-    """Fills in the model flags' defaults and refuses combinations that cannot work."""
-    task = task_of(args.model)
-    if task != "image":
-        return _resolve_text_args(args, task, train)
+    """Fills in the model flags' defaults from the registries' entries and refuses combinations that cannot work."""
+    model = registry.model_entry(args.model)
     if args.dataset is None:
-        args.dataset = "mnist" if args.model == "lenet" else "cifar10"
-    if args.dataset in TEXT_DATASETS.values():
+        args.dataset = model.datasets[0] if model.datasets else "cifar10"
+    data = registry.dataset_entry(args.dataset)
+    if model.task != "image":
+        _resolve_text_args(args, model, data)
+    else:
+        _resolve_image_args(args, model, data)
+    args.data_path = args.data_path or data.default_path
+    if args.data_path is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data_path: the directory of its files")
+    if data.classes is not None:
+        _set_num_classes(args, data.classes(args.data_path, train))
+    elif args.num_classes is not None:
+        raise ValueError(f"--num_classes does not apply to --model {args.model}: its outputs are the "
+                         f"{text.VOCAB_SIZE} byte tokens")
+    if hasattr(args, "weighting") and args.weighting is None:
+        args.weighting = registry.TASKS[model.task].weighting
+    return args
+
+
+def _resolve_image_args(args, model, data):
+    if data.task != "image":
         raise ValueError(f"--model {args.model} takes images, but --dataset {args.dataset} is text: use --model "
                          f"gpt_tiny (text) or bert_tiny (text_classification)")
     if args.seq_len is not None or args.bucket:
         raise ValueError(f"--seq_len and --bucket apply to the text models, not --model {args.model}: drop them")
-    if mindcv_name(args.model) is None and args.model not in resnet.RESNETS and args.model != "lenet":
-        raise ValueError(f"--model {args.model} is not a model: use one of {', '.join(MODELS)} or mindcv:<name>")
-    if args.data_path is None:
-        if args.dataset != "mnist":
-            raise ValueError(f"--dataset {args.dataset} needs --data_path: the directory of its files")
-        args.data_path = "data/mnist"
-    #: The images' channels: every network but LeNet5 is built for them (MNIST's 1, or 3).
-    args.channels = 1 if args.dataset == "mnist" else 3
-    if args.model == "lenet":
-        if args.dataset != "mnist":
-            raise ValueError(f"--model lenet takes 1-channel 32x32 images (--dataset mnist), but --dataset "
-                             f"{args.dataset} has 3-channel images: use --model resnet18 (or another ResNet)")
-        if args.image_size not in (None, 32):
-            raise ValueError(f"--image_size {args.image_size} does not fit --model lenet, which takes 32x32 images: "
-                             f"drop --image_size")
-        if args.norm is not None:
-            raise ValueError(f"--norm {args.norm} applies to the ResNets; LeNet5 has no normalisation layers: "
-                             f"drop --norm")
-        args.image_size = 32
-    else:
-        args.image_size = args.image_size or (32 if args.dataset == "mnist" else 224)
-        args.norm = args.norm or "batch"
-    if args.gn_groups is not None and (mindcv_name(args.model) is None or args.norm != "group"):
+    #: The images' channels: every network but one of fixed inputs (LeNet5) is built for the data's.
+    args.channels = data.channels
+    if model.channels is not None and model.channels != data.channels:
+        raise ValueError(f"--model {args.model} takes {model.channels}-channel {model.image_size}x{model.image_size} "
+                         f"images (--dataset {model.datasets[0]}), but --dataset {args.dataset} has "
+                         f"{data.channels}-channel images: use --model resnet18 (or another ResNet)")
+    if model.image_size is not None and args.image_size not in (None, model.image_size):
+        raise ValueError(f"--image_size {args.image_size} does not fit --model {args.model}, which takes "
+                         f"{model.image_size}x{model.image_size} images: drop --image_size")
+    if not model.norm and args.norm is not None:
+        raise ValueError(f"--norm {args.norm} applies to the ResNets; {model.about or args.model} has no "
+                         f"normalisation layers: drop --norm")
+    args.image_size = model.image_size or args.image_size or data.image_size
+    args.norm = (args.norm or "batch") if model.norm else None
+    if args.gn_groups is not None and (not model.gn_groups or args.norm != "group"):
         raise ValueError("--gn_groups applies to a mindcv network with --norm group: drop --gn_groups")
-    classes = 10
-    if args.dataset == "imagefolder":
-        classes = len(image_folder_classes(image_folder_split(args.data_path, train)))
-    _set_num_classes(args, classes)
-    _default_weighting(args, "image")
-    return args
 
 
-def _resolve_text_args(args, task, train):
-    wanted = TEXT_DATASETS[task]
-    if args.dataset is None:
-        args.dataset = wanted
+def _resolve_text_args(args, model, data):
+    wanted = model.datasets[0]
     if args.dataset != wanted:
         raise ValueError(f"--model {args.model} takes --dataset {wanted}, not {args.dataset}")
     for flag, value in (("--image_size", args.image_size), ("--norm", args.norm), ("--gn_groups", args.gn_groups),
@@ -273,16 +271,7 @@ def _resolve_text_args(args, task, train):
             raise ValueError(f"{flag} {value} applies to the image models, not --model {args.model}: drop {flag}")
     if getattr(args, "conv_impl", "auto") != "auto":
         raise ValueError(f"--conv_impl applies to the convolutional models, not --model {args.model}: drop it")
-    args.data_path = args.data_path or "pydoc"
-    args.seq_len = args.seq_len or (64 if task == "lm" else 128)
-    if task == "lm":
-        if args.num_classes is not None:
-            raise ValueError(f"--num_classes does not apply to --model {args.model}: its outputs are the "
-                             f"{text.VOCAB_SIZE} byte tokens")
-    else:
-        _set_num_classes(args, text.read_labelled(args.data_path, train)[2])
-    _default_weighting(args, task)
-    return args
+    args.seq_len = args.seq_len or model.seq_len
 
 
 def _set_num_classes(args, classes):
@@ -293,51 +282,24 @@ def _set_num_classes(args, classes):
                          f"{args.dataset} in {args.data_path}: pass --num_classes {classes} or more")
 
 
-def _default_weighting(args, task):
-    if hasattr(args, "weighting") and args.weighting is None:
-        args.weighting = DEFAULT_WEIGHTING[task]
-
-
 def build_network(args):
-    """The network ``args`` names (after :func:`resolve_model_args`)."""
-    if task_of(args.model) != "image":
-        return transformer.create_text_model(args.model, max_len=args.seq_len, num_classes=args.num_classes)
-    if args.model == "lenet":
-        return lenet.LeNet5(num_class=args.num_classes, conv_impl=args.conv_impl)
-    if mindcv_name(args.model) is not None:
-        return create_mindcv_model(mindcv_name(args.model), args.num_classes, args.channels, args.norm,
-                                   args.gn_groups, args.conv_impl)
-    return resnet.RESNETS[args.model](num_classes=args.num_classes, norm=args.norm, conv_impl=args.conv_impl,
-                                      in_channels=args.channels)
+    """The network ``args`` names (after :func:`resolve_model_args`), through the registry."""
+    return registry.create_model(args.model, args.num_classes, channels=getattr(args, "channels", None),
+                                 image_size=args.image_size, norm=args.norm, gn_groups=args.gn_groups,
+                                 conv_impl=args.conv_impl, seq_len=args.seq_len)
 
 
 def build_loss(args):
-    """The model zoo's loss for ``args.model``: cross-entropy over classes, or over every valid token of an LM."""
-    if task_of(args.model) == "lm":
-        return transformer.TokenCrossEntropy(text.IGNORE_INDEX)
-    return nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    """The loss of ``args.model``'s task: cross-entropy over classes, or over every valid token of an LM."""
+    return registry.TASKS[task_of(args.model)].loss()
 
 
 def build_dataset(args, train, **kwargs):
-    """The dataset ``args`` names, batched by ``args.batch_size``.
-
-    Text keeps its last, shorter micro-batch (``drop_remainder`` False): no
-    sample is lost, and the driver weights it by its true size.
-    """
-    if args.dataset == "text":
-        kwargs.pop("drop_remainder", None)
-        return text.create_lm_dataset(args.data_path, args.batch_size, train=train, seq_len=args.seq_len,
-                                      bucket=args.bucket, **kwargs)
-    if args.dataset == "text_classification":
-        kwargs.pop("drop_remainder", None)
-        return text.create_classification_dataset(args.data_path, args.batch_size, train=train, seq_len=args.seq_len,
-                                                  num_classes=args.num_classes, **kwargs)
-    augment = args.augment if train else ()
-    if args.dataset == "mnist":
-        return lenet.create_dataset(args.data_path, args.batch_size, train=train, num_classes=args.num_classes,
-                                    image_size=args.image_size, augment=augment, **kwargs)
-    return resnet.create_dataset(args.data_path, args.batch_size, train=train, image_size=args.image_size,
-                                 dataset=args.dataset, num_classes=args.num_classes, augment=augment, **kwargs)
+    """The dataset ``args`` names, batched by ``args.batch_size``, through the registry."""
+    return registry.create_dataset(args.dataset, args.data_path, args.batch_size, train=train,
+                                   num_classes=args.num_classes, image_size=args.image_size,
+                                   augment=args.augment if train else (), seq_len=args.seq_len, bucket=args.bucket,
+                                   **kwargs)
 
 
 def setup_mindspore(device_target, seed=None):

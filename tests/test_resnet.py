@@ -41,7 +41,8 @@ def test_each_resnet_builds_and_gives_one_row_of_num_classes_per_image(name, nor
 
 def test_resnet_depths_match_the_model_zoo_parameter_counts():
     """Reference: torchvision's published counts for 1000 classes (same architecture as the zoo's)."""
-    expected = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160}
+    expected = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+                "resnet152": 60_192_808}
     for name, count in expected.items():
         network = RESNETS[name](num_classes=1000, norm="group")
         actual = sum(int(np.prod(p.shape)) for p in network.trainable_params())

@@ -1,0 +1,238 @@
+"""Registries of networks and datasets, as timm's and mindcv's ``register_model``/``create_model``.
+
+Each entry says what a front end needs to know of it - the task, the inputs it takes, its defaults - so
+that adding a network or a dataset is one entry here and its line in docs/cli.md::
+
+    @register_model("lenet", task="image", datasets=("mnist",), channels=1, image_size=32)
+    def _lenet(num_classes, conv_impl="auto", **_):
+        return lenet.LeNet5(num_class=num_classes, conv_impl=conv_impl)
+
+    network = create_model("resnet18", num_classes=10, norm="group")
+    dataset = create_dataset("mnist", "data/mnist", batch_size=32)
+
+``mindcv:<name>`` resolves any of mindcv's networks (an optional extra) without an entry.
+The scripts (``scripts/common.py``) build from these entries alone.
+"""
+
+import dataclasses
+import functools
+import inspect
+from typing import Callable, Optional, Tuple
+
+from . import lenet, resnet, text, transformer
+from .image_files import image_folder_classes, image_folder_split
+from .mindcv_models import MINDCV_PREFIX, create_mindcv_model, mindcv_name
+
+__all__ = ["TASKS", "Task", "ModelEntry", "DatasetEntry", "MODELS", "DATASETS", "register_model", "register_dataset",
+           "model_entry", "dataset_entry", "create_model", "create_dataset", "model_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a kind of network learns: its loss and what a window is weighted by when no one says."""
+
+    name: str
+    words: str  # what its data is, for messages: "images", "text"
+    loss: Callable  # () -> the loss Cell
+    weighting: str
+
+
+def _cross_entropy():
+    from mindspore import nn
+    return nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+
+def _token_cross_entropy():
+    return transformer.TokenCrossEntropy(text.IGNORE_INDEX)
+
+
+#: image classification, next-byte language modelling (a per-token loss: weighted by items), text classification.
+TASKS = {"image": Task("image", "images", _cross_entropy, "samples"),
+         "lm": Task("lm", "text", _token_cross_entropy, "items"),
+         "classify": Task("classify", "labelled text", _cross_entropy, "samples")}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A network: ``build(num_classes=, channels=, image_size=, norm=, gn_groups=, conv_impl=, seq_len=)``.
+
+    ``datasets``: its default dataset first (None: CIFAR-10); any dataset of its task and channels is taken.
+    ``channels``/``image_size``: fixed inputs (LeNet5's 1 and 32), or None to follow the dataset.
+    ``norm``: whether ``--norm`` applies; ``gn_groups``: whether ``--gn_groups`` does too.
+    ``seq_len``: a text network's default sequence length.
+    """
+
+    name: str
+    build: Callable
+    task: str = "image"
+    datasets: Optional[Tuple[str, ...]] = None
+    channels: Optional[int] = None
+    image_size: Optional[int] = None
+    norm: bool = False
+    gn_groups: bool = False
+    seq_len: Optional[int] = None
+    about: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset: ``build(data_path, batch_size, train=, ...)``, and what its samples are.
+
+    ``classes(data_path, train)`` counts its classes (None: no classes, a language model's bytes).
+    ``default_path``: where it is when ``--data_path`` is not given (None: it must be).
+    """
+
+    name: str
+    build: Callable
+    task: str = "image"
+    channels: Optional[int] = None
+    image_size: Optional[int] = None
+    classes: Optional[Callable] = None
+    default_path: Optional[str] = None
+
+
+MODELS = {}
+DATASETS = {}
+
+
+def register_model(name, **fields):
+    """A decorator: registers the function as the builder of network ``name`` (see :class:`ModelEntry`)."""
+    def register(build):
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered already")
+        MODELS[name] = ModelEntry(name, build, **fields)
+        return build
+    return register
+
+
+def register_dataset(name, **fields):
+    """A decorator: registers the function as the builder of dataset ``name`` (see :class:`DatasetEntry`)."""
+    def register(build):
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is registered already")
+        DATASETS[name] = DatasetEntry(name, build, **fields)
+        return build
+    return register
+
+
+def model_names():
+    """The registered names, in registration order (``mindcv:<name>`` besides)."""
+    return tuple(MODELS)
+
+
+def model_entry(name):
+    """The entry of ``name``, or of mindcv's network for ``mindcv:<name>``.
+
+    Raises:
+        ValueError: no such network.
+    """
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith(MINDCV_PREFIX) and len(name) > len(MINDCV_PREFIX):
+        return ModelEntry(name, _mindcv_builder(mindcv_name(name)), norm=True, gn_groups=True, about="mindcv")
+    raise ValueError(f"--model {name} is not a model: use one of {', '.join(MODELS)} or mindcv:<name>")
+
+
+def dataset_entry(name):
+    """The entry of dataset ``name``. Raises ValueError if there is none."""
+    if name not in DATASETS:
+        raise ValueError(f"--dataset {name} is not a dataset: use one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def create_model(name, num_classes=10, *, channels=None, image_size=None, norm=None, gn_groups=None,
+                 conv_impl="auto", seq_len=None):
+    """Network ``name``, untrained: as timm's ``create_model``. Defaults are the entry's."""
+    entry = model_entry(name)
+    return entry.build(num_classes=num_classes, channels=channels or entry.channels or 3,
+                       image_size=image_size or entry.image_size, norm=norm or ("batch" if entry.norm else None),
+                       gn_groups=gn_groups, conv_impl=conv_impl, seq_len=seq_len or entry.seq_len)
+
+
+def create_dataset(name, data_path=None, batch_size=32, train=True, **kwargs):
+    """Dataset ``name`` from ``data_path`` (default: the entry's), in micro-batches of ``batch_size``.
+
+    ``kwargs`` go to the dataset's own ``create_*`` function; those it does not take (``seq_len`` for images,
+    ``augment`` for text) are left out, so that a front end can pass one set for every dataset. Which of them
+    apply is the front end's check (``scripts/common.py`` refuses ``--bucket`` on images, for instance).
+    """
+    entry = dataset_entry(name)
+    data_path = data_path or entry.default_path
+    if data_path is None:
+        raise ValueError(f"--dataset {name} needs --data_path: the directory of its files")
+    taken = inspect.signature(entry.build).parameters
+    return entry.build(data_path, batch_size, train=train, **{k: v for k, v in kwargs.items() if k in taken})
+
+
+def _mindcv_builder(name):
+    def build(num_classes, channels, norm, gn_groups, conv_impl, **_):
+        return create_mindcv_model(name, num_classes, channels, norm, gn_groups, conv_impl)
+    return build
+
+
+# The networks.
+
+@register_model("lenet", datasets=("mnist",), channels=1, image_size=32, about="LeNet5")
+def _lenet(num_classes, conv_impl="auto", **_):
+    return lenet.LeNet5(num_class=num_classes, conv_impl=conv_impl)
+
+
+def _resnet(depth):
+    def build(num_classes, channels=3, norm="batch", conv_impl="auto", **_):
+        return resnet.RESNETS[depth](num_classes=num_classes, norm=norm, conv_impl=conv_impl, in_channels=channels)
+    return build
+
+
+for _depth in resnet.RESNETS:
+    register_model(_depth, datasets=("cifar10",), norm=True, about="ResNet")(_resnet(_depth))
+
+register_model("efficientnet_b0", datasets=("cifar10",), norm=True, gn_groups=True,
+               about="mindcv")(_mindcv_builder("efficientnet_b0"))
+
+
+def _text_model(name):
+    def build(num_classes, seq_len, **_):
+        return transformer.create_text_model(name, max_len=seq_len, num_classes=num_classes)
+    return build
+
+
+for _name, (_task, _) in transformer.TEXT_MODELS.items():
+    register_model(_name, task=_task, datasets=("text",) if _task == "lm" else ("text_classification",),
+                   seq_len=64 if _task == "lm" else 128, about="transformer")(_text_model(_name))
+
+
+# The datasets.
+
+@register_dataset("mnist", channels=1, image_size=32, classes=lambda path, train: 10, default_path="data/mnist")
+def _mnist(data_path, batch_size, train=True, num_samples=None, shuffle=None, drop_remainder=True,
+           num_shards=None, shard_id=None, num_classes=10, image_size=32, augment=(), mean_std=None):
+    return lenet.create_dataset(data_path, batch_size, train=train, num_samples=num_samples, shuffle=shuffle,
+                                drop_remainder=drop_remainder, num_shards=num_shards, shard_id=shard_id,
+                                num_classes=num_classes, image_size=image_size, augment=augment, mean_std=mean_std)
+
+
+#: Fashion-MNIST (Xiao et al., 2017): MNIST's files and sizes, ten kinds of clothing; its own pixel statistics.
+register_dataset("fashion_mnist", channels=1, image_size=32, classes=lambda path, train: 10)(
+    functools.partial(_mnist, mean_std=(0.2860, 0.3530)))
+
+
+def _images(kind):
+    def build(data_path, batch_size, train=True, num_samples=None, shuffle=None, drop_remainder=True,
+              num_shards=None, shard_id=None, num_classes=10, image_size=224, augment=()):
+        return resnet.create_dataset(data_path, batch_size, train=train, image_size=image_size, dataset=kind,
+                                     num_samples=num_samples, shuffle=shuffle, drop_remainder=drop_remainder,
+                                     num_shards=num_shards, shard_id=shard_id, num_classes=num_classes,
+                                     augment=augment)
+    return build
+
+
+register_dataset("cifar10", channels=3, image_size=224, classes=lambda path, train: 10)(_images("cifar10"))
+register_dataset("imagefolder", channels=3, image_size=224,
+                 classes=lambda path, train: len(image_folder_classes(image_folder_split(path, train))))(
+    _images("imagefolder"))
+
+# Text keeps its last, shorter micro-batch (no drop_remainder): no sample is lost, and the engines weight it by
+# its true size.
+register_dataset("text", task="lm", default_path="pydoc")(text.create_lm_dataset)
+register_dataset("text_classification", task="classify", default_path="pydoc",
+                 classes=lambda path, train: text.read_labelled(path, train)[2])(text.create_classification_dataset)
