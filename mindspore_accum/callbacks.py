@@ -206,7 +206,7 @@ class ProgressBar(DriverCallback):
 class GradFlowSaver(DriverCallback):
     """Saves a gradient-flow PNG (see :func:`~mindspore_accum.grad_flow.plot_grad_flow`) every ``every`` updates.
 
-    The gradients are the window's, read from ``grad_sum`` before it is cleared.
+    The gradients are the window's mean, read from ``grad_mean`` before it is cleared.
     Files: ``<directory>/grad_flow_<update>.png``.
     """
 
@@ -222,7 +222,7 @@ class GradFlowSaver(DriverCallback):
         from .grad_flow import plot_grad_flow
         prefix = "grad_sum."
         named = [(p.name[len(prefix):] if p.name.startswith(prefix) else p.name, p.asnumpy())
-                 for p in driver.buffer.grad_sum]
+                 for p in driver.buffer.grad_mean]
         path = os.path.join(self.directory, f"grad_flow_{record.total_updates:06d}.png")
         plot_grad_flow(named, path, title=f"gradient flow, update {record.total_updates}")
         self.saved.append(path)

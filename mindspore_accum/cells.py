@@ -71,14 +71,17 @@ class AccumulationBuffer:
     """The state of one accumulation window, shared by the three Cells.
 
     Attributes:
-        grad_sum: a ``ParameterTuple`` with one float32 buffer per trainable
-            weight, named ``grad_sum.<weight name>``; it holds the
-            sample-weighted mean gradient of the window so far.
-        window_samples: float32 scalar, what this window is weighted by so far:
+        grad_mean: a ``ParameterTuple`` with one float32 buffer per trainable
+            weight; it holds the window's weighted *mean* gradient so far.
+            ``grad_sum`` is its old name, the tutorial's, kept as the same
+            object; its tensors keep that name in checkpoints,
+            ``grad_sum.<weight name>``, so that every state written before still loads.
+        window_items: float32 scalar, what this window is weighted by so far:
             its samples, or its items with ``weighting="items"`` (see
-            :mod:`~mindspore_accum.weighting`).
+            :mod:`~mindspore_accum.weighting`). ``window_samples`` is its old
+            name, the same Parameter, named ``window_samples`` in checkpoints.
         window_micro_steps: int32 scalar, micro-batches added in this window.
-        window_loss: float32 scalar, the window's mean loss so far, weighted as ``grad_sum``.
+        window_loss: float32 scalar, the window's mean loss so far, weighted as ``grad_mean``.
     """
 
     def __init__(self, weights: Iterable[Parameter]):
@@ -87,12 +90,14 @@ class AccumulationBuffer:
             raise ValueError("weights is empty: the network has no trainable parameters to accumulate")
         # float32 whatever the network's compute type: a float16 buffer would
         # lose the small gradients of late micro-batches.
-        self.grad_sum = ParameterTuple(
+        self.grad_mean = ParameterTuple(
             Parameter(initializer("zeros", w.shape, ms.float32), name="grad_sum." + w.name, requires_grad=False)
             for w in weights)
-        self.window_samples = Parameter(Tensor(0.0, ms.float32), name="window_samples", requires_grad=False)
+        self.window_items = Parameter(Tensor(0.0, ms.float32), name="window_samples", requires_grad=False)
         self.window_micro_steps = Parameter(Tensor(0, ms.int32), name="window_micro_steps", requires_grad=False)
         self.window_loss = Parameter(Tensor(0.0, ms.float32), name="window_loss", requires_grad=False)
+        # The old names (0.4 and before), the same objects: code that reads them goes on working.
+        self.grad_sum, self.window_samples = self.grad_mean, self.window_items
 
     def parameters(self):
         """Every tensor of the buffer: ``grad_sum``, the two counters, the window's loss."""

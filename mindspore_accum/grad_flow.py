@@ -1,7 +1,7 @@
 """The gradient-flow plot: the mean absolute gradient of each layer's weight."""
 
 import os
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -15,7 +15,8 @@ def grad_flow_heights(named_grads):
             for name, grad in items if "bias" not in name.split(".")[-1]]
 
 
-def plot_grad_flow(named_grads: Sequence[Tuple[str, np.ndarray]], path: str, title: str = "gradient flow") -> str:
+def plot_grad_flow(named_grads: Sequence[Tuple[str, np.ndarray]], path: str,
+                   title: str = "gradient flow") -> Dict[str, float]:
     """Draws one bar per layer, the mean absolute value of its gradient, into the PNG at ``path``.
 
     Args:

@@ -124,8 +124,8 @@ def train(args, rank, ranks, shards, resumed, device):
         + f", newest {args.keep_checkpoints} kept)")
     if resumed is not None:
         say(f"resuming from {args.resume}: {resumed.where()}")
-    model = build_model(args, updates * args.epochs)
-    callbacks = build_callbacks(say, args, model, resumed) if rank == 0 else []  # the others write nothing
+    driver = build_driver(args, updates * args.epochs)
+    callbacks = build_callbacks(say, args, driver, resumed) if rank == 0 else []  # the others write nothing
     progress = next((c for c in callbacks if isinstance(c, ProgressBar)), None)
     save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir_for(args.ckpt_path), save_every=args.save_every,
                       keep_checkpoints=args.keep_checkpoints, resume=args.resume,
@@ -133,7 +133,7 @@ def train(args, rank, ranks, shards, resumed, device):
                       # waiting in the all-reduce; a signal ends every rank at once.
                       handle_signals=not args.distribute)
     try:
-        model.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
+        driver.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
                             log_every=None if progress is not None and progress.replaces_log_lines
                             else args.log_every, callbacks=callbacks, seed=args.seed,
                             settings=training_settings(args))
@@ -142,11 +142,11 @@ def train(args, rank, ranks, shards, resumed, device):
     # Done, the checkpoint whole: a signal in the last moments (MindSpore's teardown takes ~0.6 s) ends nothing.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    say(f"checkpoint: {args.ckpt_path} ({model.total_updates} updates), metrics: "
+    say(f"checkpoint: {args.ckpt_path} ({driver.total_updates} updates), metrics: "
         f"{metrics_path_for(args.ckpt_path)}")
 
 
-def build_model(args, total_updates):
+def build_driver(args, total_updates):
     """The network (from --init_ckpt), the zoo's loss, the optimizer (rates over updates), and the driver."""
     network = build_network(args)
     if args.init_ckpt:  # before the driver: everything built from the weights (the EMA) starts from these
@@ -158,12 +158,12 @@ def build_model(args, total_updates):
                                 weighting=args.weighting, ema_decay=args.ema_decay)
 
 
-def build_callbacks(say, args, model, resumed):
+def build_callbacks(say, args, driver, resumed):
     """Rank 0's callbacks: the progress bar, the metrics file (with the test set, if asked), gradient flow.
 
     With --ema_decay the epoch's evaluation scores the moving average: the weights the checkpoint holds.
     """
-    evaluate_epoch = epoch_evaluator(args, model.network, model.ema, say)
+    evaluate_epoch = epoch_evaluator(args, driver.network, driver.ema, say)
     callbacks = [ProgressBar(enabled=not args.no_progress),
                  MetricsLog(metrics_path_for(args.ckpt_path), evaluate_epoch, resume=resumed)]
     if args.grad_flow_every:
