@@ -97,20 +97,19 @@ DATASETS = {}
 
 def register_model(name, **fields):
     """A decorator: registers the function as the builder of network ``name`` (see :class:`ModelEntry`)."""
-    def register(build):
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered already")
-        MODELS[name] = ModelEntry(name, build, **fields)
-        return build
-    return register
+    return _registrar(MODELS, ModelEntry, "model", name, fields)
 
 
 def register_dataset(name, **fields):
     """A decorator: registers the function as the builder of dataset ``name`` (see :class:`DatasetEntry`)."""
+    return _registrar(DATASETS, DatasetEntry, "dataset", name, fields)
+
+
+def _registrar(table, entry, kind, name, fields):
     def register(build):
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is registered already")
-        DATASETS[name] = DatasetEntry(name, build, **fields)
+        if name in table:
+            raise ValueError(f"{kind} {name!r} is registered already")
+        table[name] = entry(name, build, **fields)
         return build
     return register
 

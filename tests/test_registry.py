@@ -84,3 +84,11 @@ def test_fashion_mnist_one_entry_normalised_by_its_own_statistics(tiny_mnist, tm
                          "--mini_steps", 2, "--epochs", 1, "--no_progress", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert "dataset: fashion_mnist (32x32, 10 classes)" in trained.stdout
+
+
+def test_a_second_entry_of_one_name_is_refused():
+    with pytest.raises(ValueError, match="model 'lenet' is registered already"):
+        registry.register_model("lenet")(lambda **_: None)
+    with pytest.raises(ValueError, match="dataset 'mnist' is registered already"):
+        registry.register_dataset("mnist")(lambda *_, **__: None)
+    assert registry.MODELS["lenet"].build is not None and registry.DATASETS["mnist"].channels == 1  # unchanged
