@@ -31,6 +31,7 @@ from .model_guards import (
     settings_record,
 )
 from .norm import convert_bn_to_gn
+from .optimizers import RatePerUpdate, create_optimizer
 from .run_lock import RunInUseError, run_lock
 from .save_config import SaveConfig
 from .schedule import WindowSchedule, window_end
@@ -61,4 +62,6 @@ __all__ = [
     "NonFiniteError", "TrainingInterrupted", "CheckpointError",
     # Helpers a training script needs.
     "learning_rates", "convert_bn_to_gn", "init_data_parallel", "ExponentialMovingAverage", "MeanCrossEntropy",
+    # The scripts' --optimizer by name (torch-semantics Adam and AdamW), and a schedule for experimental.optim.
+    "create_optimizer", "RatePerUpdate",
 ]

@@ -10,7 +10,6 @@ import uuid
 from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import mindspore as ms
-import numpy as np
 from mindspore import Parameter, amp, nn
 
 from .callbacks import DriverCallback
@@ -26,6 +25,7 @@ from .engine import (
 )
 from .interrupt import StopSignals, TrainingInterrupted
 from .norm import warn_if_batchnorm
+from .optimizers import learning_rate_of
 from .run_lock import run_locks
 from .save_config import SaveConfig
 from .schedule import WindowSchedule
@@ -101,20 +101,11 @@ class NonFiniteError(ArithmeticError):
 def current_learning_rate(optimizer, just_applied=False):
     """The learning rate the optimizer's next update uses, as a float; None for a ``LearningRateSchedule`` Cell.
 
-    A list of rates is read at the optimizer's ``global_step``, which counts
-    applied updates. With ``just_applied``, the rate of the update just
-    applied: one step back.
+    A list of rates is read at the optimizer's step count, which counts applied updates. With
+    ``just_applied``, the rate of the update just applied: one step back. (See
+    :func:`~mindspore_accum.optimizers.learning_rate_of`.)
     """
-    rate = optimizer.learning_rate
-    if isinstance(rate, nn.Cell) and isinstance(getattr(rate, "learning_rate", None), Parameter):
-        rate = rate.learning_rate  # a list of rates (the optimizer wraps it in a Cell), indexed by global_step
-    if not isinstance(rate, Parameter):
-        return None
-    values = rate.asnumpy().reshape(-1)
-    if values.size == 1:
-        return float(values[0])
-    step = int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0]) - int(just_applied)
-    return float(values[min(step, values.size - 1)])
+    return learning_rate_of(optimizer, just_applied)
 
 
 def _batch_size(inputs):

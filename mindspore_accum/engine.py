@@ -23,6 +23,7 @@ from mindspore import Parameter, Tensor, amp, nn, ops
 
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .ema import ExponentialMovingAverage
+from .optimizers import is_optimizer, weight_decay_of
 from .schedule import WindowSchedule, window_end
 from .settings import RunSettings
 from .validation import check_choice, check_positive_float
@@ -61,9 +62,8 @@ def optimizer_description(optimizer):
     is named here. Without weight decay it is the bare class name, as states
     before 0.3 recorded.
     """
-    decay = getattr(optimizer, "weight_decay", 0.0)
-    decay = float(decay.asnumpy()) if isinstance(decay, Tensor) and decay.size == 1 else decay
-    name = type(optimizer).__name__
+    decay = weight_decay_of(optimizer)
+    name = type(getattr(optimizer, "optimizer", optimizer)).__name__  # RatePerUpdate: the optimizer it drives
     return f"{name}(weight_decay={decay:g})" if isinstance(decay, float) and decay else name
 
 
@@ -210,8 +210,9 @@ def _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignor
     if not isinstance(network_with_loss, nn.Cell):
         raise TypeError(f"network_with_loss must be a mindspore.nn.Cell (e.g. nn.WithLossCell), got "
                         f"{type(network_with_loss).__name__}")
-    if not isinstance(optimizer, nn.Optimizer):
-        raise TypeError(f"optimizer must be a mindspore.nn.Optimizer, got {type(optimizer).__name__}")
+    if not is_optimizer(optimizer):
+        raise TypeError(f"optimizer must be a mindspore.nn.Optimizer or a mindspore.experimental.optim optimizer, "
+                        f"got {type(optimizer).__name__}")
     if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
         raise TypeError(f"loss_scaler must be None or a mindspore.amp.DynamicLossScaler or StaticLossScaler, "
                         f"got {loss_scaler!r}")

@@ -21,6 +21,7 @@ from mindspore.train import ConfusionMatrix  # noqa: E402
 
 from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
+from mindspore_accum.optimizers import OPTIMIZERS, create_optimizer  # noqa: E402
 from mindspore_accum.settings import data_fingerprint  # noqa: E402
 from model_zoo_adapters import registry, resnet, text, transformer  # noqa: E402
 from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
@@ -139,20 +140,10 @@ def resume_command(path):
     return shlex.join(["python", sys.argv[0], *argv, "--resume", path])
 
 
-#: --optimizer: MindSpore's own optimizers. momentum is the model zoo's recipe and the default.
-OPTIMIZERS = {
-    "momentum": lambda params, args, lr: nn.Momentum(params, lr, args.momentum, weight_decay=args.weight_decay),
-    "sgd": lambda params, args, lr: nn.SGD(params, lr, weight_decay=args.weight_decay),
-    "adam": lambda params, args, lr: nn.Adam(params, lr, weight_decay=args.weight_decay),
-    "adamw": lambda params, args, lr: nn.AdamWeightDecay(params, lr, weight_decay=args.weight_decay),
-}
-
-
 def add_optimizer_args(parser):
     """The optimizer flags both training scripts take."""
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",
-                        help="nn.Momentum (the zoo's), nn.SGD, nn.Adam (L2 weight decay) or nn.AdamWeightDecay "
-                             "(decoupled, AdamW)")
+                        help="; ".join(f"{name}: {about}" for name, (_, about) in OPTIMIZERS.items()))
     parser.add_argument("--lr", type=positive_float, default=0.01)
     parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="--optimizer momentum only")
     parser.add_argument("--weight_decay", type=non_negative_float, default=0.0)
@@ -172,7 +163,7 @@ def build_optimizer(args, params, lr):
     """The optimizer ``args`` names over ``params``, at ``lr`` (a rate or a list of rates, one per update)."""
     if args.optimizer != "momentum" and args.momentum != 0.9:
         raise ValueError(f"--momentum applies to --optimizer momentum, not {args.optimizer}: drop --momentum")
-    return OPTIMIZERS[args.optimizer](params, args, lr)
+    return create_optimizer(args.optimizer, params, lr, args.momentum, args.weight_decay)
 
 
 def add_common_args(parser, ckpt_help="model checkpoint file"):

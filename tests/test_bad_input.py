@@ -131,7 +131,7 @@ def test_lr_epochs_device_target_and_other_flags_out_of_range_are_refused(tiny_m
     (("--amp_level", "O2"), "amp_level='O0' in the state vs 'O2' in this run"),
     (("--clip_grad_norm", 1.0), "clip_grad_norm=None in the state vs 1.0 in this run"),
     (("--warmup_steps", 2), "learning_rate 0.01 in the state vs (a schedule of 8 rates, 0.005 to 0.01)"),
-    (("--optimizer", "adamw"), "optimizer='Momentum' in the state vs 'AdamWeightDecay' in this run"),
+    (("--optimizer", "adamw"), "optimizer='Momentum' in the state vs 'AdamW' in this run"),
     (("--weight_decay", 0.01), "optimizer='Momentum' in the state vs 'Momentum(weight_decay=0.01)' in this run"),
 ])
 def test_resume_refuses_a_state_that_does_not_fit_naming_the_difference(tmp_path, tiny_mnist, trained, change,
