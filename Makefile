@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/weighting.py
 	$(PY) benchmarks/text_lm.py
 	$(PY) benchmarks/efficientnet.py
+	$(PY) benchmarks/zoo.py
 
 clean:
 	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt

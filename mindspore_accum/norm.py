@@ -96,12 +96,8 @@ def convert_bn_to_gn(network: nn.Cell, num_groups: Optional[int] = None) -> nn.C
     for parent, child_name, full, bn, groups in found:
         gn = nn.GroupNorm(groups, bn.num_features, eps=bn.eps,
                           gamma_init=bn.gamma.data.copy(), beta_init=bn.beta.data.copy())
-        swap_child(parent, child_name, gn)
+        swap_child(parent, child_name, gn, full)
         replaced[full] = gn
-    # A cell assigned deep in a tree names its parameters relative to its
-    # parent only; give them their full names, as construction would have.
-    for full, gn in replaced.items():
-        gn.gamma.name, gn.beta.name = f"{full}.gamma", f"{full}.beta"
     left = batchnorm_cells(network)
     if left:
         logger.warning("convert_bn_to_gn: %d BatchNorm cells that are not BatchNorm2d were left as they are: %s",

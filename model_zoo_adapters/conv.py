@@ -131,6 +131,6 @@ def use_im2col(network, conv_impl="auto"):
         fast.weight = conv.weight  # the same Parameter: its name and value stay
         if conv.has_bias:
             fast.bias = conv.bias
-        swap_child(parent, child_name, fast)
+        swap_child(parent, child_name, fast, full)
         replaced.append(full)
     return replaced

@@ -65,6 +65,6 @@ def disable_dropout(network):
     replaced = []
     for full, parent, child_name, cell in child_cells(network):
         if isinstance(cell, nn.Dropout) or type(cell).__name__ == "DropPath":
-            swap_child(parent, child_name, nn.Identity())
+            swap_child(parent, child_name, nn.Identity(), full)
             replaced.append(full)
     return replaced
