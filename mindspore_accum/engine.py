@@ -29,8 +29,8 @@ from .settings import RunSettings
 from .validation import check_choice, check_positive_float
 from .weighting import check_loss, check_weighting
 
-__all__ = ["AccumulationEngine", "AccumulationStep", "AMP_LEVELS", "amp_network", "default_loss_scaler",
-           "optimizer_description", "warn_if_longer_than_epoch"]
+__all__ = ["AccumulationEngine", "AccumulationStep", "AMP_LEVELS", "amp_network", "white_list_to_float16",
+           "default_loss_scaler", "optimizer_description", "warn_if_longer_than_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,39 @@ AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 
 def amp_network(network, amp_level):
-    """``network`` with ``amp_level``'s casts (the same Parameter objects); ``network`` itself at O0."""
+    """``network`` with ``amp_level``'s casts (the same Parameter objects); ``network`` itself at O0.
+
+    O2 and O3 are ``mindspore.amp.auto_mixed_precision``'s. O1 is its white
+    list applied cell by cell (:func:`white_list_to_float16`), because
+    MindSpore's own O1 rewrites the network's source: it writes
+    ``./rewritten_network/``, fails to re-import it from another working
+    directory, and fails to compile the text models.
+    """
     check_choice("amp_level", amp_level, AMP_LEVELS)
+    if amp_level == "O1":
+        return white_list_to_float16(network)
     return network if amp_level == "O0" else amp.auto_mixed_precision(network, amp_level)
+
+
+def white_list_to_float16(network, dtype=ms.float16):
+    """O1 by ``Cell.to_float``: the white list's cells (``amp.get_white_list()``: convolutions, Dense, RNN
+    cells, subclasses such as Im2ColConv2d included) compute in ``dtype``, every other cell in float32.
+
+    ``to_float`` casts a cell's floating inputs and Parameters on entry, so each
+    float32 cell casts a float16 result back on its way in, and the network's
+    output is cast to float32 (as MindSpore's O2 and O3 do) for the loss.
+    Primitives called directly in a ``construct`` stay float32: that part of
+    MindSpore's O1 needs the rewrite. Marks ``network`` in place; the
+    Parameters stay float32.
+    """
+    cells = tuple(kind for kind in amp.get_white_list() if isinstance(kind, type) and issubclass(kind, nn.Cell))
+    network.to_float(ms.float32)
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, cells):
+            cell.to_float(dtype)
+    # The wrapper MindSpore's own O2 and O3 return (private, in MindSpore since 1.x).
+    from mindspore.train.amp import _OutputTo32
+    return _OutputTo32(network)
 
 
 def default_loss_scaler(amp_level, loss_scaler="auto"):
