@@ -127,17 +127,23 @@ def fingerprint_of(data_path):
     return data_fingerprint(data_path)
 
 
-def resume_command(path):
-    """This very command line, resuming from ``path``."""
-    argv, skip = [], False
-    for arg in sys.argv[1:]:
+#: Flags the printed resume command leaves out: a resume starts from the state, and --init_ckpt with --resume
+#: is refused (the state already holds the fine-tuned weights).
+NOT_ON_RESUME = ("--resume", "--init_ckpt")
+
+
+def resume_command(path, argv=None):
+    """This very command line (``argv``, default ``sys.argv``), resuming from ``path``."""
+    argv = sys.argv if argv is None else argv
+    kept, skip = [], False
+    for arg in argv[1:]:
         if skip:
             skip = False
-        elif arg == "--resume":
+        elif arg in NOT_ON_RESUME:
             skip = True
-        elif not arg.startswith("--resume="):
-            argv.append(arg)
-    return shlex.join(["python", sys.argv[0], *argv, "--resume", path])
+        elif not arg.startswith(tuple(f"{flag}=" for flag in NOT_ON_RESUME)):
+            kept.append(arg)
+    return shlex.join(["python", argv[0], *kept, "--resume", path])
 
 
 def add_optimizer_args(parser):

@@ -195,3 +195,14 @@ def test_resuming_another_runs_state_restarts_the_metrics_file_instead_of_splici
     assert {r["run"] for r in records} == {run_a}, "lines of another run were kept"
     assert {r["epoch"] for r in records} == {2}, "epoch 1 of run A is not in this file, and no line of run B stays"
     assert all(r["lr"] == pytest.approx(0.01) for r in records if r["kind"] == "update")
+
+
+def test_the_printed_resume_command_of_a_fine_tuning_run_leaves_out_init_ckpt():
+    """--init_ckpt with --resume is refused (test_cli.py), so the command printed on a signal must not carry it."""
+    if SCRIPTS not in sys.path:
+        sys.path.insert(0, SCRIPTS)
+    from common import resume_command
+    argv = ["scripts/train.py", "--init_ckpt", "base.ckpt", "--lr", "0.1", "--init_ckpt=other.ckpt",
+            "--resume", "old_state", "--num_classes", "12"]
+    assert shlex.split(resume_command("run_state/state-1_4.ckpt", argv)) == [
+        "python", "scripts/train.py", "--lr", "0.1", "--num_classes", "12", "--resume", "run_state/state-1_4.ckpt"]
