@@ -35,6 +35,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/text_lm.py
 	$(PY) benchmarks/efficientnet.py
 	$(PY) benchmarks/zoo.py
+	$(PY) benchmarks/efficientnet_init.py
+	$(PY) benchmarks/convergence.py
 
 clean:
 	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt
