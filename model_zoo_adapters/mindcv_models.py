@@ -15,6 +15,8 @@ Parameter names are mindcv's own, so mindcv's checkpoints load with
 ``--init_ckpt`` and this project's checkpoints load into ``mindcv.create_model``.
 """
 
+import logging
+
 from mindspore import nn
 
 from mindspore_accum.cell_surgery import child_cells, swap_child
@@ -23,6 +25,8 @@ from mindspore_accum.norm import convert_bn_to_gn
 from .conv import use_im2col
 
 __all__ = ["MINDCV_PREFIX", "mindcv_name", "create_mindcv_model", "disable_dropout"]
+
+logger = logging.getLogger(__name__)
 
 #: ``--model mindcv:<name>`` trains any mindcv network by its registry name.
 MINDCV_PREFIX = "mindcv:"
@@ -67,4 +71,5 @@ def disable_dropout(network):
         if isinstance(cell, nn.Dropout) or type(cell).__name__ == "DropPath":
             swap_child(parent, child_name, nn.Identity(), full)
             replaced.append(full)
+    logger.info("%d dropout and stochastic-depth layers replaced by identities", len(replaced))
     return replaced

@@ -26,7 +26,7 @@ from mindspore_accum.settings import data_fingerprint  # noqa: E402
 from model_zoo_adapters import registry, resnet, text, transformer  # noqa: E402
 from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
-from model_zoo_adapters.mindcv_models import MINDCV_PREFIX  # noqa: E402
+from model_zoo_adapters.mindcv_models import MINDCV_PREFIX, disable_dropout  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -209,6 +209,10 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
                         help=f"training augmentations, comma-separated: {', '.join(AUGMENTATIONS)}")
     parser.add_argument("--num_samples", type=positive_int, default=None,
                         help="use only this many samples of the split (a quick run)")
+    parser.add_argument("--no_dropout", action="store_true",
+                        help="dropout and stochastic depth off (timm's drop and drop-path rates of 0): each draws other "
+                             "masks for a micro-batch than for the large batch, so only without them is an "
+                             "accumulated update the large batch's to the bit")
 
 
 def resolve_model_args(args, train):
@@ -281,9 +285,12 @@ def _set_num_classes(args, classes):
 
 def build_network(args):
     """The network ``args`` names (after :func:`resolve_model_args`), through the registry."""
-    return registry.create_model(args.model, args.num_classes, channels=getattr(args, "channels", None),
-                                 image_size=args.image_size, norm=args.norm, gn_groups=args.gn_groups,
-                                 conv_impl=args.conv_impl, seq_len=args.seq_len)
+    network = registry.create_model(args.model, args.num_classes, channels=getattr(args, "channels", None),
+                                    image_size=args.image_size, norm=args.norm, gn_groups=args.gn_groups,
+                                    conv_impl=args.conv_impl, seq_len=args.seq_len)
+    if getattr(args, "no_dropout", False):
+        disable_dropout(network)
+    return network
 
 
 def build_loss(args):

@@ -90,3 +90,31 @@ def test_o1_runs_from_any_working_directory_and_writes_nothing_there(tmp_path, t
     assert "amp_level: O1" in trained.stdout
     assert list(cwd.iterdir()) == []  # MindSpore's own O1 leaves ./rewritten_network here
     load_network_checkpoint(create_model(model, 10, channels=1, image_size=32), tmp_path / "out" / "net.ckpt")
+
+
+def test_no_dropout_makes_a_dropout_networks_window_the_large_batch_and_without_it_they_differ(tmp_path, tiny_mnist):
+    """Reference: the same network trained on batches of 16 (2 updates); accumulated: 4 x 4 (2 windows).
+
+    MobileNetV3 (mindcv; GroupNorm so that the normalisation is exact) has a
+    dropout of 0.2 before its head. rtol 1e-4, atol 1e-5, as
+    test_recipes.py for EfficientNet: float32 sums in another order through a
+    deep network (measured 3e-6 at worst here). Control: with its dropout on,
+    the two runs draw other masks and differ beyond that.
+    """
+    import mindspore as ms
+
+    def final(name, batch_size, mini_steps, *flags):
+        result = run_script("train.py", "--model", "mindcv:mobilenet_v3_small_075", "--dataset", "mnist",
+                            "--image_size", 32, "--norm", "group", "--data_path", tiny_mnist, "--num_samples", 32,
+                            "--epochs", 1, "--batch_size", batch_size, "--mini_steps", mini_steps, "--no_progress",
+                            "--ckpt_path", f"{name}.ckpt", *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        if flags:
+            assert "dropout and stochastic-depth layers replaced by identities" in result.stdout
+        return {n: v.asnumpy() for n, v in ms.load_checkpoint(str(tmp_path / f"{name}.ckpt")).items()}
+
+    accumulated, large = final("accumulated", 4, 4, "--no_dropout"), final("large", 16, 1, "--no_dropout")
+    for name, value in large.items():
+        np.testing.assert_allclose(accumulated[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    with_dropout = final("accumulated_dropout", 4, 4), final("large_dropout", 16, 1)
+    assert not all(np.allclose(with_dropout[0][n], v, rtol=1e-4, atol=1e-5) for n, v in with_dropout[1].items())
