@@ -210,8 +210,8 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
     parser.add_argument("--num_samples", type=positive_int, default=None,
                         help="use only this many samples of the split (a quick run)")
     parser.add_argument("--no_dropout", action="store_true",
-                        help="dropout and stochastic depth off (timm's drop and drop-path rates of 0): each draws other "
-                             "masks for a micro-batch than for the large batch, so only without them is an "
+                        help="dropout and stochastic depth off (timm's drop and drop-path rates of 0): each draws "
+                             "other masks for a micro-batch than for the large batch, so only without them is an "
                              "accumulated update the large batch's to the bit")
 
 
