@@ -10,8 +10,8 @@ For each network, in a process of its own with a time limit, at MNIST's shape
 2. the default (``conv_impl="auto"``, the CPU fast path) must have the
    reference's parameter names, exactly; take one micro-step of the driver;
    its checkpoint must load strictly into the native network, whose logits
-   (batch statistics, dropout off) must then match to 1e-4 of the largest
-   logit (another summation order).
+   (batch statistics, dropout off) must then match to 1e-3 of the largest
+   logit (another summation order, carried through up to 50 layers).
 
     python benchmarks/zoo.py                 # one network per family (about 70)
     python benchmarks/zoo.py --all           # every network mindcv registers (275 in 0.3.0)
@@ -106,9 +106,11 @@ def check_one(name):
         disable_dropout(network)
         network.set_train(True)
     ours, theirs = default(images).asnumpy(), native(images).asnumpy()
-    # Relative to the largest logit: some of mindcv's networks start with logits in the thousands.
+    # Relative to the largest logit. 1e-3: batch statistics over 8 images carry a summation order's
+    # rounding through 50 layers (ResNeXt-50, with only its stem on im2col: 1.0e-4); a wrong
+    # convolution moves the logits by their own size.
     gap = float(np.abs(ours - theirs).max() / max(1.0, np.abs(theirs).max()))
-    return {"name": name, "status": "ok" if gap <= 1e-4 else "LOGITS", "swapped": swapped, "why": f"gap {gap:.1e}"}
+    return {"name": name, "status": "ok" if gap <= 1e-3 else "LOGITS", "swapped": swapped, "why": f"gap {gap:.1e}"}
 
 
 def run_in_child(name, timeout):
