@@ -55,7 +55,7 @@ RECIPES = {
     "bert_tiny": (["--model", "bert_tiny", "--optimizer", "adamw", "--lr", "1e-3"], 8, 4, None, 15),
     # Seed 003 on MNIST: a ResNet (GroupNorm) with Adam, flips and 90-degree rotations, 8 x 4, from scratch.
     "resnet18": (["--model", "resnet18", "--dataset", "mnist", "--image_size", "32", "--norm", "group",
-                  "--optimizer", "adam", "--lr", "1e-3", "--augment", "hflip,rot90"], 8, 4, 2048, 4),
+                  "--optimizer", "adam", "--lr", "1e-3", "--augment", "hflip,rot90"], 8, 4, 1024, 4),
     # A GPT with per-token losses: windows weighted by their valid tokens.
     "gpt_tiny": (["--model", "gpt_tiny", "--weighting", "items", "--optimizer", "adamw", "--lr", "1e-3"],
                  32, 4, 2048, 4),
