@@ -70,9 +70,16 @@ class GradientAccumulationCell(AccumulationStep):
         ema_decay: None, or a decay in [0, 1): a moving average of the
             trainable weights, updated once per applied update, never per
             micro-step (see :mod:`~mindspore_accum.ema`).
+        windows_from_data: the data says how many micro-batches each window
+            has: train on ``WindowedDataset.as_dataset()``, whose last column
+            is that count (see :mod:`~mindspore_accum.windowed_data`): a global
+            batch that is no multiple of the micro-batch, or a batch ramp, on
+            one graph. ``mini_steps`` and ``micro_batches_per_epoch`` are then
+            not used.
 
     Inputs: the network's inputs for one micro-batch (the first input's
-    leading dimension is its number of samples).
+    leading dimension is its number of samples), and with ``windows_from_data``
+    the window's micro-batches.
 
     Returns: a float32 scalar, the window's loss so far - the mean over the
     window's micro-batches up to this one, weighted by samples (or items). On the micro-step that
@@ -95,9 +102,13 @@ class GradientAccumulationCell(AccumulationStep):
                  micro_batches_per_epoch: Optional[int] = None, remainder: str = "flush",
                  loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
                  all_reduce: bool = False, weighting: str = "samples", ignore_index: int = -100,
-                 ema_decay: Optional[float] = None):
+                 ema_decay: Optional[float] = None, windows_from_data: bool = False):
         schedule = WindowSchedule(mini_steps, remainder)
-        if micro_batches_per_epoch is not None:
+        if windows_from_data:
+            if micro_batches_per_epoch is not None:
+                raise ValueError("micro_batches_per_epoch with windows_from_data=True: the data's plan ends each "
+                                 "epoch's windows; pass micro_batches_per_epoch=None")
+        elif micro_batches_per_epoch is not None:
             micro_batches_per_epoch = check_positive_int("micro_batches_per_epoch", micro_batches_per_epoch)
             warn_if_longer_than_epoch(schedule.mini_steps, micro_batches_per_epoch, schedule.remainder)
         elif schedule.mini_steps > 1:
@@ -106,7 +117,7 @@ class GradientAccumulationCell(AccumulationStep):
         engine = AccumulationEngine(network_with_loss, optimizer, loss_scaler=loss_scaler,
                                     clip_grad_norm=clip_grad_norm, all_reduce=all_reduce, weighting=weighting,
                                     ignore_index=ignore_index, ema_decay=ema_decay)
-        super().__init__(engine, schedule, micro_batches_per_epoch, clears=True)
+        super().__init__(engine, schedule, micro_batches_per_epoch, clears=True, windows_from_data=windows_from_data)
         #: The weights' moving average (its Parameters are in the train Cell's checkpoint), or None.
         self.ema = engine.ema
         self.optimizer = optimizer
@@ -119,5 +130,7 @@ class GradientAccumulationCell(AccumulationStep):
 
     def settings(self, **more):
         """The engine's settings and the window's, with ``more`` (a front end's): what a resume must match."""
+        if self._windows_from_data:  # the data's plan: the front end records it (WindowedDataset.settings)
+            return self.engine.settings(**more)
         return self.engine.settings(mini_steps=self.mini_steps, remainder=self.remainder,
                                     micro_batches_per_epoch=self.micro_batches_per_epoch, **more)

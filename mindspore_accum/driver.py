@@ -28,7 +28,7 @@ from .norm import warn_if_batchnorm
 from .optimizers import learning_rate_of
 from .run_lock import run_locks
 from .save_config import SaveConfig
-from .schedule import WindowSchedule
+from .schedule import WindowSchedule, window_end
 from .training_state import (
     Progress,
     StateDirectory,
@@ -38,6 +38,7 @@ from .training_state import (
     restore_training_state,
 )
 from .validation import check_choice, check_positive_int
+from .windowed_data import WindowedDataset
 
 __all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
 
@@ -110,6 +111,11 @@ def current_learning_rate(optimizer, just_applied=False):
 
 def _batch_size(inputs):
     return int(inputs[0].shape[0])
+
+
+def _as_tensors(micro_batches):
+    for columns in micro_batches:
+        yield tuple(ms.Tensor(column) for column in columns)
 
 
 @contextlib.contextmanager
@@ -253,6 +259,9 @@ class GradientAccumulation:
                 those before a resume.
             train_dataset: a ``mindspore.dataset`` Dataset (or any re-iterable of
                 input tuples) yielding micro-batches; the last input is the label.
+                Or a :class:`~mindspore_accum.windowed_data.WindowedDataset`:
+                a global batch of any size, or a batch schedule, each window
+                exactly its samples; ``mini_steps`` is then its own.
             mini_steps: micro-batches per optimizer update.
             remainder: ``"flush"`` applies a partial window at the end of each
                 epoch with its true weighting; ``"drop"`` discards it.
@@ -308,9 +317,10 @@ class GradientAccumulation:
         if save.state_dir is not None and writer:
             states = StateDirectory(save.state_dir, save.keep_checkpoints)
         micro_batches = _micro_batches_of(train_dataset)
+        windowed = train_dataset if isinstance(train_dataset, WindowedDataset) else None
         run = _Run(schedule, self._new_state(schedule, train_dataset, micro_batches, seed, settings), states,
                    ckpt_path, micro_batches, tuple(callbacks), log_every, save.save_every,
-                   self._step(schedule, micro_batches))
+                   self._step(schedule, micro_batches, windowed is not None), windowed=windowed)
         self._warn_about(schedule, micro_batches, run.states, save.resume)
         if save.resume is not None:
             run.state = self._resume(save.resume, epoch, run.state)
@@ -329,6 +339,11 @@ class GradientAccumulation:
 
     def _new_state(self, schedule, train_dataset, micro_batches, seed, settings):
         """This call's settings, at the start, with the driver's counters."""
+        if isinstance(train_dataset, WindowedDataset):  # the data's plan is the window's settings
+            recorded = self.engine.settings(model=type(self.network).__name__, seed=seed, amp_level=self.amp_level,
+                                            ranks=self.ranks, **train_dataset.settings())
+            return TrainingState(settings=recorded.merged(settings or {}), progress=self.progress,
+                                 run_id=uuid.uuid4().hex)
         recorded = self.engine.settings(
             model=type(self.network).__name__, mini_steps=schedule.mini_steps, remainder=schedule.remainder,
             batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
@@ -364,11 +379,13 @@ class GradientAccumulation:
             state.next_epoch()
         return state
 
-    def _step(self, schedule, micro_batches):
+    def _step(self, schedule, micro_batches, windows_from_data):
         """The one-graph micro-step for this window and epoch, built once and kept."""
-        key = (schedule.mini_steps, schedule.remainder, micro_batches)
+        key = (None, schedule.remainder, None) if windows_from_data else \
+            (schedule.mini_steps, schedule.remainder, micro_batches)
         if key not in self._steps:
-            self._steps[key] = AccumulationStep(self.engine, schedule, micro_batches, clears=False)
+            self._steps[key] = AccumulationStep(self.engine, schedule, micro_batches, clears=False,
+                                                windows_from_data=windows_from_data)
         return self._steps[key]
 
     # The epoch loop.
@@ -380,6 +397,10 @@ class GradientAccumulation:
         start_epoch, first = state.epoch, state.micro_batch
         remaining = epoch - start_epoch + 1
         if remaining <= 0:
+            return
+        if isinstance(train_dataset, WindowedDataset):  # the plan positions itself, at any micro-batch
+            for number in range(start_epoch, epoch + 1):
+                yield _as_tensors(train_dataset.iterate(number, first if number == start_epoch else 0))
             return
         if hasattr(train_dataset, "create_tuple_iterator"):
             if first >= micro_batches:  # stopped after the epoch's last micro-batch, before its end ran
@@ -404,6 +425,8 @@ class GradientAccumulation:
 
     def _train_epoch(self, run, batches):
         state = run.state
+        if run.windowed is not None:  # a schedule's epochs differ in length
+            run.micro_batches = run.windowed.micro_batches_in(state.epoch)
         run.epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
         restored = len(run.epoch_records)  # made by the run that saved the state, not by this call
         # Every epoch: an evaluation callback may have switched the network to eval mode.
@@ -430,7 +453,10 @@ class GradientAccumulation:
         for callback in run.callbacks:
             callback.micro_step(state.epoch, state.micro_batch, loss, samples)
         # The rule the step Cell has just applied on the device, on the host's counts: no read-back to learn it.
-        update, epoch_end = run.schedule.window_end(run.window, state.micro_batch, run.micro_batches)
+        if run.windowed is not None:  # the window's micro-batches come with the data (a host tensor)
+            update, epoch_end = window_end(run.window, 0, int(inputs[-1].asnumpy()), None, True)
+        else:
+            update, epoch_end = run.schedule.window_end(run.window, state.micro_batch, run.micro_batches)
         if update:
             record = self._close_window(run, applied)
             if run.save_every is not None and not record.skipped and self.total_updates % run.save_every == 0:
@@ -483,9 +509,14 @@ class GradientAccumulation:
         state = run.state
         lr = current_learning_rate(self.optimizer, just_applied=applied)
         micro_batches, items, loss = self._window_figures()
-        flushed = micro_batches < run.schedule.mini_steps
+        flushed = run.windowed is None and micro_batches < run.schedule.mini_steps
         # Samples weighting counts rows, so the buffer's count (over all ranks, once reduced) is the window's samples.
         samples = items if self.weighting == "samples" else state.window_samples * self.ranks
+        samples_seen = self.total_samples * self.ranks
+        if run.windowed is not None:  # the plan knows the window's true total, and the samples before it
+            samples = run.windowed.window_samples(state.epoch, state.micro_batch)
+            samples_seen = run.windowed.plan(state.epoch).consumed_before + samples + \
+                sum(record.samples for record in run.epoch_records)
         empty = not applied and items == 0  # weighting="items", every label ignored: nothing to apply
         if not applied and not empty and not self.engine.skips_overflow:
             ranks = ", over all ranks," if self.distributed else ""
@@ -496,7 +527,7 @@ class GradientAccumulation:
         elif not empty:
             self.progress.skipped_updates += 1
         record = UpdateRecord(state.epoch, len(run.epoch_records) + 1, micro_batches, samples, loss, lr,
-                              self.total_updates, self.total_samples * self.ranks, not applied,
+                              self.total_updates, samples_seen, not applied,
                               self.engine.loss_scale(), items)
         run.epoch_records.append(record)
         if empty:
@@ -570,6 +601,8 @@ class _Run:
     stop: StopSignals = None
     #: Micro-batches in the open window: the host's count, for window_end.
     window: int = 0
+    #: The dataset when it plans the windows (a WindowedDataset), else None.
+    windowed: Optional[WindowedDataset] = None
     #: The epoch's records, those of a resumed state included.
     epoch_records: list = dataclasses.field(default_factory=list)
     #: The records this call made, returned at the end.

@@ -171,14 +171,25 @@ class AccumulationStep(nn.Cell):
             returns the window's loss; False (the driver): it leaves the
             buffer for the driver's callbacks and returns ``(loss, applied)``,
             the micro-batch's loss and whether an update was applied.
+        windows_from_data: the last input of every call is its window's number
+            of micro-batches (an int32 scalar, as
+            :class:`~mindspore_accum.windowed_data.WindowedDataset` yields): the
+            window closes when that many are in, whatever ``schedule.mini_steps``.
+            A count, not a constant of the graph: windows of any size run on
+            one graph. The data's plan ends every epoch's last window, so
+            ``micro_batches_per_epoch`` is not used.
 
     ``epoch_micro_batch`` counts the epoch's micro-batches consumed, on the
     device; 0 again after the epoch's last.
     """
 
     def __init__(self, engine: AccumulationEngine, schedule: WindowSchedule,
-                 micro_batches_per_epoch: Optional[int] = None, clears: bool = True):
+                 micro_batches_per_epoch: Optional[int] = None, clears: bool = True,
+                 windows_from_data: bool = False):
         super().__init__(auto_prefix=False)
+        self._windows_from_data = bool(windows_from_data)
+        if windows_from_data:
+            micro_batches_per_epoch = None
         self.engine = engine
         self.buffer = engine.buffer
         self.forward_backward, self.optim, self.clear = engine.forward_backward, engine.optim, engine.clear
@@ -196,6 +207,11 @@ class AccumulationStep(nn.Cell):
         self._not_applied = Tensor(False, ms.bool_)
 
     def construct(self, *inputs):
+        if self._windows_from_data:
+            loss = self.forward_backward(*inputs[:-1])
+            window = ops.depend(self.window_micro_steps, loss)
+            update, _ = window_end(window, 0, inputs[-1], None, self._flush)
+            return self._update(loss) if update else self._open(loss)
         loss = self.forward_backward(*inputs)
         window = ops.depend(self.window_micro_steps, loss)
         if not self._knows_epoch:
