@@ -174,7 +174,8 @@ class WindowedDataset:
         previous = self.samples.get_init_step()
         self.samples.set_init_step((epoch - 1) * self.rows + row)
         try:
-            iterator = self.samples.create_tuple_iterator(num_epochs=1, output_numpy=True)
+            # num_epochs reaches the cursor's epoch; one pass of the iterator stops at that epoch's end.
+            iterator = self.samples.create_tuple_iterator(num_epochs=epoch, output_numpy=True)
         finally:
             self.samples.set_init_step(previous)
         return iter(iterator)

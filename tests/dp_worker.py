@@ -28,6 +28,7 @@ from mindspore_accum import (  # noqa: E402
     SaveConfig,
     init_data_parallel,
 )
+from mindspore_accum.windowed_data import WindowedDataset  # noqa: E402
 from model_zoo_adapters.transformer import TokenCrossEntropy  # noqa: E402
 from nets import LOSS, MLP, TokenMLP, params_of, token_batches  # noqa: E402
 
@@ -92,6 +93,23 @@ def train_tokens(rank, args):
              samples=[r.samples for r in history], loss=[r.loss for r in history])
 
 
+def train_global_batch(network, rank, ranks, args):
+    """A global batch over the ranks' unequal shares: every rank reads every sample and keeps its own."""
+    features, labels = samples(args.samples)
+    rows = ds.GeneratorDataset(Rows(features, labels), ["x", "label"], shuffle=False).batch(1)
+    windowed = WindowedDataset(rows, args.batch_size, args.global_batch_size, rank=rank, ranks=ranks)
+    optimizer = nn.Momentum(network.trainable_params(), 0.1, 0.9)
+    if args.engine == "model":
+        cell = GradientAccumulationCell(nn.WithLossCell(network, LOSS), optimizer, all_reduce=True,
+                                        windows_from_data=True)
+        Model(cell).train(args.epochs, windowed.as_dataset(), dataset_sink_mode=False)
+        return {"micro_batches": [windowed.micro_batches_in(1)]}
+    history = GradientAccumulation(network, LOSS, optimizer, distributed=True).train_process(
+        args.epochs, windowed, save=SaveConfig(ckpt_path=None, handle_signals=False), log_every=None)
+    return {"samples": [r.samples for r in history], "micro_batches": [r.micro_batches for r in history],
+            "samples_seen": [r.samples_seen for r in history]}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -102,6 +120,8 @@ def main():
     parser.add_argument("--engine", choices=("driver", "model"), default="driver")
     parser.add_argument("--weighting", choices=("samples", "items"), default="samples",
                         help="items: TokenMLP on token micro-batches whose valid tokens differ between the ranks")
+    parser.add_argument("--global_batch_size", type=int, default=None,
+                        help="windows of this many samples over both ranks (WindowedDataset), shares unequal")
     parser.add_argument("--poison_rank", type=int, default=None,
                         help="this rank's 5th micro-batch gets a NaN (driver engine): every rank must stop together")
     args = parser.parse_args()
@@ -114,6 +134,10 @@ def main():
     network = MLP()
     if rank == 0:
         np.savez(os.path.join(args.out, "initial.npz"), **params_of(network))
+    if args.global_batch_size:
+        records = train_global_batch(network, rank, ranks, args)
+        np.savez(os.path.join(args.out, f"final{rank}.npz"), **params_of(network))
+        return np.savez(os.path.join(args.out, f"records{rank}.npz"), **records)
     features, labels = samples(args.samples)
     features[:, 1] = np.arange(args.samples) / 64  # every row carries its index (exact in float32): the shards
     dataset = ds.GeneratorDataset(Rows(features, labels), ["x", "label"], shuffle=False,

@@ -314,3 +314,41 @@ def test_ranks_launched_with_different_settings_all_refuse_naming_the_first_diff
         assert last == ("train.py: error: --mini_steps is 4 on rank 1 but 2 on rank 0: launch every rank with the "
                         "same flags"), last
     assert not (tmp_path / "gradient_accumulation.ckpt").exists()
+
+
+@pytest.mark.parametrize("engine", ["driver", "model"])
+def test_a_global_batch_of_33_over_two_ranks_of_unequal_shares_equals_the_steps_on_its_windows(tmp_path, engine):
+    """Issue 29: 60 samples in windows of 33 and 27; rank 0 holds 17 (16 + 1) and 14, rank 1 16 (one micro-step)
+    and 13. The reference is one step per window on those samples, sliced from the sample order by hand."""
+    status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", tmp_path, "--samples", 60, "--batch_size",
+                             16, "--mini_steps", 0, "--global_batch_size", 33, "--engine", engine,
+                             log_dir=tmp_path / "logs", cwd=tmp_path)
+    assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
+    from dp_worker import samples
+    features, labels = samples(60)
+    reference = MLP()
+    for param in reference.get_parameters():
+        param.set_data(Tensor(load(tmp_path / "initial.npz")[param.name]))
+    step = nn.TrainOneStepCell(nn.WithLossCell(reference, LOSS), nn.Momentum(reference.trainable_params(), 0.1, 0.9))
+    control = {p.name: p.asnumpy().copy() for p in reference.get_parameters()}
+    for start, stop in ((0, 33), (33, 60)):
+        step(Tensor(features[start:stop]), Tensor(labels[start:stop]))
+    expected = {p.name: p.asnumpy() for p in reference.get_parameters()}
+    finals = [load(tmp_path / f"final{rank}.npz") for rank in (0, 1)]
+    for name in expected:
+        np.testing.assert_array_equal(finals[0][name], finals[1][name], err_msg=f"ranks disagree on {name}")
+        np.testing.assert_allclose(finals[0][name], expected[name], rtol=RTOL, atol=ATOL, err_msg=name)
+    # Control: the windows cut at the micro-batch over both ranks (32 and 28) end elsewhere.
+    for param in reference.get_parameters():
+        param.set_data(Tensor(control[param.name]))
+    step = nn.TrainOneStepCell(nn.WithLossCell(reference, LOSS), nn.Momentum(reference.trainable_params(), 0.1, 0.9))
+    for start, stop in ((0, 32), (32, 60)):
+        step(Tensor(features[start:stop]), Tensor(labels[start:stop]))
+    assert max(np.abs(finals[0][p.name] - p.asnumpy()).max() for p in reference.get_parameters()) > 100 * ATOL
+    records = [load(tmp_path / f"records{rank}.npz") for rank in (0, 1)]
+    if engine == "driver":  # the true totals over both ranks, not a rank's count times two
+        assert [r["samples"].tolist() for r in records] == [[33, 27]] * 2
+        assert [r["samples_seen"].tolist() for r in records] == [[33, 60]] * 2
+        assert [r["micro_batches"].tolist() for r in records] == [[2, 1], [1, 1]]
+    else:
+        assert [r["micro_batches"].tolist() for r in records] == [[3], [2]]

@@ -6,11 +6,22 @@ atol 1e-6): the same gradient summed in another order. Controls: windows cut at 
 samples) instead of 100, and a ramp that counts micro-batches instead of samples, must differ.
 """
 
+import dataclasses
+import os
+import signal
+
+import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Model, Tensor, nn
 
-from mindspore_accum import GradientAccumulation, GradientAccumulationCell
+from mindspore_accum import (
+    DriverCallback,
+    GradientAccumulation,
+    GradientAccumulationCell,
+    SaveConfig,
+    TrainingInterrupted,
+)
 from mindspore_accum.batch_size import BatchSchedule, rank_shares, resolve_batch_sizes
 from mindspore_accum.windowed_data import WindowedDataset
 from nets import LOSS, MLP, NO_CKPT, params_of, reference_steps, twin
@@ -164,3 +175,61 @@ def test_a_ramp_equals_the_plain_steps_on_its_windows():
     wrong = reference_steps(control, momentum(control.trainable_params()),
                             windows_by_hand(data, labels, by_micro_batches))
     assert max_difference(params_of(accumulated), wrong) > 100 * ATOL
+
+
+# Resume: mid-ramp and mid-window, from a shuffled MindSpore pipeline positioned at a sample.
+
+def shuffled_samples(count=60, seed=5):
+    """A shuffling mindspore.dataset pipeline of single samples (batches of one)."""
+    import mindspore.dataset as ds
+    _, data, labels = samples(count, seed=3)
+    ds.config.set_seed(seed)
+    return ds.NumpySlicesDataset({"data": data, "label": labels}, shuffle=True).batch(1)
+
+
+class StopAt(DriverCallback):
+    """SIGINT after micro-batch ``at`` = (epoch, micro-batch)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def micro_step(self, epoch, micro_batch, loss, samples):
+        if (epoch, micro_batch) == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def ramp_run(state_dir, schedule, **kwargs):
+    ms.set_seed(kwargs.pop("init_seed", 0))
+    network = MLP()
+    driver = GradientAccumulation(network, LOSS, nn.Adam(network.trainable_params(), 0.01))
+    windowed = WindowedDataset(shuffled_samples(), 8, schedule)
+    history = driver.train_process(3, windowed, save=SaveConfig(ckpt_path=None, state_dir=str(state_dir),
+                                                                  resume=kwargs.pop("resume", None)), **kwargs)
+    return driver, history
+
+
+RAMP = BatchSchedule(48, rampup=(16, 16, 96))  # 16 until 48 samples, 32 until 96, then 48; 60 samples an epoch
+
+
+def test_a_resume_mid_ramp_and_mid_window_is_bit_exact(tmp_path):
+    whole, expected = ramp_run(tmp_path / "whole", RAMP)
+    # Epoch 1: 16, 16, 16, 12. Epoch 2 starts at 60 samples: 32 (4 micro-batches of 8), then 28 (8, 8, 8, 4) where
+    # 48 would not fit: its micro-batch 6 is mid-window.
+    assert [r.samples for r in expected] == [16, 16, 16, 12, 32, 28, 48, 12]
+    with pytest.raises(TrainingInterrupted) as stopped:
+        ramp_run(tmp_path / "cut", RAMP, callbacks=[StopAt((2, 6))])
+    resumed, history = ramp_run(tmp_path / "cut", RAMP, init_seed=7, resume=stopped.value.state_path)
+    for name, value in params_of(whole.network).items():
+        np.testing.assert_array_equal(params_of(resumed.network)[name], value, err_msg=name)
+    # The 5 windows before the stop are the first run's; the resumed run makes the rest, records and all.
+    assert [dataclasses.astuple(r) for r in history] == [dataclasses.astuple(r) for r in expected[5:]]
+    # Control: resumed from weights that were not restored, the run differs.
+    other, _ = ramp_run(tmp_path / "other", BatchSchedule(48, rampup=(16, 16, 96)), init_seed=7)
+    assert max_difference(params_of(other.network), params_of(whole.network)) > 1e-4
+
+
+def test_a_resume_that_changes_the_schedule_is_refused_by_name(tmp_path):
+    with pytest.raises(TrainingInterrupted) as stopped:
+        ramp_run(tmp_path, RAMP, callbacks=[StopAt((1, 3))])
+    with pytest.raises(ValueError, match="batch_rampup"):
+        ramp_run(tmp_path, BatchSchedule(48, rampup=(16, 32, 96)), resume=stopped.value.state_path)
