@@ -32,6 +32,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/data_parallel.py
 	$(PY) benchmarks/weighting.py
+	$(PY) benchmarks/batch_ramp.py
 	$(PY) benchmarks/text_lm.py
 	$(PY) benchmarks/efficientnet.py
 	$(PY) benchmarks/zoo.py

@@ -7,6 +7,7 @@ window's samples, never summed.
 """
 
 from .accumulation_cell import GradientAccumulationCell
+from .batch_size import BatchSchedule, BatchSizes, resolve_batch_sizes
 from .callbacks import Callback, DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
@@ -37,6 +38,7 @@ from .save_config import SaveConfig
 from .schedule import WindowSchedule, window_end
 from .settings import RunSettings, data_fingerprint
 from .training_state import TrainingState, read_training_state
+from .windowed_data import WindowedDataset
 
 __version__ = "0.4.0"
 
@@ -46,6 +48,8 @@ __all__ = [
     # The tutorial's three Cells, and the accumulation step both engines run.
     "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear", "AccumulationEngine",
     "AccumulationStep", "WindowSchedule", "window_end",
+    # Batch size as users state it: the rule of two, the schedules, windows cut at any size.
+    "resolve_batch_sizes", "BatchSizes", "BatchSchedule", "WindowedDataset",
     # The driver, its settings, records and hooks (DriverCallback; Callback is its old name).
     "GradientAccumulation", "SaveConfig", "UpdateRecord", "DriverCallback", "Callback", "MetricsLog",
     "ProgressBar", "GradFlowSaver", "plot_grad_flow",

@@ -217,6 +217,7 @@ class _Epochs:
         return self.windowed.micro_batches_in(self.epoch) - self.start
 
     def __iter__(self):
+        # A generator takes its epoch when first read: GeneratorDataset's validator calls iter() once to check.
         epoch, start = self.epoch, self.start
         self.epoch, self.start = epoch + 1, 0
-        return self.windowed.iterate(epoch, start)
+        yield from self.windowed.iterate(epoch, start)

@@ -80,6 +80,8 @@ class DatasetEntry:
 
     ``classes(data_path, train)`` counts its classes (None: no classes, a language model's bytes).
     ``default_path``: where it is when ``--data_path`` is not given (None: it must be).
+    ``pad_values``: ``{column index: value}`` for the columns whose samples differ in length (token ids), which a
+    micro-batch is padded with (:class:`~mindspore_accum.windowed_data.WindowedDataset`); None: none differ.
     """
 
     name: str
@@ -89,6 +91,7 @@ class DatasetEntry:
     image_size: Optional[int] = None
     classes: Optional[Callable] = None
     default_path: Optional[str] = None
+    pad_values: Optional[dict] = None
 
 
 MODELS = {}
@@ -232,6 +235,7 @@ register_dataset("imagefolder", channels=3, image_size=224,
 
 # Text keeps its last, shorter micro-batch (no drop_remainder): no sample is lost, and the engines weight it by
 # its true size.
-register_dataset("text", task="lm", default_path="pydoc")(text.create_lm_dataset)
-register_dataset("text_classification", task="classify", default_path="pydoc",
+register_dataset("text", task="lm", default_path="pydoc", pad_values={0: text.PAD_ID, 1: text.IGNORE_INDEX})(
+    text.create_lm_dataset)
+register_dataset("text_classification", task="classify", default_path="pydoc", pad_values={0: text.PAD_ID},
                  classes=lambda path, train: text.read_labelled(path, train)[2])(text.create_classification_dataset)

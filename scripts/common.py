@@ -298,9 +298,9 @@ def build_loss(args):
     return registry.TASKS[task_of(args.model)].loss()
 
 
-def build_dataset(args, train, **kwargs):
-    """The dataset ``args`` names, batched by ``args.batch_size``, through the registry."""
-    return registry.create_dataset(args.dataset, args.data_path, args.batch_size, train=train,
+def build_dataset(args, train, batch_size=None, **kwargs):
+    """The dataset ``args`` names, batched by ``batch_size`` (default ``args.batch_size``), through the registry."""
+    return registry.create_dataset(args.dataset, args.data_path, batch_size or args.batch_size, train=train,
                                    num_classes=args.num_classes, image_size=args.image_size,
                                    augment=args.augment if train else (), seq_len=args.seq_len, bucket=args.bucket,
                                    **kwargs)

@@ -3,8 +3,9 @@
     python scripts/plot.py --metrics gradient_accumulation_metrics.jsonl --out plots
 
 Writes loss.png (the window loss per update, with the per-epoch train and test
-losses at each epoch's last update) and, when the run evaluated every epoch,
-accuracy.png (test accuracy per epoch).
+losses at each epoch's last update), batch.png (each update's samples: the
+effective batch over training, which a batch schedule changes) and, when the
+run evaluated every epoch, accuracy.png (test accuracy per epoch).
 """
 
 import argparse
@@ -68,6 +69,21 @@ def plot_loss(updates, epochs, path):
     plt.close(figure)
 
 
+def plot_batch(updates, path):
+    """Each update's window in samples against the samples consumed; returns the ``(x, y)`` drawn."""
+    x = [u.get("samples_seen", i) for i, u in enumerate(updates, start=1)]
+    y = [u["samples"] for u in updates]
+    figure, axes = plt.subplots(figsize=(8, 3.5))
+    axes.step(x, y, where="post")
+    axes.set_xlabel("samples consumed")
+    axes.set_ylabel("samples in the update's window")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return x, y
+
+
 def plot_accuracy(epochs, path):
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot([e["epoch"] for e in epochs], [e["test_accuracy"] for e in epochs], "o-")
@@ -93,6 +109,9 @@ def main():
         return 2
     written = [os.path.join(args.out, "loss.png")]
     plot_loss(updates, epochs, written[0])
+    if all("samples" in u for u in updates):
+        written.append(os.path.join(args.out, "batch.png"))
+        plot_batch(updates, written[-1])
     with_accuracy = [e for e in epochs if "test_accuracy" in e]
     if with_accuracy:
         written.append(os.path.join(args.out, "accuracy.png"))

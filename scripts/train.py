@@ -20,7 +20,6 @@ import os
 import signal
 
 from common import (
-    build_dataset,
     build_loss,
     build_network,
     build_optimizer,
@@ -42,9 +41,9 @@ from mindspore_accum import (
     read_training_state,
 )
 from mindspore_accum.checkpoint import check_ckpt_path, check_writable_directory, load_initial_weights
-from mindspore_accum.schedule import WindowSchedule
 from mindspore_accum.training_state import find_training_state
 from training import (
+    build_training_data,
     check_training_flags,
     epoch_evaluator,
     exit_interrupted,
@@ -116,15 +115,14 @@ def main():
 def train(args, rank, ranks, shards, resumed, device):
     """Builds the data, the network and the callbacks, prints the derived numbers, and trains."""
     say = print if rank == 0 else _silent  # one copy of the output: rank 0's
-    dataset = build_dataset(args, train=True, num_samples=args.num_samples, **shards)
-    updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(dataset.get_dataset_size())
-    print_plan(say, args, device, ranks, dataset.get_dataset_size(), updates)
+    data = build_training_data(args, rank, ranks, shards)
+    print_plan(say, args, device, ranks, data)
     say(f"training states: {state_dir_for(args.ckpt_path)} (every epoch"
         + (f" and every {args.save_every} updates" if args.save_every else "")
         + f", newest {args.keep_checkpoints} kept)")
     if resumed is not None:
         say(f"resuming from {args.resume}: {resumed.where()}")
-    driver = build_driver(args, updates * args.epochs)
+    driver = build_driver(args, data.total_updates)
     callbacks = build_callbacks(say, args, driver, resumed) if rank == 0 else []  # the others write nothing
     progress = next((c for c in callbacks if isinstance(c, ProgressBar)), None)
     save = SaveConfig(ckpt_path=args.ckpt_path, state_dir=state_dir_for(args.ckpt_path), save_every=args.save_every,
@@ -133,7 +131,7 @@ def train(args, rank, ranks, shards, resumed, device):
                       # waiting in the all-reduce; a signal ends every rank at once.
                       handle_signals=not args.distribute)
     try:
-        driver.train_process(args.epochs, dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
+        driver.train_process(args.epochs, data.dataset, mini_steps=args.mini_steps, remainder=args.remainder, save=save,
                             log_every=None if progress is not None and progress.replaces_log_lines
                             else args.log_every, callbacks=callbacks, seed=args.seed,
                             settings=training_settings(args))

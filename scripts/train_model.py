@@ -23,7 +23,6 @@ from mindspore import Model, nn
 from mindspore.train import CheckpointConfig, TimeMonitor
 
 from common import (
-    build_dataset,
     build_loss,
     build_network,
     build_optimizer,
@@ -52,8 +51,8 @@ from mindspore_accum.model_guards import (
     settings_record,
 )
 from mindspore_accum.run_lock import run_lock
-from mindspore_accum.schedule import WindowSchedule
 from training import (
+    build_training_data,
     check_training_flags,
     epoch_evaluator,
     exit_interrupted,
@@ -68,7 +67,8 @@ from training import (
 def parse_args(argv=None):
     """The flags of ``argv`` (default: the command line): the shared core and the Model path's own."""
     parser = training_parser(__doc__, "ckpt", "a directory, as in the model zoo: <model>-<epoch>_<step>.ckpt (the "
-                                              "network, for eval.py) and train/ (the train Cell, to resume from)")
+                                              "network, for eval.py) and train/ (the train Cell, to resume from)",
+                             schedules=False)
     parser.add_argument("--save_steps", type=positive_int, default=None,
                         help="micro-steps between train-Cell checkpoints (default: one per epoch)")
     parser.add_argument("--dataset_sink_mode", action="store_true",
@@ -81,14 +81,16 @@ def parse_args(argv=None):
     return args
 
 
-def resume(cell, path, dataset, epochs, settings):
-    """Loads the train Cell's checkpoint if it fits; positions the dataset; returns the global micro-step."""
+def resume(cell, path, data, epochs, settings):
+    """Loads the train Cell's checkpoint if it fits; returns the global micro-step and the dataset positioned there."""
     step = load_train_cell_checkpoint(cell, path, settings)
-    if step >= epochs * dataset.get_dataset_size():
+    if step >= epochs * data.micro_batches:
         raise ValueError(f"--resume {path!r} is already at micro-step {step}, the end of --epochs {epochs}: "
                          f"pass a larger --epochs")
-    dataset.set_init_step(step)  # MindSpore's cursor: the pipeline restarts at that micro-batch, same shuffle
-    return step
+    if data.windowed is not None:  # the plan starts at any micro-batch (a constant global batch: equal epochs)
+        return step, data.windowed.as_dataset(step // data.micro_batches + 1, step % data.micro_batches)
+    data.dataset.set_init_step(step)  # MindSpore's cursor: the pipeline restarts at that micro-batch, same shuffle
+    return step, data.dataset
 
 
 def main():
@@ -113,30 +115,33 @@ def main():
         return train(args, device, rank, ranks, shards)
 
 
-def build_cell(args, micro_batches, total_updates, all_reduce):
+def build_cell(args, data, all_reduce):
     """The network (from --init_ckpt), AMP, the optimizer (rates over updates) and the train Cell."""
     network = build_network(args)
     if args.init_ckpt:  # before the Cell: the EMA starts from these weights
         load_initial_weights(network, args.init_ckpt)
-    optimizer = build_optimizer(args, network.trainable_params(), learning_rate(args, total_updates))
+    optimizer = build_optimizer(args, network.trainable_params(), learning_rate(args, data.total_updates))
+    windows_from_data = data.windowed is not None
     cell = GradientAccumulationCell(nn.WithLossCell(amp_network(network, args.amp_level), build_loss(args)),
-                                    optimizer, args.mini_steps, micro_batches_per_epoch=micro_batches,
+                                    optimizer, args.mini_steps,
+                                    micro_batches_per_epoch=None if windows_from_data else data.micro_batches,
                                     remainder=args.remainder, loss_scaler=default_loss_scaler(args.amp_level),
                                     clip_grad_norm=args.clip_grad_norm, all_reduce=all_reduce,
-                                    weighting=args.weighting, ema_decay=args.ema_decay)
+                                    weighting=args.weighting, ema_decay=args.ema_decay,
+                                    windows_from_data=windows_from_data)
     return cell, network
 
 
 def train(args, device, rank, ranks, shards):
     """Builds the Cell, resumes if asked, and runs Model.train with the zoo's callbacks and the guards."""
     say = print if rank == 0 else _silent
-    dataset = build_dataset(args, train=True, num_samples=args.num_samples, **shards)
-    micro_batches = dataset.get_dataset_size()
-    updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
-    cell, network = build_cell(args, micro_batches, updates * args.epochs, all_reduce=args.distribute)
+    data = build_training_data(args, rank, ranks, shards)
+    micro_batches = data.micro_batches
+    cell, network = build_cell(args, data, all_reduce=args.distribute)
     settings = cell.settings(amp_level=args.amp_level, ranks=ranks).merged(training_settings(args))
-    start = resume(cell, args.resume, dataset, args.epochs, settings) if args.resume else 0
-    print_plan(say, args, device, ranks, micro_batches, updates)
+    start, dataset = resume(cell, args.resume, data, args.epochs, settings) if args.resume else \
+        (0, data.windowed.as_dataset() if data.windowed is not None else data.dataset)
+    print_plan(say, args, device, ranks, data)
     say(f"checkpoints: {args.ckpt_path} (the network every epoch; the train Cell in {args.ckpt_path}/train every "
         + (f"{args.save_steps} micro-steps" if args.save_steps else "epoch")
         + f", newest {args.keep_checkpoints} kept)"

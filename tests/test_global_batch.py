@@ -157,6 +157,20 @@ def test_the_cell_under_model_equals_the_steps_on_each_window():
     assert_close(params_of(accumulated), expected, "Cell, 2 epochs of 100, 100, 50")
 
 
+def test_the_cell_takes_a_ramp_on_one_graph():
+    rows, data, labels = samples(250)
+    accumulated = MLP()
+    reference = twin(MLP, accumulated)
+    cell = GradientAccumulationCell(nn.WithLossCell(accumulated, LOSS), momentum(accumulated.trainable_params()),
+                                    windows_from_data=True)
+    windowed = WindowedDataset(rows, 32, BatchSchedule(128, rampup=(32, 32, 192)))
+    Model(cell).train(2, windowed.as_dataset(), dataset_sink_mode=False)
+    sizes = [32, 32, 64, 96, 26] + [128, 122]  # epoch 2 opens at 250 consumed: the ramp is over
+    expected = reference_steps(reference, momentum(reference.trainable_params()),
+                               windows_by_hand(np.concatenate([data, data]), np.concatenate([labels, labels]), sizes))
+    assert_close(params_of(accumulated), expected, "Cell, a ramp over 2 epochs")
+
+
 def test_a_ramp_equals_the_plain_steps_on_its_windows():
     rows, data, labels = samples(400)
     schedule = BatchSchedule(128, rampup=(32, 32, 192))
@@ -166,6 +180,8 @@ def test_a_ramp_equals_the_plain_steps_on_its_windows():
     history = driver.train_process(1, WindowedDataset(rows, 32, schedule), save=NO_CKPT)
     sizes = [32, 32, 64, 96, 128, 48]
     assert [r.samples for r in history] == sizes
+    # One graph per micro-batch shape (32, and 16 of the last 48), not one per window.
+    assert sum(len(step.compile_cache) for step in driver._steps.values()) == 2
     assert [r.samples_seen for r in history] == list(np.cumsum(sizes))
     expected = reference_steps(reference, momentum(reference.trainable_params()),
                                windows_by_hand(data, labels, sizes))
