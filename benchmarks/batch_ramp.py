@@ -64,7 +64,7 @@ def main():
     data = {"fixed": fixed,
             "cut128": WindowedDataset(rows, b, 4 * b),
             "n100": WindowedDataset(rows, b, 100),
-            "ramp": WindowedDataset(rows, b, BatchSchedule(4 * b, rampup=(b, b, len(rows))))}
+            "ramp": WindowedDataset(rows, b, schedule=BatchSchedule(4 * b, rampup=(b, b, len(rows))))}
     first = LeNet5(conv_impl=args.conv_impl)
     drivers = {}
     for name in data:

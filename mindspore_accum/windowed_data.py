@@ -74,18 +74,25 @@ class WindowedDataset:
             leading dimension of 1), or a sequence of such tuples of NumPy arrays. A shuffled dataset
             reshuffles every epoch, alike on every rank under the same seed.
         micro_batch_size: the most samples a rank runs in one micro-step.
-        schedule: a :class:`~mindspore_accum.batch_size.BatchSchedule`, or an int: a constant global batch.
+        global_batch_size: every window's samples over all ranks (a constant global batch), or
+        schedule: a :class:`~mindspore_accum.batch_size.BatchSchedule` (a ramp, per epoch) instead.
         rank, ranks: this rank and the number of ranks (data parallel).
         remainder: ``"flush"`` trains the epoch's last, shorter window; ``"drop"`` leaves it out.
         pad_values: ``{column index: value}`` for columns whose samples differ in length (token ids): a
             micro-batch is padded to its longest sample with that value.
     """
 
-    def __init__(self, samples, micro_batch_size: int, schedule, *, rank: int = 0, ranks: int = 1,
-                 remainder: str = "flush", pad_values: Optional[Mapping[int, object]] = None):
+    def __init__(self, samples, micro_batch_size: int, global_batch_size: Optional[int] = None, *,
+                 schedule: Optional[BatchSchedule] = None, rank: int = 0, ranks: int = 1, remainder: str = "flush",
+                 pad_values: Optional[Mapping[int, object]] = None):
+        if (global_batch_size is None) == (schedule is None):
+            raise ValueError("pass one of global_batch_size (a constant global batch) and schedule (a "
+                             "BatchSchedule)")
+        if schedule is not None and not isinstance(schedule, BatchSchedule):
+            raise TypeError(f"schedule must be a mindspore_accum.BatchSchedule, got {schedule!r}")
         self.samples = samples
         self.micro_batch_size = check_positive_int("micro_batch_size", micro_batch_size)
-        self.schedule = schedule if isinstance(schedule, BatchSchedule) else BatchSchedule(schedule)
+        self.schedule = schedule or BatchSchedule(global_batch_size)
         self.ranks = check_positive_int("ranks", ranks)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.ranks:
             raise ValueError(f"rank must be in 0..{self.ranks - 1}, got {rank!r}")

@@ -236,8 +236,8 @@ def build_training_data(args, rank, ranks, shards):
         updates = WindowSchedule(args.mini_steps, args.remainder).updates_per_epoch(micro_batches)
         return TrainingData(dataset, micro_batches, updates, updates * args.epochs)
     samples = build_dataset(args, train=True, num_samples=args.num_samples, batch_size=1, drop_remainder=False)
-    windowed = WindowedDataset(samples, args.batch_size, schedule, rank=rank, ranks=ranks, remainder=args.remainder,
-                               pad_values=registry.dataset_entry(args.dataset).pad_values)
+    windowed = WindowedDataset(samples, args.batch_size, schedule=schedule, rank=rank, ranks=ranks,
+                               remainder=args.remainder, pad_values=registry.dataset_entry(args.dataset).pad_values)
     return TrainingData(windowed, windowed.micro_batches_in(1), windowed.updates_in(1),
                         windowed.total_updates(args.epochs), windowed, schedule)
 

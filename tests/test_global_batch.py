@@ -101,7 +101,7 @@ def test_a_ramp_grows_by_samples_consumed_as_megatron():
         [32, 32, 64, 96, 96, 128, 128]
     rows, _, _ = samples(400)
     # 32 at 0, 64 at 32 (not yet 64 consumed: 32), ...: each window sized at its start.
-    assert WindowedDataset(rows, 32, schedule).plan(1).windows == (32, 32, 64, 96, 128, 48)
+    assert WindowedDataset(rows, 32, schedule=schedule).plan(1).windows == (32, 32, 64, 96, 128, 48)
 
 
 def test_a_schedule_by_epoch_as_lightning():
@@ -120,6 +120,15 @@ def test_bad_schedules_are_refused(kwargs, words):
     with pytest.raises((ValueError, TypeError)) as refused:
         BatchSchedule(**kwargs)
     assert words in str(refused.value)
+
+
+def test_a_windowed_dataset_takes_one_of_the_global_batch_and_a_schedule():
+    rows, _, _ = samples(10)
+    for kwargs in ({}, {"global_batch_size": 4, "schedule": BatchSchedule(4)}):
+        with pytest.raises(ValueError, match="pass one of global_batch_size"):
+            WindowedDataset(rows, 2, **kwargs)
+    with pytest.raises(ValueError, match="below the 3 ranks"):
+        WindowedDataset(rows, 2, 2, ranks=3)
 
 
 # Against the concatenated step.
@@ -163,7 +172,7 @@ def test_the_cell_takes_a_ramp_on_one_graph():
     reference = twin(MLP, accumulated)
     cell = GradientAccumulationCell(nn.WithLossCell(accumulated, LOSS), momentum(accumulated.trainable_params()),
                                     windows_from_data=True)
-    windowed = WindowedDataset(rows, 32, BatchSchedule(128, rampup=(32, 32, 192)))
+    windowed = WindowedDataset(rows, 32, schedule=BatchSchedule(128, rampup=(32, 32, 192)))
     Model(cell).train(2, windowed.as_dataset(), dataset_sink_mode=False)
     sizes = [32, 32, 64, 96, 26] + [128, 122]  # epoch 2 opens at 250 consumed: the ramp is over
     expected = reference_steps(reference, momentum(reference.trainable_params()),
@@ -177,7 +186,7 @@ def test_a_ramp_equals_the_plain_steps_on_its_windows():
     accumulated = MLP()
     reference, control = twin(MLP, accumulated), twin(MLP, accumulated)
     driver = GradientAccumulation(accumulated, LOSS, momentum(accumulated.trainable_params()))
-    history = driver.train_process(1, WindowedDataset(rows, 32, schedule), save=NO_CKPT)
+    history = driver.train_process(1, WindowedDataset(rows, 32, schedule=schedule), save=NO_CKPT)
     sizes = [32, 32, 64, 96, 128, 48]
     assert [r.samples for r in history] == sizes
     # One graph per micro-batch shape (32, and 16 of the last 48), not one per window.
@@ -218,7 +227,7 @@ def ramp_run(state_dir, schedule, **kwargs):
     ms.set_seed(kwargs.pop("init_seed", 0))
     network = MLP()
     driver = GradientAccumulation(network, LOSS, nn.Adam(network.trainable_params(), 0.01))
-    windowed = WindowedDataset(shuffled_samples(), 8, schedule)
+    windowed = WindowedDataset(shuffled_samples(), 8, schedule=schedule)
     history = driver.train_process(3, windowed, save=SaveConfig(ckpt_path=None, state_dir=str(state_dir),
                                                                   resume=kwargs.pop("resume", None)), **kwargs)
     return driver, history
