@@ -22,14 +22,23 @@ __all__ = ["CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar"]
 
 
 class CountOnFrom(Callback):
-    """``Model.train`` counts micro-steps from 0; after a resume, count on from the resumed one (``step``)."""
+    """``Model.train`` counts micro-steps from 0; after a resume, count on from the resumed one (``step``).
 
-    def __init__(self, step: int):
+    ``micro_batches_per_epoch``: the epoch's size, when the dataset's first pass is only the resumed rest of an
+    epoch (``WindowedDataset.as_dataset(epoch, start)``): ``Model`` would take that pass's length for every
+    epoch's, and name the checkpoints' steps by it.
+    """
+
+    def __init__(self, step: int, micro_batches_per_epoch: Optional[int] = None):
         super().__init__()
         self.step = int(step)
+        self.micro_batches_per_epoch = micro_batches_per_epoch
 
     def on_train_begin(self, run_context):
-        run_context.original_args().cur_step_num = self.step
+        params = run_context.original_args()
+        params.cur_step_num = self.step
+        if self.micro_batches_per_epoch is not None:
+            params.batch_num = self.micro_batches_per_epoch
 
 
 class EvaluateEachEpoch(Callback):

@@ -221,6 +221,8 @@ class _Epochs:
         self.windowed, self.epoch, self.start = windowed, epoch, start
 
     def __len__(self):
+        # This pass's: a resumed first pass is shorter (GeneratorDataset checks the count read against it), so
+        # Model must be told the epoch's size apart: CountOnFrom(step, micro_batches_per_epoch).
         return self.windowed.micro_batches_in(self.epoch) - self.start
 
     def __iter__(self):

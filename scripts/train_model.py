@@ -148,7 +148,7 @@ def train(args, device, rank, ranks, shards):
         + (f"; resuming at micro-step {start} from {args.resume}" if args.resume else ""))
     record = settings_record(settings)
     stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
-    callbacks = [CountOnFrom(start), EpochSizeCheck(cell)]
+    callbacks = [CountOnFrom(start, micro_batches), EpochSizeCheck(cell)]
     if rank == 0:
         callbacks += build_callbacks(args, cell, network, micro_batches, record, say)
         # Data parallel: a rank that stopped alone would leave the others in the all-reduce (as train.py).

@@ -135,3 +135,22 @@ def test_non_integer_and_unordered_entries_are_refused_by_the_parser(flags, word
 
 def test_train_model_py_refuses_the_schedules_it_cannot_count(tmp_path):
     assert_refused(parse_in_process("train_model.py", "--batch_rampup", 8, 8, 100), "--batch_rampup")
+
+
+def test_train_model_py_resumes_a_global_batch_mid_window_bit_exact(tmp_path, tiny_mnist, initial):
+    # Windows of 20 = 8 + 8 + 4 and the epoch's last 4: 10 micro-batches an epoch; micro-step 15 is in epoch 2's
+    # second window.
+    flags = ("--data_path", tiny_mnist, *FLAGS, "--global_batch_size", 20, "--init_ckpt", initial)
+    whole = run_script("train_model.py", *flags, "--save_steps", 5, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    resumed = run_script("train_model.py", *flags[:-2], "--ckpt_path", "again", "--resume",
+                         tmp_path / "ckpt" / "train" / "train-2_5.ckpt", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at micro-step 15" in resumed.stdout
+    expected = ms.load_checkpoint(str(tmp_path / "ckpt" / "lenet-2_10.ckpt"))
+    actual = ms.load_checkpoint(str(tmp_path / "again" / "lenet-2_10.ckpt"))
+    for name, value in expected.items():
+        np.testing.assert_array_equal(actual[name].asnumpy(), value.asnumpy(), err_msg=name)
+    # Control: the checkpoint it resumed from is behind the end.
+    start = ms.load_checkpoint(str(tmp_path / "ckpt" / "train" / "train-2_5.ckpt"))
+    assert not np.array_equal(start["conv1.weight"].asnumpy(), expected["conv1.weight"].asnumpy())
