@@ -24,9 +24,9 @@ from .files import (
 from .validation import PathLike
 
 __all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
-           "save_network_checkpoint",
+           "save_network_checkpoint", "WEIGHTS", "holds_average", "head_classes",
            "load_network_checkpoint", "load_initial_weights", "write_checkpoint_atomically", "read_checkpoint",
-           "remove_stale_temporaries", "remove_partial_files", "mismatches"]
+           "remove_stale_temporaries", "remove_partial_files", "mismatches", "summarise_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,20 @@ DEFAULT_CKPT_PATH = "gradient_accumulation.ckpt"
 TRAINING_STATE_KEY = "mindspore_accum_training_state"
 #: The prefix of the network's tensors in a training-state checkpoint.
 NETWORK_PREFIX = "network/"
+#: The prefixes of the weights' moving average: in a training state, and in a train-Cell checkpoint.
+AVERAGE_PREFIXES = ("ema/ema.", "ema.")
+#: Which weights a training state's (or train-Cell checkpoint's) network is loaded with: the raw ones, or
+#: their moving average (``--ema_decay``). A bare model checkpoint holds one set, the averages if the run had them.
+WEIGHTS = ("raw", "ema")
+#: A refusal names this many tensors of a kind, and counts the rest.
+NAMES_SHOWN = 5
+
+
+def summarise_names(names):
+    """``a, b, c, d, e and 85 more``: a message names a few tensors, not hundreds."""
+    names = list(names)
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
 def check_ckpt_path(path):
@@ -87,37 +101,34 @@ def mismatches(expected, saved):
                    for name in sorted(set(expected) & set(saved)) if tuple(saved[name]) != tuple(expected[name])]
     problems = []
     if missing:
-        problems.append("missing " + ", ".join(missing))
+        problems.append(f"missing {len(missing)}: " + summarise_names(missing))
     if unexpected:
-        problems.append("unexpected " + ", ".join(unexpected))
+        problems.append(f"unexpected {len(unexpected)}: " + summarise_names(unexpected))
     if wrong_shape:
-        problems.append("shape mismatch " + "; ".join(wrong_shape))
+        shown = "; ".join(wrong_shape[:NAMES_SHOWN])
+        problems.append("shape mismatch " + shown + (f"; and {len(wrong_shape) - NAMES_SHOWN} more"
+                                                     if len(wrong_shape) > NAMES_SHOWN else ""))
     return problems
 
 
-def load_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> ms.nn.Cell:
+def load_network_checkpoint(network: ms.nn.Cell, path: PathLike, weights: str = "raw") -> ms.nn.Cell:
     """Loads the checkpoint at ``path`` into ``network``, all of it or nothing.
 
     Names and shapes are compared before anything is loaded, so a checkpoint of
     another model is refused with the mismatched parameters named and the
     network left untouched. A training state (``state-*.ckpt``) or a train-Cell
     checkpoint (``train/train-*.ckpt``) is accepted too: its network's tensors
-    are loaded.
+    are loaded - its raw weights, or with ``weights="ema"`` their moving
+    average (the trainable weights; BatchNorm's statistics are the network's).
 
     Raises:
         CheckpointError: the file is missing, is not a MindSpore checkpoint, is
-            corrupt, or does not fit ``network``.
+            corrupt, does not fit ``network``, or holds no average to load.
     """
     path = os.fspath(path)
-    saved = read_checkpoint(path)
-    if TRAINING_STATE_KEY in saved:
-        saved = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items()
-                 if name.startswith(NETWORK_PREFIX)}
-        logger.info("%s is a training state: loading the network it holds", path)
-    elif "step_num" in saved:  # a train-Cell checkpoint: the network's tensors beside the optimizer's and the buffer's
-        names = {param.name for param in network.get_parameters()}
-        saved = {name: value for name, value in saved.items() if name in names}
-        logger.info("%s is a train-Cell checkpoint: loading the network it holds (its raw weights)", path)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    saved = _network_tensors(read_checkpoint(path), network, weights, path)
     problems = mismatches({param.name: param.shape for param in network.get_parameters()},
                           {name: value.shape for name, value in saved.items()})
     if problems:
@@ -127,6 +138,52 @@ def load_network_checkpoint(network: ms.nn.Cell, path: PathLike) -> ms.nn.Cell:
         raise CheckpointError(f"checkpoint {path!r}: parameters not loaded: {', '.join(not_loaded)}")
     logger.info("loaded checkpoint %s", path)
     return network
+
+
+def _network_tensors(saved, network, weights, path):
+    """The network's tensors of a read checkpoint: a bare one's, or a state's or train Cell's raw or averaged."""
+    if TRAINING_STATE_KEY in saved:
+        raw = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items() if name.startswith(NETWORK_PREFIX)}
+        kind = "a training state"
+    elif "step_num" in saved:  # a train-Cell checkpoint: the network's tensors beside the optimizer's and the buffer's
+        names = {param.name for param in network.get_parameters()}
+        raw = {name: value for name, value in saved.items() if name in names}
+        kind = "a train-Cell checkpoint"
+    else:
+        if weights == "ema":
+            raise CheckpointError(f"{path!r} is a model checkpoint: it holds one set of weights (the averages, if "
+                                  f"the run had --ema_decay); drop --weights ema")
+        return saved
+    if weights == "raw":
+        logger.info("%s is %s: loading the network it holds (its raw weights)", path, kind)
+        return raw
+    average = _averages(saved)
+    if not average:
+        raise CheckpointError(f"{path!r} holds no moving average (its run had no --ema_decay): drop --weights ema")
+    logger.info("%s is %s: loading the moving average of its weights", path, kind)
+    return {**raw, **average}
+
+
+def _averages(saved):
+    for prefix in AVERAGE_PREFIXES:
+        found = {name[len(prefix):]: value for name, value in saved.items() if name.startswith(prefix)}
+        if found:
+            return found
+    return {}
+
+
+def holds_average(path: PathLike) -> bool:
+    """True when ``path`` is a training state or train-Cell checkpoint that holds a moving average of its weights."""
+    saved = read_checkpoint(os.fspath(path))
+    return (TRAINING_STATE_KEY in saved or "step_num" in saved) and bool(_averages(saved))
+
+
+def head_classes(network: ms.nn.Cell, path: PathLike):
+    """The outputs of ``network``'s head (its last ``nn.Dense``) as ``path`` holds it, or None if it has none."""
+    head = _head_parameters(network)
+    saved = _network_tensors(read_checkpoint(os.fspath(path)), network, "raw", path)
+    shapes = [tuple(saved[name].shape) for name in head if name in saved]
+    return shapes[0][0] if shapes else None
 
 
 def load_initial_weights(network: ms.nn.Cell, path: PathLike) -> List[str]:

@@ -113,6 +113,15 @@ def _batch_size(inputs):
     return int(inputs[0].shape[0])
 
 
+def _fixed_batch_size(dataset):
+    """The dataset's micro-batch, or None where it has none fixed (bucket_batch_by_length says 1)."""
+    import mindspore.dataset as ds
+    bucketed = getattr(ds.engine.datasets, "BucketBatchByLengthDataset", ())
+    if not hasattr(dataset, "get_batch_size") or isinstance(dataset, bucketed):
+        return None
+    return dataset.get_batch_size()
+
+
 def _as_tensors(micro_batches):
     for columns in micro_batches:
         yield tuple(ms.Tensor(column) for column in columns)
@@ -346,7 +355,7 @@ class GradientAccumulation:
                                  run_id=uuid.uuid4().hex)
         recorded = self.engine.settings(
             model=type(self.network).__name__, mini_steps=schedule.mini_steps, remainder=schedule.remainder,
-            batch_size=train_dataset.get_batch_size() if hasattr(train_dataset, "get_batch_size") else None,
+            batch_size=_fixed_batch_size(train_dataset),
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level, ranks=self.ranks)
         return TrainingState(settings=recorded.merged(settings or {}), progress=self.progress,
                              run_id=uuid.uuid4().hex)

@@ -165,6 +165,8 @@ def read_checkpoint(path, what="checkpoint", hint="pass the file written by trai
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} {path!r} does not exist: {hint}")
+    if os.path.getsize(path) == 0:  # MindSpore's words for it name its filter_prefix arguments
+        raise CheckpointError(f"{what} {path!r} is empty (0 bytes), as a write cut short leaves it: {hint}")
     try:
         with _quiet_mindspore():
             return ms.load_checkpoint(path, crc_check=True)

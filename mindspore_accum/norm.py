@@ -10,6 +10,7 @@ own, so accumulation is exact again (the recipe PyTorch users follow).
 
 import collections
 import logging
+import math
 from typing import Optional
 
 from mindspore import nn
@@ -50,7 +51,7 @@ def default_groups(channels):
     return max(g for g in range(1, min(MAX_GROUPS, channels) + 1) if channels % g == 0)
 
 
-def convert_bn_to_gn(network: nn.Cell, num_groups: Optional[int] = None) -> nn.Cell:
+def convert_bn_to_gn(network: nn.Cell, num_groups: Optional[int] = None, *, name: str = "num_groups") -> nn.Cell:
     """Replaces every ``nn.BatchNorm2d`` in ``network`` with an ``nn.GroupNorm``, in place.
 
     Each GroupNorm has the BatchNorm's channels and eps, and starts from the
@@ -75,22 +76,27 @@ def convert_bn_to_gn(network: nn.Cell, num_groups: Optional[int] = None) -> nn.C
         ``network``, for chaining.
 
     Raises:
-        ValueError: ``num_groups`` does not divide some layer's channels;
+        name: what the messages call ``num_groups`` (a front end's argument, e.g. ``gn_groups``).
+
+    Raises:
+        ValueError: ``num_groups`` does not divide some layer's channels (the message lists the counts that do);
             nothing is converted then.
     """
     if not isinstance(network, nn.Cell):
         raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}")
     if num_groups is not None:
-        num_groups = check_positive_int("num_groups", num_groups, example=32)
+        num_groups = check_positive_int(name, num_groups, example=32)
     found = []  # (parent, child name, full name, BatchNorm2d, groups); all checked before any is changed
     for full, parent, child_name, bn in child_cells(network):
         if not isinstance(bn, nn.BatchNorm2d):
             continue
         groups = default_groups(bn.num_features) if num_groups is None else min(num_groups, bn.num_features)
         if bn.num_features % groups:
-            raise ValueError(f"num_groups={num_groups} does not divide the {bn.num_features} channels of "
-                             f"{full}: pass a num_groups that divides every BatchNorm2d's channels, e.g. 32 "
-                             f"for a ResNet")
+            common = math.gcd(*(cell.num_features for _, _, _, cell in child_cells(network)
+                                if isinstance(cell, nn.BatchNorm2d)))
+            fits = [g for g in range(1, common + 1) if common % g == 0]
+            raise ValueError(f"{name} {num_groups} does not divide the {bn.num_features} channels of {full}: pass "
+                             f"one that divides every BatchNorm2d's channels, here {', '.join(map(str, fits))}")
         found.append((parent, child_name, full, bn, groups))
     replaced = {}
     for parent, child_name, full, bn, groups in found:

@@ -59,7 +59,7 @@ def create_mindcv_model(name, num_classes, in_channels=3, norm="batch", gn_group
                          + (f"; similar: {', '.join(close)}" if close else "") + ": see mindcv.models.list_models()")
     network = models.create_model(name, num_classes=num_classes, in_channels=in_channels)
     if norm == "group":
-        convert_bn_to_gn(network, gn_groups)
+        convert_bn_to_gn(network, gn_groups, name="gn_groups")
     use_im2col(network, conv_impl)
     return network
 

@@ -44,6 +44,8 @@ __all__ = ["PAD_ID", "CLS_ID", "VOCAB_SIZE", "IGNORE_INDEX", "PYDOC_CLASSES", "e
            "read_labelled", "create_lm_dataset", "create_classification_dataset", "TextFormatError"]
 
 PAD_ID, CLS_ID, VOCAB_SIZE = 0, 257, 258
+#: The largest label a JSONL line may give: the labels are int32.
+MAX_LABEL = 2 ** 31 - 2
 #: The label of a padded position: nn.CrossEntropyLoss's default ignore_index.
 IGNORE_INDEX = -100
 #: The pydoc topics labelled for classification, in label order.
@@ -93,10 +95,14 @@ def read_corpus(data_path, train):
         return [p for p in _unique(p for index, text in enumerate(topics) if index % 8 == 7
                                    for p in _paragraphs(text)) if p not in seen]
     path, split = _resolve(data_path, train, ".txt")
+    if path.endswith(".jsonl"):
+        raise TextFormatError(f"--data_path {path!r} holds labelled JSON lines, which are for bert_* "
+                              f"(--dataset text_classification); a language model reads plain text: give a .txt "
+                              f"file")
     paragraphs = _paragraphs(_read(path))
     if not paragraphs:
         raise TextFormatError(f"{path}: no paragraph of {_MIN_BYTES} bytes or more: give a UTF-8 text file")
-    return _split(paragraphs, split)
+    return _held_out_checked(_split(paragraphs, split), split, path, len(paragraphs), "paragraphs")
 
 
 def read_labelled(data_path, train):
@@ -121,11 +127,15 @@ def read_labelled(data_path, train):
         if not isinstance(text, str) or isinstance(label, bool) or not isinstance(label, int) or label < 0:
             raise TextFormatError(f"{path}:{number}: \"text\" must be a string and \"label\" a whole number >= 0, "
                                   f"got {text!r:.40} and {label!r}")
+        if label > MAX_LABEL:
+            raise TextFormatError(f"{path}:{number}: label {label} is beyond {MAX_LABEL}, the most a classifier's "
+                                  f"int32 labels hold: number the classes from 0")
         rows.append((text, label))
     if not rows:
         raise TextFormatError(f"{path}: no labelled line")
     classes = max(label for _, label in rows) + 1
-    rows = _split(rows, split)
+    total = len(rows)
+    rows = _held_out_checked(_split(rows, split), split, path, total, "labelled lines")
     return [t for t, _ in rows], [label for _, label in rows], classes
 
 
@@ -143,6 +153,14 @@ def _resolve(data_path, train, suffix):
     return data_path, "train" if train else "valid"
 
 
+def _held_out_checked(rows, split, path, total, what):
+    """``rows``, refusing an empty held-out split of one file (fewer than 10 rows) by name."""
+    if not rows and split == "valid":
+        raise TextFormatError(f"{path}: its {total} {what} leave the held-out split empty (every 10th is held out): "
+                              f"give at least 10, or a directory with the train and valid files")
+    return rows
+
+
 def _split(rows, split):
     """Every 10th row is held out when one file holds both splits."""
     if split is None:
@@ -152,7 +170,7 @@ def _split(rows, split):
 
 def _read(path):
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is no text
             return handle.read()
     except UnicodeDecodeError as error:
         raise TextFormatError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
@@ -189,7 +207,7 @@ def create_lm_dataset(data_path="pydoc", batch_size=8, train=True, seq_len=64, b
     data = ds.GeneratorDataset(_Rows(rows), ["input_ids", "labels"], shuffle=train if shuffle is None else shuffle,
                                num_shards=num_shards, shard_id=shard_id)
     return _checked(_batched(data, {"input_ids": PAD_ID, "labels": IGNORE_INDEX}, batch_size, drop_remainder, bucket,
-                             seq_len), batch_size, len(rows), data_path)
+                             seq_len), batch_size, len(rows), data_path, train, num_shards)
 
 
 def create_classification_dataset(data_path="pydoc", batch_size=8, train=True, seq_len=128, num_samples=None,
@@ -206,15 +224,18 @@ def create_classification_dataset(data_path="pydoc", batch_size=8, train=True, s
     data = ds.GeneratorDataset(_Rows(rows), ["input_ids", "label"], shuffle=train if shuffle is None else shuffle,
                                num_shards=num_shards, shard_id=shard_id)
     batched = data.padded_batch(batch_size, drop_remainder=drop_remainder, pad_info={"input_ids": ([None], PAD_ID)})
-    return _checked(batched, batch_size, len(rows), data_path)
+    return _checked(batched, batch_size, len(rows), data_path, train, num_shards)
 
 
-def _checked(dataset, batch_size, rows, data_path):
+def _checked(dataset, batch_size, rows, data_path, train, num_shards):
+    """Refuses a split with no sequence, and a training micro-batch larger than the data (a rank's shard's)."""
     if rows == 0:
-        raise TextFormatError(f"{data_path}: no sequence to train on")
-    if dataset.get_dataset_size() == 0:
-        raise ValueError(f"batch_size={batch_size} is larger than the {rows} sequences of {data_path}: use a "
-                         f"batch_size of at most {rows}")
+        raise TextFormatError(f"{data_path}: no sequence to " + ("train on" if train else "evaluate on"))
+    share = -(-rows // num_shards) if num_shards else rows
+    if dataset.get_dataset_size() == 0 or (train and batch_size > share):
+        shard = f" (a rank's shard of {num_shards})" if num_shards else ""
+        raise ValueError(f"batch_size={batch_size} is larger than the {share} sequences of {data_path}{shard}: use "
+                         f"a batch_size of at most {share}")
     return dataset
 
 

@@ -266,6 +266,9 @@ def _resolve_text_args(args, model, data):
     wanted = model.datasets[0]
     if args.dataset != wanted:
         raise ValueError(f"--model {args.model} takes --dataset {wanted}, not {args.dataset}")
+    if args.bucket and data.task != "lm":
+        raise ValueError(f"--bucket groups a language model's sequences by length; --model {args.model}'s texts are "
+                         f"padded per micro-batch as they come: drop --bucket")
     for flag, value in (("--image_size", args.image_size), ("--norm", args.norm), ("--gn_groups", args.gn_groups),
                         ("--augment", ",".join(args.augment) or None)):
         if value is not None:
@@ -285,9 +288,14 @@ def _set_num_classes(args, classes):
 
 def build_network(args):
     """The network ``args`` names (after :func:`resolve_model_args`), through the registry."""
-    network = registry.create_model(args.model, args.num_classes, channels=getattr(args, "channels", None),
-                                    image_size=args.image_size, norm=args.norm, gn_groups=args.gn_groups,
-                                    conv_impl=args.conv_impl, seq_len=args.seq_len)
+    try:
+        network = registry.create_model(args.model, args.num_classes, channels=getattr(args, "channels", None),
+                                        image_size=args.image_size, norm=args.norm, gn_groups=args.gn_groups,
+                                        conv_impl=args.conv_impl, seq_len=args.seq_len)
+    except ValueError as error:
+        if str(error).startswith("gn_groups "):  # the adapter's name for it: the flag's here
+            raise ValueError(f"--{error}") from None
+        raise
     if getattr(args, "no_dropout", False):
         disable_dropout(network)
     return network

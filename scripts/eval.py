@@ -7,7 +7,8 @@
     python scripts/eval.py --model gpt_tiny --data_path pydoc --ckpt_path gpt.ckpt
 
 --ckpt_path may be a directory: its newest .ckpt file is taken. A training state
-(state-*.ckpt, or a <name>_state/ directory) is accepted too: the network it holds is evaluated.
+(state-*.ckpt, or a <name>_state/ directory) is accepted too: the network it holds is evaluated, its raw
+weights or (--weights ema) their moving average. The number of classes is the checkpoint's head's.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from common import (
     task_of,
 )
 from mindspore_accum import load_network_checkpoint
+from mindspore_accum.checkpoint import WEIGHTS, head_classes, holds_average
 from mindspore_accum.files import newest_file
 
 
@@ -38,17 +40,46 @@ def newest_checkpoint(path):
     return found
 
 
+def _with_the_checkpoints_classes(args, network, ckpt_path):
+    """The network with as many classes as the checkpoint's head, not as the test split's labels show."""
+    saved = head_classes(network, ckpt_path)
+    if saved is None or saved == args.num_classes:
+        return network
+    if saved < args.num_classes:
+        raise ValueError(f"--ckpt_path {ckpt_path!r} scores {saved} classes, but the test split of {args.data_path} "
+                         f"has labels up to {args.num_classes - 1}: evaluate on data of the run's classes")
+    args.num_classes = saved
+    return build_network(args)
+
+
+def say_which_weights(ckpt_path, weights):
+    """A training state of an EMA run holds two sets of weights: say which one is scored."""
+    if weights == "ema":
+        print(f"scored: the moving average of the weights in {ckpt_path}")
+    elif holds_average(ckpt_path):
+        print(f"scored: the raw weights in {ckpt_path}; it also holds their moving average (the run's "
+              f"--ema_decay), which its model checkpoint holds too: --weights ema scores that")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--per_class", action="store_true", help="also per-class accuracy and the confusion matrix")
+    parser.add_argument("--weights", choices=WEIGHTS, default="raw",
+                        help="a training state's (or train-Cell checkpoint's) network: its raw weights, or their "
+                             "moving average (a run with --ema_decay); a model checkpoint holds one set")
     args = parser.parse_args()
     setup_logging()
+    classes_given = args.num_classes is not None
     resolve_model_args(args, train=False)
 
     setup_mindspore(args.device_target)
     ckpt_path = newest_checkpoint(args.ckpt_path)
-    network = load_network_checkpoint(build_network(args), ckpt_path)
+    network = build_network(args)
+    if task_of(args.model) != "lm" and not classes_given:
+        network = _with_the_checkpoints_classes(args, network, ckpt_path)
+    network = load_network_checkpoint(network, ckpt_path, args.weights)
+    say_which_weights(ckpt_path, args.weights)
     dataset = build_dataset(args, train=False, num_samples=args.num_samples, drop_remainder=False)
     if task_of(args.model) == "lm":
         if args.per_class:

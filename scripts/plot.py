@@ -25,8 +25,12 @@ REQUIRED = {"update": ("epoch", "total_updates", "loss"), "epoch": ("epoch", "tr
 def read_metrics(path):
     """(update records, epoch records) of a metrics file; a line cut short by a kill, at the end, is skipped."""
     updates, epochs = [], []
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.readlines()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file ({error.reason} at byte {error.start}): give the "
+                         f"<checkpoint>_metrics.jsonl train.py wrote") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -97,9 +97,29 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_parameters(tmp_path
     for name, value in params_of(target).items():
         np.testing.assert_array_equal(value, before[name], err_msg=f"{name} was half-loaded")
     save_network_checkpoint(MLP(), str(tmp_path / "mlp.ckpt"))
-    with pytest.raises(CheckpointError, match=r"missing conv1.weight, conv2.weight, fc3.bias, fc3.weight; "
+    with pytest.raises(CheckpointError, match=r"missing 4: conv1.weight, conv2.weight, fc3.bias, fc3.weight; "
                                               r"shape mismatch fc1.bias \(16,\) in the file vs \(120,\)"):
         load_network_checkpoint(LeNet5(), tmp_path / "mlp.ckpt")
+
+
+def test_a_refusal_names_a_few_tensors_and_counts_the_rest(tmp_path):
+    """Issue 30 (9): a mismatch listed every tensor, hundreds for a large network."""
+    from mindspore_accum.checkpoint import mismatches
+    expected = {f"layer{i}.weight": (4, 4) for i in range(90)}
+    problems = mismatches(expected, {})
+    assert problems == ["missing 90: layer0.weight, layer1.weight, layer10.weight, layer11.weight, layer12.weight "
+                        "and 85 more"]
+    wrong = mismatches(expected, {name: (2, 2) for name in expected})
+    assert wrong[0].endswith("; and 85 more") and wrong[0].count("in the file vs") == 5
+    assert mismatches({"a": (1,)}, {"a": (1,)}) == []  # control: what fits says nothing
+
+
+def test_a_zero_byte_checkpoint_is_refused_in_our_words(tmp_path):
+    """Issue 30 (8): MindSpore's own words named its filter_prefix and specify_prefix arguments."""
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as refused:
+        load_network_checkpoint(LeNet5(), tmp_path / "empty.ckpt")
+    assert "is empty (0 bytes)" in str(refused.value) and "prefix" not in str(refused.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated"])

@@ -107,7 +107,8 @@ def test_convert_bn_to_gn_leaves_no_batchnorm_and_builds_what_norm_group_builds(
 def test_convert_bn_to_gn_refuses_groups_that_do_not_divide_and_changes_nothing():
     network = resnet18(norm="batch")
     before = batchnorm_cells(network)
-    with pytest.raises(ValueError, match=r"num_groups=24 does not divide the 64 channels of stem.norm"):
+    with pytest.raises(ValueError, match=r"num_groups 24 does not divide the 64 channels of stem.norm: pass one "
+                                         r"that divides every BatchNorm2d's channels, here 1, 2, 4, 8, 16, 32, 64"):
         convert_bn_to_gn(network, num_groups=24)
     assert batchnorm_cells(network) == before
 
@@ -212,7 +213,7 @@ def test_convert_bn_to_gn_at_its_defaults_takes_any_width_and_accumulation_is_th
     concatenated-window step (SGD, rtol 1e-5) as in test_equivalence.py.
     """
     network = OddWidths()
-    with pytest.raises(ValueError, match=r"num_groups=32 does not divide the 144 channels of body.1"):
+    with pytest.raises(ValueError, match=r"num_groups 32 does not divide the 144 channels of body.1"):
         convert_bn_to_gn(network, num_groups=32)  # an explicit count stays strict
     with caplog.at_level(logging.INFO, logger="mindspore_accum"):
         convert_bn_to_gn(network)
