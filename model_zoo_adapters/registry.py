@@ -38,8 +38,11 @@ class Task:
 
 
 def _cross_entropy():
+    # nn.CrossEntropyLoss computes through log-softmax: a true class's logit 88 or more below the top one costs
+    # its finite loss. On the CPU, nn.SoftmaxCrossEntropyWithLogits returns inf there, with a finite gradient,
+    # and the run would stop as diverged with finite weights (mindcv's BatchNorm EfficientNet did).
     from mindspore import nn
-    return nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    return nn.CrossEntropyLoss(reduction="mean")
 
 
 def _token_cross_entropy():

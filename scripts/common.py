@@ -337,7 +337,7 @@ def evaluate(network, dataset, num_classes=None, lm=False):
     if num_classes:
         metrics["ConfusionMatrix"] = ConfusionMatrix(num_classes)
     loss_fn = transformer.TokenCrossEntropy(text.IGNORE_INDEX) if lm else \
-        nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        registry.TASKS["image"].loss()
     # ConfusionMatrix computes every normalisation, and a class with no sample divides by 0: NumPy warns, we don't.
     with np.errstate(invalid="ignore", divide="ignore"):
         result = Model(network, loss_fn, metrics=metrics).eval(dataset, dataset_sink_mode=False)

@@ -393,3 +393,39 @@ def test_eval_on_an_ema_training_state_says_which_weights_it_scored(tmp_path, ti
     assert raw.stdout.splitlines()[-2] != model.stdout.splitlines()[-2]  # control: the raw weights score otherwise
     assert_refused(run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", "m.ckpt", "--weights", "ema",
                               cwd=tmp_path), "is a model checkpoint", "drop --weights ema")
+
+
+def test_a_loss_beyond_float32_softmax_range_trains_instead_of_reading_as_divergence():
+    """Issue 30 (13): the true class's logit 1400 below the top one. The scripts' loss (log-softmax) gives the
+    finite value NumPy gives in float64; MindSpore's SoftmaxCrossEntropyWithLogits (the control) reads inf."""
+    from mindspore import Tensor, nn
+
+    from mindspore_accum import GradientAccumulation, NonFiniteError, SaveConfig
+    from model_zoo_adapters.registry import TASKS
+    from nets import MLP
+
+    data = np.zeros((2, 8), np.float32)
+    data[:, 0] = 1.0
+    labels = np.array([0, 1], np.int32)
+
+    def network():
+        net = MLP()
+        for param in net.get_parameters():
+            param.set_data(Tensor(np.zeros(param.shape, np.float32)))
+        net.fc2.bias.set_data(Tensor(np.array([0.0, 1400.0, 5.0, 0.0], np.float32)))  # class 0 far below
+        return net
+
+    batches = [(Tensor(data), Tensor(labels))]
+    logits = np.array([[0.0, 1400.0, 5.0, 0.0]] * 2)
+    log_softmax = logits - logits.max(1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+    expected = -log_softmax[np.arange(2), labels].mean()  # 700.0
+    net = network()
+    history = GradientAccumulation(net, TASKS["image"].loss(), nn.SGD(net.trainable_params(), 1e-3)).train_process(
+        1, batches, mini_steps=1, save=SaveConfig(ckpt_path=None), log_every=None)
+    assert history[0].loss == pytest.approx(expected, rel=1e-6) and not history[0].skipped
+    control = network()
+    with pytest.raises(NonFiniteError, match="loss"):
+        GradientAccumulation(control, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"),
+                             nn.SGD(control.trainable_params(), 1e-3)).train_process(
+            1, batches, mini_steps=1, save=SaveConfig(ckpt_path=None), log_every=None)
