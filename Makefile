@@ -5,12 +5,27 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: mnist test lint bench clean
+.PHONY: mnist test test-oldest lint bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[progress,plot,test]'
+	touch $@
+
+# The oldest MindSpore setup.py accepts, in a second environment: `make test` runs the core tests on it too.
+OLDEST_MINDSPORE ?= 2.7.0
+OLD_VENV ?= .venv-oldest
+OLD_PY := $(OLD_VENV)/bin/python
+# The Cells' equivalence, the Cell under Model, resume, the global batch, and one CLI run with eval.py.
+CORE_TESTS := tests/test_equivalence.py tests/test_accumulation_cell.py tests/test_resume.py \
+	tests/test_global_batch.py \
+	tests/test_train_model.py::test_model_train_script_equals_train_py_and_eval_py_scores_its_checkpoint
+
+$(OLD_VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_PY) -m pip install --quiet --upgrade pip
+	$(OLD_PY) -m pip install --quiet 'mindspore==$(OLDEST_MINDSPORE)' -e '.[progress,plot,test]'
 	touch $@
 
 # Train LeNet5 on the shipped MNIST with mini_steps 4, then evaluate the checkpoint.
@@ -21,6 +36,12 @@ mnist: $(VENV)/.installed
 # The linter first: a finding fails the run before the suite (about 24 minutes here) starts.
 test: lint
 	$(PY) -m pytest tests
+	$(MAKE) test-oldest
+
+# The core tests on the oldest supported MindSpore (about 3 minutes here, its environment set up once).
+test-oldest: $(OLD_VENV)/.installed
+	$(OLD_PY) -c 'import mindspore; print("MindSpore", mindspore.__version__)'
+	$(OLD_PY) -m pytest $(CORE_TESTS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -40,4 +61,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/convergence.py
 
 clean:
-	rm -rf $(VENV) *.egg-info gradient_accumulation.ckpt
+	rm -rf $(VENV) $(OLD_VENV) *.egg-info gradient_accumulation.ckpt

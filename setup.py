@@ -11,9 +11,10 @@ setup(
     packages=find_packages(include=["mindspore_accum", "mindspore_accum.*",
                                     "model_zoo_adapters", "model_zoo_adapters.*"]),
     install_requires=[
-        # Verified with 2.10.0 only (set_device, device_context and the 2.x
-        # dataset API); the CPU wheel is also the GPU wheel's Python side.
-        "mindspore>=2.10,<2.11",
+        # The range `make test` checks: the whole suite on 2.10, the core tests
+        # on the oldest, 2.7.0 (Makefile: OLDEST_MINDSPORE); see the README.
+        # The CPU wheel is also the GPU wheel's Python side.
+        "mindspore>=2.7,<2.11",
         # MindSpore 2.10's wheel carries extension modules built against
         # NumPy 1.x ("A module that was compiled using NumPy 1.x cannot be run
         # in NumPy 2") and NumpySlicesDataset fails on 1-D columns with NumPy 2.

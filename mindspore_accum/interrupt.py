@@ -19,7 +19,7 @@ import logging
 import signal
 import threading
 
-__all__ = ["StopSignals", "TrainingInterrupted"]
+__all__ = ["StopSignals", "TrainingInterrupted", "AbortedBySignal"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ class TrainingInterrupted(Exception):
         super().__init__(message)
 
 
+class AbortedBySignal(KeyboardInterrupt):
+    """A second signal aborted at once, saving nothing more; ``signum`` is that signal (a shell exits 128 + it)."""
+
+    def __init__(self, signum):
+        self.signum = signum
+        super().__init__(f"aborted by a second signal, {signal.Signals(signum).name}")
+
+
 class StopSignals:
     """A context manager that records SIGINT/SIGTERM instead of dying mid-step.
 
@@ -63,8 +71,8 @@ class StopSignals:
     def _handle(self, signum, frame):
         if self.signum is not None:
             # The second signal: stop now, without saving. Any signal, not only SIGINT:
-            # MindSpore may deliver the second Ctrl-C as SIGTERM too.
-            raise KeyboardInterrupt
+            # MindSpore may deliver the second Ctrl-C as SIGTERM too. A KeyboardInterrupt, as Python's own.
+            raise AbortedBySignal(signum)
         self.signum = signum
         logger.warning("%s received%s: finishing the micro-step in flight, then saving the training state "
                        "(Ctrl-C again to abort without saving)", signal.Signals(signum).name,

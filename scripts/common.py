@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import sys
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ [WARNING] flood; must be set before the import
@@ -369,6 +370,7 @@ def run(main):
         lines = str(error).strip().splitlines() or [type(error).__name__]
         print(f"{prog}: error: {lines[0]}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stopped:  # Ctrl-C, or a second signal (StopSignals' AbortedBySignal): 128 + it
+        signum = getattr(stopped, "signum", signal.SIGINT)
+        print(f"{prog}: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        sys.exit(128 + signum)

@@ -429,3 +429,33 @@ def test_a_loss_beyond_float32_softmax_range_trains_instead_of_reading_as_diverg
         GradientAccumulation(control, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"),
                              nn.SGD(control.trainable_params(), 1e-3)).train_process(
             1, batches, mini_steps=1, save=SaveConfig(ckpt_path=None), log_every=None)
+
+
+def test_a_second_sigterm_exits_143_as_the_first_and_a_second_sigint_130():
+    """Issue 30 (11): a second SIGTERM during train_model.py's save exited 130, "interrupted".
+
+    The real handler (StopSignals) takes two signals; the scripts' run() turns the abort into the shell's status.
+    """
+    import signal
+    import sys
+
+    from cli import SCRIPTS
+
+    from mindspore_accum.interrupt import AbortedBySignal, StopSignals
+    sys.path.insert(0, SCRIPTS)
+    from common import run
+
+    for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        def main(signum=signum):
+            with StopSignals() as stop:
+                os.kill(os.getpid(), signum)  # the first: recorded, training would save and stop
+                assert stop.signum == signum
+                os.kill(os.getpid(), signum)  # the second, mid-save: aborts at once
+
+        with pytest.raises(SystemExit) as exited:
+            run(main)
+        assert exited.value.code == status, signal.Signals(signum).name
+    with pytest.raises(AbortedBySignal):  # a KeyboardInterrupt, as Python's own Ctrl-C
+        with StopSignals():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
