@@ -218,6 +218,7 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
 
 def resolve_model_args(args, train):
     """Fills in the model flags' defaults from the registries' entries and refuses combinations that cannot work."""
+    classes_given = args.num_classes is not None
     model = registry.model_entry(args.model)
     if args.dataset is None:
         args.dataset = model.datasets[0] if model.datasets else "cifar10"
@@ -236,7 +237,44 @@ def resolve_model_args(args, train):
                          f"{text.VOCAB_SIZE} byte tokens")
     if hasattr(args, "weighting") and args.weighting is None:
         args.weighting = registry.TASKS[model.task].weighting
+    check_memory(args, model.task, classes_from_data=data.classes is not None and not classes_given)
     return args
+
+
+#: float32 bytes, and the narrowest input of a classifier head among the networks (a lower bound on its width).
+_FLOAT, _HEAD_WIDTH = 4, 16
+
+
+def check_memory(args, task, classes_from_data=False):
+    """Refuses a size whose tensors cannot fit in this machine's memory, before anything is allocated.
+
+    Each figure is a lower bound, so that nothing that fits is refused: the head's weights and their gradient
+    buffer (``--num_classes`` x at least 16 inputs), one attention score matrix of a micro-batch (``--seq_len``
+    squared), one micro-batch of images (``--image_size`` squared).
+    """
+    import psutil  # MindSpore's own dependency
+    total = psutil.virtual_memory().total
+    batch = args.batch_size or 1  # a training script fills it in later (the rule of two): 1 is the least
+    checks = []
+    if args.num_classes:
+        per_class = 2 * _HEAD_WIDTH * _FLOAT
+        what = f"the labels of {args.data_path} (up to {args.num_classes - 1})" if classes_from_data else \
+            f"--num_classes {args.num_classes}"
+        checks.append((what, args.num_classes * per_class, f"a head of {args.num_classes} classes",
+                       f"number the classes from 0, at most {total // per_class}"))
+    if task != "image" and args.seq_len:
+        checks.append((f"--seq_len {args.seq_len}", args.seq_len ** 2 * batch * _FLOAT,
+                       f"the {args.seq_len} x {args.seq_len} attention scores of a micro-batch",
+                       f"use a --seq_len of at most {math.isqrt(total // (batch * _FLOAT))}"))
+    if task == "image" and args.image_size:
+        channels = getattr(args, "channels", None) or 3
+        checks.append((f"--image_size {args.image_size}", batch * channels * args.image_size ** 2 * _FLOAT,
+                       f"a micro-batch of {channels}-channel {args.image_size}x{args.image_size} images",
+                       f"use an --image_size of at most {math.isqrt(total // (batch * channels * _FLOAT))}"))
+    for what, needs, of, fix in checks:
+        if needs > total:
+            raise ValueError(f"{what} needs at least {needs / 2 ** 30:,.0f} GiB ({of}, float32), more than the "
+                             f"{total / 2 ** 30:.0f} GiB of this machine: {fix}")
 
 
 def _resolve_image_args(args, model, data):

@@ -459,3 +459,33 @@ def test_a_second_sigterm_exits_143_as_the_first_and_a_second_sigint_130():
         with StopSignals():
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (("--model", "gpt_tiny", "--seq_len", 10 ** 7), ("--seq_len 10000000 needs at least 372,529 GiB",
+                                                     "attention scores", "use a --seq_len of at most")),
+    (("--model", "bert_tiny", "--num_classes", 10 ** 12), ("--num_classes 1000000000000 needs at least 119,209 GiB",
+                                                           "a head of 1000000000000 classes")),
+    (("--model", "efficientnet_b0", "--image_size", 10 ** 7), ("--image_size 10000000 needs at least 1,117,587 GiB",
+                                                               "use an --image_size of at most")),
+])
+def test_absurd_sizes_are_refused_with_an_estimate_before_anything_is_allocated(tmp_path, tiny_cifar10, flags,
+                                                                              fragments):
+    """Issue 30 (1): --seq_len 100000, --num_classes 10^9 and --image_size 100000 ended in MemoryError or
+    RuntimeError here; ten to a hundred times those, so that no machine holds them. The estimates are lower bounds
+    worked by hand: (10^7)^2 x 4 bytes; 10^12 x 16 inputs x 4 bytes x 2 (weights, gradient buffer);
+    3 x (10^7)^2 x 4 bytes (a micro-batch of 1 at least)."""
+    data = ("--data_path", tiny_cifar10) if "efficientnet_b0" in flags else ()
+    assert_refused(run_script("train.py", *flags, *data, cwd=tmp_path), *fragments)
+
+
+def test_a_jsonl_label_of_a_billion_is_refused_with_the_head_it_would_need(tmp_path):
+    path = write_jsonl(tmp_path / "data.jsonl", [0, 1, 2 * 10 ** 9, 2])  # 2e9 x 16 x 4 x 2 bytes = 238 GiB
+    result = run_script("train.py", "--model", "bert_tiny", "--data_path", path, cwd=tmp_path)
+    assert_refused(result, "the labels of", "data.jsonl (up to 2000000000) needs at least 238 GiB",
+                   "number the classes from 0")
+    # Control: a label the machine can hold trains on.
+    write_jsonl(tmp_path / "data.jsonl", [0, 1, 2, 3] * 3)
+    fits = run_script("train.py", "--model", "bert_tiny", "--data_path", path, "--batch_size", 4, "--epochs", 1,
+                      "--no_progress", "--ckpt_path", "b.ckpt", cwd=tmp_path)
+    assert fits.returncode == 0, fits.stderr
