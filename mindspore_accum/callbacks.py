@@ -103,7 +103,7 @@ class MetricsLog(DriverCallback):
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
         except OSError as error:  # a full disk says "No space left on device" and names no file
-            raise OSError(error.errno, f"cannot write the metrics file: {error.strerror}", self.path) from None
+            raise OSError(f"cannot write the metrics file {self.path!r}: {error.strerror or error}") from None
 
     def update(self, record, driver):
         self._run_id = driver.run_id

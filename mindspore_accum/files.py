@@ -75,19 +75,23 @@ def write_checkpoint_atomically(save_obj, path, append_dict=None):
     directory = os.path.dirname(os.path.abspath(path))
     # The temporary name ends in .ckpt, else save_checkpoint would append it.
     tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+    failed = None
     try:
-        ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
+        with _quiet_mindspore():  # a full disk: MindSpore logs its own [CRITICAL] line beside ours
+            ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
         with open(tmp_path, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, path)
     except OSError as error:
-        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror or error}"
-                              + _space_note(error, save_obj, directory)) from None
+        failed = error
     finally:
         # Ours, and the partial file save_checkpoint writes first (.tmp for .ckpt), which a full disk leaves.
         for leftover in (tmp_path, os.path.splitext(tmp_path)[0] + ".tmp"):
             if os.path.exists(leftover):
                 os.remove(leftover)
+    if failed is not None:  # the free space after the clean-up: what the user has to work with
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {failed.strerror or failed}"
+                              + _space_note(failed, save_obj, directory)) from None
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
@@ -104,6 +108,19 @@ def _space_note(error, save_obj, directory):
     stats = os.statvfs(directory)
     return (f" (it needs about {needed / 1024:.0f} KiB; {stats.f_bavail * stats.f_frsize / 1024:.0f} KiB are free in "
             f"{directory}): free some space or choose another --ckpt_path")
+
+
+def _whole_graph(path):
+    """True when ``path`` parses as the graph ``ModelCheckpoint`` writes (MindSpore's ``anf_ir`` ModelProto)."""
+    from google.protobuf.message import DecodeError
+    from mindspore.train.anf_ir_pb2 import ModelProto
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        ModelProto().ParseFromString(data)
+    except (OSError, DecodeError):
+        return False
+    return bool(data)
 
 
 #: ``.<name>.<pid>.tmp.ckpt`` (ours) and ``.<name>.<pid>.tmp.tmp`` (save_checkpoint's partial file).
@@ -134,6 +151,8 @@ def remove_partial_files(directory, since=None):
         else:
             suffixes = (".tmp",) if since == 0 else (".tmp", "-graph.meta")
             partial = entry.name.endswith(suffixes) and entry.stat().st_mtime >= since
+            if partial and entry.name.endswith("-graph.meta"):
+                partial = not _whole_graph(entry.path)  # a run's complete graph file stays
         if partial:
             os.remove(entry.path)
             removed.append(entry.path)

@@ -161,8 +161,9 @@ def train(args, device, rank, ranks, shards):
     except OSError as error:  # a full disk: MindSpore's error names no file, and it leaves its partial files
         for directory in (args.ckpt_path, os.path.join(args.ckpt_path, "train")):
             remove_partial_files(directory, since=started)
-        raise OSError(error.errno, f"cannot write a checkpoint in {args.ckpt_path!r}: {error.strerror}: free some "
-                                   f"space or choose another --ckpt_path") from None
+        # One string, not (errno, text): str() of the pair starts "[Errno 28]".
+        raise OSError(f"cannot write a checkpoint in {args.ckpt_path!r}: {error.strerror or error}: free some "
+                      f"space or choose another --ckpt_path") from None
     if stop.signum is not None:
         exit_interrupted(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to "
                          f"{stop.saved_path}", stop.saved_path, stop.signum)
