@@ -181,3 +181,37 @@ def test_the_api_page_lists_the_public_api():
     check(list(mindspore_accum.__all__), text)
     check(["create_model", "create_dataset", "register_model", "register_dataset"], text)
     assert [name for name in model_zoo_adapters.__all__[:4] if not hasattr(model_zoo_adapters, name)] == []
+
+
+def bad_input_rows():
+    """The bad-input table of cli.md: ``[(input, {(module, test name)})]``."""
+    text = section("docs/cli.md", "Bad input")
+    rows = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) != 3 or cells[2] in ("test", "---"):
+            continue
+        named = set()
+        for test in re.findall(r"`([^`]+)`", cells[2]):
+            module, _, name = test.rpartition("::")
+            named.add((module or "test_bad_input.py", name))
+        rows.append((cells[0], named))
+    return rows
+
+
+def functions_in(module):
+    source = open(os.path.join(ROOT, "tests", module), encoding="utf-8").read()
+    return set(re.findall(r"^def (test_\w+)", source, re.M))
+
+
+def test_the_bad_input_table_and_its_tests_are_one_to_one():
+    """Every row names tests that exist; every test of test_bad_input.py is some row's (control: a made-up one)."""
+    rows = bad_input_rows()
+    assert len(rows) >= 30 and all(named for _, named in rows), rows
+    named = set().union(*(n for _, n in rows))
+    missing = sorted(f"{module}::{name}" for module, name in named if name not in functions_in(module))
+    assert missing == [], "the table names tests that do not exist"
+    listed = {name for module, name in named if module == "test_bad_input.py"}
+    unlisted = sorted(functions_in("test_bad_input.py") - listed)
+    assert unlisted == [], "tests/test_bad_input.py has tests no row of cli.md's bad-input table names"
+    assert "test_made_up" not in functions_in("test_bad_input.py")  # the check can fail
