@@ -103,7 +103,9 @@ class MetricsLog(DriverCallback):
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
         except OSError as error:  # a full disk says "No space left on device" and names no file
-            raise OSError(f"cannot write the metrics file {self.path!r}: {error.strerror or error}") from None
+            failed = OSError(f"cannot write the metrics file {self.path!r}: {error.strerror or error}")
+            failed.errno = error.errno  # kept for callers; str() without the "[Errno 28]" an (errno, text) pair gives
+            raise failed from None
 
     def update(self, record, driver):
         self._run_id = driver.run_id

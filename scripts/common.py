@@ -254,7 +254,7 @@ def check_memory(args, task, classes_from_data=False):
     """
     import psutil  # MindSpore's own dependency
     total = psutil.virtual_memory().total
-    batch = args.batch_size or 1  # a training script fills it in later (the rule of two): 1 is the least
+    batch = getattr(args, "batch_size", None) or 1  # a training script fills it in later (rule of two): 1 at least
     checks = []
     if args.num_classes:
         per_class = 2 * _HEAD_WIDTH * _FLOAT

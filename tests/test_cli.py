@@ -37,7 +37,11 @@ def test_empty_data_directory(tmp_path):
 def test_checkpoint_that_does_not_fit_the_model(tmp_path, tiny_mnist):
     save_network_checkpoint(LeNet5(num_class=5), str(tmp_path / "other.ckpt"))
     result = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", tmp_path / "other.ckpt", cwd=tmp_path)
-    assert_refused(result, "other.ckpt", "does not fit LeNet5", "fc3.bias (5,) in the file vs (10,) in the model")
+    # The class count is the checkpoint's head's (issue 30): 5, fewer than the test split's labels.
+    assert_refused(result, "other.ckpt", "scores 5 classes, but the test split", "has labels up to 9")
+    stated = run_script("eval.py", "--data_path", tiny_mnist, "--ckpt_path", tmp_path / "other.ckpt",
+                        "--num_classes", 10, cwd=tmp_path)
+    assert_refused(stated, "other.ckpt", "does not fit LeNet5", "fc3.bias (5,) in the file vs (10,) in the model")
 
 
 def test_missing_checkpoint(tmp_path, tiny_mnist):
