@@ -7,9 +7,10 @@ window's samples, never summed.
 """
 
 from .accumulation_cell import GradientAccumulationCell
+from .accumulator import Accumulator
 from .batch_size import BatchSchedule, BatchSizes, resolve_batch_sizes
 from .callbacks import Callback, DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
-from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
+from .cells import AccumulationBuffer, AddToWindow, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
 from .distributed import init_data_parallel
 from .driver import GradientAccumulation, NonFiniteError, UpdateRecord
@@ -45,8 +46,10 @@ __version__ = "0.4.0"
 #: The public API, in one place (docs/api.md lists it, and a test keeps the two in step). The names the
 #: modules export beyond these are for the project's own scripts and may change.
 __all__ = [
+    # Accumulation inside your own training step, called like an optimizer.
+    "Accumulator",
     # The tutorial's three Cells, and the accumulation step both engines run.
-    "AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear", "AccumulationEngine",
+    "AccumulationBuffer", "AddToWindow", "TrainForwardBackward", "TrainOptim", "TrainClear", "AccumulationEngine",
     "AccumulationStep", "WindowSchedule", "window_end",
     # Batch size as users state it: the rule of two, the schedules, windows cut at any size.
     "resolve_batch_sizes", "BatchSizes", "BatchSchedule", "WindowedDataset",

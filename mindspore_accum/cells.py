@@ -35,7 +35,7 @@ from mindspore.common.initializer import initializer
 from .ema import ExponentialMovingAverage
 from .weighting import check_weighting, count_items
 
-__all__ = ["AccumulationBuffer", "TrainForwardBackward", "TrainOptim", "TrainClear"]
+__all__ = ["AccumulationBuffer", "AddToWindow", "TrainForwardBackward", "TrainOptim", "TrainClear"]
 
 _accumulate = ops.MultitypeFuncGraph("accumulate")
 
@@ -104,6 +104,57 @@ class AccumulationBuffer:
         return (*self.grad_sum, self.window_samples, self.window_micro_steps, self.window_loss)
 
 
+class AddToWindow(nn.Cell):
+    """Adds one micro-batch's gradients into the window's weighted running mean: the one copy of that arithmetic.
+
+    :class:`TrainForwardBackward` calls it after its backward, and
+    :class:`~mindspore_accum.accumulator.Accumulator` with the gradients of
+    the user's own step. With ``items`` ``b`` and the window's ``n`` so far,
+    each buffer tensor ``acc`` becomes ``acc + w * (g - acc)`` with
+    ``w = b / (n + b)``, the loss likewise, and the counters advance.
+
+    Args:
+        buffer: the window's :class:`AccumulationBuffer`.
+        may_be_empty: a micro-batch may carry no items (``weighting="items"``,
+            or a weight the user passes): it then adds nothing, not even the
+            NaN of a mean over 0, and its loss reads 0. A constant of the
+            graph, so that samples weighting, whose count is never 0, pays
+            for no guard.
+
+    Inputs: ``grads``, a tuple like ``buffer.grad_mean``; ``items``, a
+    scalar; ``loss``, a scalar.
+
+    Returns: the loss as it entered the window (float32).
+    """
+
+    def __init__(self, buffer: AccumulationBuffer, may_be_empty: bool = False):
+        super().__init__(auto_prefix=False)
+        self.grad_mean = buffer.grad_mean
+        self.window_items = buffer.window_items
+        self.window_micro_steps = buffer.window_micro_steps
+        self.window_loss = buffer.window_loss
+        self.may_be_empty = bool(may_be_empty)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, grads, items, loss):
+        items = ops.cast(items, ms.float32)
+        loss = ops.cast(loss, ms.float32)
+        window_items = self.window_items + items
+        if self.may_be_empty:
+            has_items = items > 0
+            # items / window_items, and 0 for 0 / 0; exact for any positive count, whole or not.
+            weight = items / ops.select(window_items > 0, window_items, ops.ones((), ms.float32))
+            loss = ops.select(has_items, loss, ops.zeros((), ms.float32))  # a mean over 0 is NaN
+            added = self.hyper_map(ops.partial(_accumulate_items, weight, has_items), self.grad_mean, grads)
+        else:
+            weight = items / window_items
+            added = self.hyper_map(ops.partial(_accumulate, weight), self.grad_mean, grads)
+        loss = ops.depend(loss, added)
+        loss = ops.depend(loss, _accumulate(weight, self.window_loss, loss))
+        loss = ops.depend(loss, ops.assign(self.window_items, window_items))
+        return ops.depend(loss, ops.assign_add(self.window_micro_steps, ops.ones((), ms.int32)))
+
+
 class TrainForwardBackward(nn.Cell):
     """Forward and backward of one micro-batch; adds its gradient into ``grad_sum``.
 
@@ -135,15 +186,15 @@ class TrainForwardBackward(nn.Cell):
     def __init__(self, network: nn.Cell, weights: Iterable[Parameter], buffer: AccumulationBuffer,
                  loss_scaler: Optional[amp.LossScaler] = None, weighting: str = "samples", ignore_index: int = -100):
         super().__init__(auto_prefix=False)
+        if not isinstance(network, nn.Cell):
+            raise TypeError(f"network must be a mindspore.nn.Cell, got {type(network).__name__}: for a function "
+                            f"and mindspore.value_and_grad, call mindspore_accum.Accumulator with its gradients")
         self.items = check_weighting(weighting, ignore_index) == "items"
         self.ignore_index = ignore_index
         self.network = network
         self.network.set_grad()
         self.weights = ParameterTuple(weights)
-        self.grad_sum = buffer.grad_sum
-        self.window_samples = buffer.window_samples
-        self.window_micro_steps = buffer.window_micro_steps
-        self.window_loss = buffer.window_loss
+        self.add = AddToWindow(buffer, may_be_empty=self.items)
         self.scaled = loss_scaler is not None
         # Without a scaler: the same gradient formulation as nn.TrainOneStepCell
         # (no sens), so that one micro-batch gives the very same gradient bits.
@@ -151,21 +202,13 @@ class TrainForwardBackward(nn.Cell):
         # A network returning (loss, items): the sensitivity is (scale or 1, 0), so only the loss is differentiated.
         self.grad_of_loss = ops.GradOperation(get_by_list=True, sens_param=True)
         self.scale_value = loss_scaler.scale_value if self.scaled else None
-        self.hyper_map = ops.HyperMap()
 
     def construct(self, *inputs):
         if self.items:
             return self._items_step(*inputs)
         loss = self.network(*inputs)
         grads = self._grads(loss, *inputs)
-        samples = ops.cast(ops.shape(inputs[0])[0], ms.float32)
-        window_samples = self.window_samples + samples
-        weight = samples / window_samples
-        loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, weight), self.grad_sum, grads))
-        loss = ops.depend(loss, _accumulate(weight, self.window_loss, loss))
-        loss = ops.depend(loss, ops.assign(self.window_samples, window_samples))
-        loss = ops.depend(loss, ops.assign_add(self.window_micro_steps, ops.ones((), ms.int32)))
-        return loss
+        return self.add(grads, ops.shape(inputs[0])[0], loss)
 
     def _grads(self, loss, *inputs):
         if self.scaled:
@@ -176,23 +219,14 @@ class TrainForwardBackward(nn.Cell):
     def _items_step(self, *inputs):
         out = self.network(*inputs)
         if isinstance(out, tuple):  # the (loss, items) protocol
-            loss, items = out[0], ops.cast(out[1], ms.float32)
+            loss, items = out[0], out[1]
             scale = ops.cast(self.scale_value, ops.dtype(loss)) if self.scaled else ops.ones((), ops.dtype(loss))
-            sens = (ops.ones_like(loss) * scale, ops.zeros_like(out[1]))
+            sens = (ops.ones_like(loss) * scale, ops.zeros_like(items))
             grads = self.grad_of_loss(self.network, self.weights)(*inputs, sens)
         else:
             loss, items = out, count_items(inputs[-1], self.ignore_index)
             grads = self._grads(loss, *inputs)
-        has_items = items > 0
-        window_items = self.window_samples + items
-        weight = items / ops.maximum(window_items, 1.0)  # the same as items / window_items, and 0 for 0 / 0
-        loss = ops.where(has_items, ops.cast(loss, ms.float32), ops.zeros((), ms.float32))  # a mean over 0 is NaN
-        loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate_items, weight, has_items), self.grad_sum,
-                                               grads))
-        loss = ops.depend(loss, _accumulate(weight, self.window_loss, loss))
-        loss = ops.depend(loss, ops.assign(self.window_samples, window_items))
-        loss = ops.depend(loss, ops.assign_add(self.window_micro_steps, ops.ones((), ms.int32)))
-        return loss
+        return self.add(grads, items, loss)
 
 
 _unscale = ops.MultitypeFuncGraph("unscale")

@@ -1,10 +1,12 @@
 """One rank of the two-rank equivalence test; started by msrun (see test_data_parallel.py).
 
 Every rank builds the same MLP from the same seed, reads its shard of one
-deterministic dataset, trains with ``GradientAccumulation(distributed=True)``
-(or, with ``--engine model``, ``Model.train`` of a ``GradientAccumulationCell``
-with ``all_reduce=True``) and saves, as NumPy files in ``--out``: the micro-batches it saw, in order,
-and its final parameters. Rank 0 also saves the initial parameters.
+deterministic dataset, trains, and saves, as NumPy files in ``--out``: the
+micro-batches it saw, in order, and its final parameters. Rank 0 also saves
+the initial parameters. It trains with ``GradientAccumulation(distributed=True)``;
+with ``--engine model``, ``Model.train`` of a ``GradientAccumulationCell`` with
+``all_reduce=True``; with ``--engine accumulator``, a user's own step Cell
+calling ``Accumulator(all_reduce=True)`` and ``flush()`` at each epoch's end.
 """
 
 import argparse
@@ -22,6 +24,7 @@ from mindspore import Model, nn  # noqa: E402
 from mindspore.train import Callback  # noqa: E402
 
 from mindspore_accum import (  # noqa: E402
+    Accumulator,
     GradientAccumulation,
     GradientAccumulationCell,
     NonFiniteError,
@@ -71,6 +74,34 @@ def train_with_model(network, dataset, args):
     return {"loss": [outputs.values[e * micro_batches + m - 1] for e in range(args.epochs) for m in ends]}
 
 
+class OwnStep(nn.Cell):
+    """A user's MindSpore 2.x step: value_and_grad of a forward function, then the Accumulator."""
+
+    def __init__(self, network, accumulator):
+        super().__init__(auto_prefix=False)
+        self.network, self.accumulator = network, accumulator
+        self.grad_fn = ms.value_and_grad(self.forward, None, accumulator.weights)
+
+    def forward(self, x, label):
+        return LOSS(self.network(x), label)
+
+    def construct(self, x, label):
+        loss, grads = self.grad_fn(x, label)
+        return self.accumulator(grads, x.shape[0], loss)
+
+
+def train_own_loop(network, dataset, args):
+    """The epochs through ``OwnStep``, flushed at each epoch's end; no window loss is recorded."""
+    accumulator = Accumulator(nn.Momentum(network.trainable_params(), 0.1, 0.9), args.mini_steps, all_reduce=True)
+    step = OwnStep(network, accumulator)
+    applied = []
+    for _ in range(args.epochs):
+        for x, label in dataset.create_tuple_iterator(num_epochs=1):
+            applied.append(bool(step(x, label)))
+        applied.append(accumulator.flush())
+    return {"applied": applied}
+
+
 #: Each rank's token micro-batches: (rows, padded length, valid tokens). Windows of 2: 22 and 49 tokens in all.
 TOKEN_SHAPES = {0: [(2, 5, 1), (2, 8, 3), (3, 6, 17), (2, 4, 2)], 1: [(2, 7, 12), (2, 6, 6), (3, 10, 30), (2, 3, 0)]}
 
@@ -117,7 +148,7 @@ def main():
     parser.add_argument("--batch_size", type=int, required=True)
     parser.add_argument("--mini_steps", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--engine", choices=("driver", "model"), default="driver")
+    parser.add_argument("--engine", choices=("driver", "model", "accumulator"), default="driver")
     parser.add_argument("--weighting", choices=("samples", "items"), default="samples",
                         help="items: TokenMLP on token micro-batches whose valid tokens differ between the ranks")
     parser.add_argument("--global_batch_size", type=int, default=None,
@@ -151,6 +182,8 @@ def main():
         dataset = [(ms.Tensor(x), ms.Tensor(y)) for x, y in poisoned]
     if args.engine == "model":
         records = train_with_model(network, dataset, args)
+    elif args.engine == "accumulator":
+        records = train_own_loop(network, dataset, args)
     else:
         model = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9),
                                      distributed=True)

@@ -59,7 +59,7 @@ def one_node(tmp_path_factory):
     def run(engine):
         if engine not in done:
             out = tmp_path_factory.mktemp(f"one_node_{engine}")
-            # The model engine's IR is read for its AllReduce count.
+            # The model and accumulator engines' IR is read for their AllReduce count.
             with mock.patch.dict(os.environ, {"MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": str(out / "ir")}):
                 status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", out, *DP_ARGS, "--engine",
                                          engine, log_dir=out / "logs", cwd=out)
@@ -88,7 +88,7 @@ def single_process_reference(out):
     return {p.name: p.asnumpy() for p in reference.get_parameters()}, losses
 
 
-@pytest.mark.parametrize("engine", ["driver", "model"])
+@pytest.mark.parametrize("engine", ["driver", "model", "accumulator"])
 def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(one_node, engine):
     out = one_node(engine)
     seen = [load(out / f"seen{rank}.npz") for rank in (0, 1)]
@@ -104,11 +104,18 @@ def test_two_ranks_equal_one_process_stepping_on_both_ranks_window(one_node, eng
                                    err_msg=f"{name}: two ranks vs one process on the concatenated windows")
     for rank in (0, 1):
         records = load(out / f"records{rank}.npz")
+        if engine == "accumulator":  # 7 micro-steps (updates at the 3rd and 6th), then the flush of the 7th
+            assert records["applied"].tolist() == [False, False, True, False, False, True, False, True] * 2
+            continue
         if engine == "driver":
             assert records["samples"].tolist() == [18, 18, 6] * 2, records["samples"]  # over both ranks
             assert records["micro_batches"].tolist() == [3, 3, 1] * 2
         np.testing.assert_allclose(records["loss"], expected_losses, rtol=1e-5,
                                    err_msg=f"rank {rank}: the window's loss over both ranks")
+    if engine == "accumulator":
+        # One AllReduce in the step's graph, in the branch taken only when a window closes; one in flush's graph.
+        counts = count_all_reduce_by_branch(out / "ir")
+        assert sum(counts.values()) == 2 and all("\u2713" in b and "\u2717" not in b for b in counts), counts
     if engine == "model":
         # One AllReduce in the whole single graph, in the branch taken only when a window closes.
         counts = count_all_reduce_by_branch(out / "ir")
