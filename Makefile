@@ -48,6 +48,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/own_loop.py
+	$(PY) benchmarks/own_loop.py --host_blocking
 	$(PY) benchmarks/engines.py
 	$(PY) benchmarks/cpu_conv.py
 	$(PY) benchmarks/memory.py

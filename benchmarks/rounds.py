@@ -60,9 +60,10 @@ def time_cells(cells, batches, rounds):
     return time_rotated({name: runner(cell) for name, cell in cells.items()}, rounds, len(batches))
 
 
-def report_ratio(times, path, baseline, what="micro-step"):
-    """Prints each path's median time and ``path / baseline`` as the median of per-round ratios, with quartiles."""
-    for name, values in times.items():
+def report_ratio(times, path, baseline, what="micro-step", quiet=False):
+    """Prints each path's median time (unless ``quiet``) and ``path / baseline`` as the median of per-round ratios,
+    with quartiles."""
+    for name, values in ({} if quiet else times).items():
         print(f"{name:>8}: {statistics.median(values):.2f} ms per {what} (median of {len(values)} rounds)")
     ratios = [t / b for t, b in zip(times[path], times[baseline])]
     low, _, high = statistics.quantiles(ratios, n=4)
