@@ -10,7 +10,8 @@ train-Cell checkpoint (:mod:`.model_guards`). The run lock is
 * :func:`read_checkpoint`: the whole file parsed and its CRC checked, or one
   :class:`CheckpointError` naming the file.
 * :func:`files_in` and :func:`newest_file`: a directory's files of a pattern,
-  oldest written first; :func:`prune`: all but the newest few deleted.
+  by the training position their names record; :func:`prune`: all but the
+  furthest few deleted.
 * :func:`remove_partial_files`: what a dead run left half-written.
 """
 
@@ -210,22 +211,34 @@ def _quiet_mindspore():
         mindspore_logger.setLevel(level)
 
 
-def files_in(directory, pattern="*.ckpt"):
-    """The files of ``directory`` whose names match ``pattern``, oldest written first (directories are no files).
+#: ``<prefix>-<epoch>_<n>.ckpt``: a training state's or ModelCheckpoint's name, which records its position.
+_POSITION = re.compile(r"-(\d+)_(\d+)\.ckpt$")
 
-    Write time, not the name, orders them: after a resume from an earlier
-    file, the files this run writes are the newest.
+
+def files_in(directory, pattern="*.ckpt"):
+    """The files of ``directory`` whose names match ``pattern``, earliest first (directories are no files).
+
+    The training position a name records (``<prefix>-<epoch>_<n>.ckpt``, as Hugging Face's
+    ``get_last_checkpoint`` reads ``checkpoint-<step>``) orders them, not the write time, which a copy
+    (``cp -r``) renews on every file. Write time orders only files of one position or of none, those first.
+    Names follow positions, so a run resumed from an earlier file replaces the later ones as it reaches them.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         return []
     found = [entry.path for entry in os.scandir(directory)
              if entry.is_file() and fnmatch.fnmatchcase(entry.name, pattern) and not entry.name.startswith(".")]
-    return sorted(found, key=lambda p: (os.stat(p).st_mtime_ns, p))
+    return sorted(found, key=_position_then_time)
+
+
+def _position_then_time(path):
+    match = _POSITION.search(os.path.basename(path))
+    position = (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+    return position, os.stat(path).st_mtime_ns, path
 
 
 def newest_file(directory, pattern="*.ckpt"):
-    """The most recently written file of :func:`files_in`, or None."""
+    """The last file of :func:`files_in` (the furthest position), or None."""
     found = files_in(directory, pattern)
     return found[-1] if found else None
 

@@ -27,6 +27,7 @@ them):
 import logging
 import os
 
+import numpy as np
 from mindspore.train import Callback, LossMonitor, ModelCheckpoint
 
 from .checkpoint import mismatches, save_network_checkpoint
@@ -207,12 +208,35 @@ class ResumableLossMonitor(LossMonitor):
     resumed at micro-step 10 printed at 13, 16, ... instead of 12, 15, ....
     Put it after the callback that sets ``cur_step_num`` to the resumed
     micro-step. (It sets MindSpore 2.10's private ``_last_print_time``.)
+
+    With ``window_ends`` (``epoch -> the 1-based micro-steps of the epoch that close a window``, as
+    :meth:`~mindspore_accum.windowed_data.WindowedDataset.window_ends` gives), ``per_print_times`` counts
+    windows, and a line is printed only where a window closes: windows of varying micro-batches never put one
+    in mid-window, and a resumed run prints where the uninterrupted one did.
     """
+
+    def __init__(self, per_print_times=1, window_ends=None):
+        super().__init__(per_print_times)
+        self._window_ends = window_ends
 
     def on_train_begin(self, run_context):
         step, every = run_context.original_args().cur_step_num, self._per_print_times
-        if step and every:
+        if step and every and self._window_ends is None:
             self._last_print_time = step - step % every
+
+    def step_end(self, run_context):
+        if self._window_ends is None:
+            return super().step_end(run_context)
+        params = run_context.original_args()
+        epoch, step = params.get("cur_epoch_num", 1), (params.cur_step_num - 1) % params.batch_num + 1
+        loss = float(np.asarray(params.net_outputs.asnumpy()).reshape(-1)[0])
+        if not np.isfinite(loss):  # as LossMonitor: divergence stops the run
+            raise ValueError(f"In epoch: {epoch} step: {step}, loss is NAN or INF, training process cannot "
+                             f"continue, terminating training.")
+        ends = self._window_ends(epoch)
+        if step in ends and (ends.index(step) + 1) % self._per_print_times == 0:
+            print(f"epoch: {epoch} step: {step}, loss is {loss}", flush=True)
+        return None
 
 
 class AverageCheckpoint(Callback):

@@ -300,7 +300,7 @@ def _describe(values):
 
 
 def find_training_state(path):
-    """``path`` itself if it is a file; for a directory, its most recently written state file."""
+    """``path`` itself if it is a file; for a directory, its state file of the furthest position."""
     path = os.fspath(path)
     if os.path.isdir(path):
         found = StateDirectory.files_in(path)
@@ -330,7 +330,7 @@ class StateDirectory:
 
     @staticmethod
     def files_in(directory):
-        """The state files in ``directory``, oldest written first (:func:`~mindspore_accum.files.files_in`).
+        """The state files in ``directory``, earliest position first (:func:`~mindspore_accum.files.files_in`).
 
         A directory named state-old.ckpt is the user's, not a state to load or prune.
         """

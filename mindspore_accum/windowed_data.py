@@ -19,7 +19,7 @@ epoch, so a resume recomputes it and starts at any micro-batch.
 import dataclasses
 import itertools
 import logging
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -142,6 +142,12 @@ class WindowedDataset:
     def total_updates(self, epochs: int) -> int:
         """Updates in epochs 1..``epochs``: what a learning-rate schedule counts."""
         return sum(self.updates_in(epoch) for epoch in range(1, epochs + 1))
+
+    def window_ends(self, epoch: int) -> Tuple[int, ...]:
+        """This rank's 1-based micro-batches of ``epoch`` that close a window: where a loss line belongs."""
+        mine = self._mine(epoch)
+        return tuple(i + 1 for i, (_, _, window, _) in enumerate(mine)
+                     if i + 1 == len(mine) or mine[i + 1][2] != window)
 
     def window_samples(self, epoch: int, micro_batch: int) -> int:
         """The global batch of the window of this rank's 1-based ``micro_batch`` of ``epoch``."""

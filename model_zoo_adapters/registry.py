@@ -63,6 +63,12 @@ class ModelEntry:
     ``channels``/``image_size``: fixed inputs (LeNet5's 1 and 32), or None to follow the dataset.
     ``norm``: whether ``--norm`` applies; ``gn_groups``: whether ``--gn_groups`` does too.
     ``seq_len``: a text network's default sequence length.
+
+    What the network allocates, for the scripts' memory check (None: not known, and not guessed):
+    ``head_width``, the inputs of its classifier head, which has ``num_classes`` outputs;
+    ``activations_per_pixel``, float32 values per input pixel and sample that it keeps for its backward, at
+    least; ``attention``, ``(layers, heads)`` of ``seq_len x seq_len`` scores it builds for every sequence (a
+    network that pads each micro-batch to its own longest sequence builds none of ``seq_len``'s size).
     """
 
     name: str
@@ -75,6 +81,9 @@ class ModelEntry:
     gn_groups: bool = False
     seq_len: Optional[int] = None
     about: str = ""
+    head_width: Optional[int] = None
+    activations_per_pixel: Optional[int] = None
+    attention: Optional[Tuple[int, int]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +121,27 @@ def register_dataset(name, **fields):
 
 
 def _registrar(table, entry, kind, name, fields):
+    _check_new_name(table, kind, name)
+    task = fields.get("task", "image")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is none of {', '.join(TASKS)}: a {kind}'s task says its loss and data")
+
     def register(build):
-        if name in table:
-            raise ValueError(f"{kind} {name!r} is registered already")
+        if not callable(build):
+            raise TypeError(f"register_{kind}({name!r}) decorates the function that builds the {kind}, got "
+                            f"{type(build).__name__}")
+        _check_new_name(table, kind, name)
         table[name] = entry(name, build, **fields)
         return build
     return register
+
+
+def _check_new_name(table, kind, name):
+    if not isinstance(name, str) or not name or name.startswith(MINDCV_PREFIX):
+        raise ValueError(f"a {kind}'s name must be a non-empty string not starting with {MINDCV_PREFIX!r}, got "
+                         f"{name!r}: e.g. register_{kind}('my_{kind}')")
+    if name in table:
+        raise ValueError(f"{kind} {name!r} is registered already")
 
 
 def model_names():
@@ -131,6 +155,8 @@ def model_entry(name):
     Raises:
         ValueError: no such network.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"the model's name must be a string such as 'lenet', got {name!r}")
     if name in MODELS:
         return MODELS[name]
     if name.startswith(MINDCV_PREFIX) and len(name) > len(MINDCV_PREFIX):
@@ -147,11 +173,27 @@ def dataset_entry(name):
 
 def create_model(name, num_classes=10, *, channels=None, image_size=None, norm=None, gn_groups=None,
                  conv_impl="auto", seq_len=None):
-    """Network ``name``, untrained: as timm's ``create_model``. Defaults are the entry's."""
+    """Network ``name``, untrained: as timm's ``create_model``. Defaults are the entry's.
+
+    A size the entry's network cannot take (another ``image_size`` or ``channels`` than its fixed inputs, a
+    ``seq_len`` or ``num_classes`` below 1; None for a language model's classes) is refused, naming the argument.
+    """
     entry = model_entry(name)
+    for argument, value in (("num_classes", num_classes), ("seq_len", seq_len)):  # None: none (a language model's)
+        if value is not None:
+            _check_count(argument, value)
+    for argument, value, fixed in (("image_size", image_size, entry.image_size), ("channels", channels,
+                                                                                     entry.channels)):
+        if value is not None and fixed is not None and value != fixed:
+            raise ValueError(f"{argument}={value} does not fit {name!r}, which takes {fixed} only: drop {argument}")
     return entry.build(num_classes=num_classes, channels=channels or entry.channels or 3,
                        image_size=image_size or entry.image_size, norm=norm or ("batch" if entry.norm else None),
                        gn_groups=gn_groups, conv_impl=conv_impl, seq_len=seq_len or entry.seq_len)
+
+
+def _check_count(argument, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{argument} must be a whole number >= 1, got {value!r}")
 
 
 def create_dataset(name, data_path=None, batch_size=32, train=True, **kwargs):
@@ -177,7 +219,7 @@ def _mindcv_builder(name):
 
 # The networks.
 
-@register_model("lenet", datasets=("mnist",), channels=1, image_size=32, about="LeNet5")
+@register_model("lenet", datasets=("mnist",), channels=1, image_size=32, about="LeNet5", head_width=84)
 def _lenet(num_classes, conv_impl="auto", **_):
     return lenet.LeNet5(num_class=num_classes, conv_impl=conv_impl)
 
@@ -188,8 +230,14 @@ def _resnet(depth):
     return build
 
 
+#: A ResNet's stem keeps its convolution's, norm's and ReLU's outputs, 64 channels at stride 2: 3 x 64 / 4 values
+#: per input pixel, before any later layer's.
+_RESNET_STEM_ACTIVATIONS = 48
+
 for _depth in resnet.RESNETS:
-    register_model(_depth, datasets=("cifar10",), norm=True, about="ResNet")(_resnet(_depth))
+    register_model(_depth, datasets=("cifar10",), norm=True, about="ResNet",  # basic blocks to 34, bottlenecks after
+                   head_width=512 if _depth in ("resnet18", "resnet34") else 2048,
+                   activations_per_pixel=_RESNET_STEM_ACTIVATIONS)(_resnet(_depth))
 
 register_model("efficientnet_b0", datasets=("cifar10",), norm=True, gn_groups=True,
                about="mindcv")(_mindcv_builder("efficientnet_b0"))
@@ -201,9 +249,12 @@ def _text_model(name):
     return build
 
 
-for _name, (_task, _) in transformer.TEXT_MODELS.items():
+for _name, (_task, _sizes) in transformer.TEXT_MODELS.items():
+    # The causal LM attends over every sequence at its full length; the classifier pads each micro-batch to its
+    # own longest text.
     register_model(_name, task=_task, datasets=("text",) if _task == "lm" else ("text_classification",),
-                   seq_len=64 if _task == "lm" else 128, about="transformer")(_text_model(_name))
+                   seq_len=64 if _task == "lm" else 128, about="transformer", head_width=_sizes["d_model"],
+                   attention=(_sizes["layers"], _sizes["heads"]) if _task == "lm" else None)(_text_model(_name))
 
 
 # The datasets.

@@ -24,8 +24,10 @@ from .text import PAD_ID, VOCAB_SIZE
 
 __all__ = ["CausalLM", "SequenceClassifier", "TokenCrossEntropy", "TEXT_MODELS", "create_text_model"]
 
-#: A large negative score: exp() of it is 0 in float32, without the NaN that -inf gives a fully masked row.
-_MASKED = -1e9
+#: A large negative score: exp() of it is 0 in float32 and float16, without the NaN that -inf gives a fully masked
+#: row. -1e4, as BERT's own code, not -1e9: at O2 MindSpore folds the mask's cast to float16, where -1e9 overflows
+#: (a causal and a padding mask together, -2e4, still fit).
+_MASKED = -1e4
 
 
 class _Encoder(nn.Cell):

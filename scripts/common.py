@@ -17,6 +17,17 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ [WARNING] flood; must be
 import mindspore as ms  # noqa: E402
 import mindspore.dataset as ds  # noqa: E402
 import numpy as np  # noqa: E402
+from flags import (  # noqa: E402,F401 (the argument types, for the scripts)
+    EXIT_BAD_INPUT,
+    INT32_MAX,
+    Parser,
+    ema_decay,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from mindspore import Model, nn  # noqa: E402
 from mindspore.train import ConfusionMatrix  # noqa: E402
 
@@ -29,10 +40,7 @@ from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
 from model_zoo_adapters.mindcv_models import MINDCV_PREFIX, disable_dropout  # noqa: E402
 
-EXIT_BAD_INPUT = 2
-
 MODELS = registry.model_names()
-DATASETS = tuple(registry.DATASETS)
 
 
 def model_name(text):
@@ -42,6 +50,41 @@ def model_name(text):
     raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
                                      f"{', '.join(map(repr, registry.model_names()))}, "
                                      f"or mindcv:<name>)")
+
+
+def dataset_name(text):
+    """An argparse type: a registered dataset, looked up when the flags are parsed (a --user_module's included)."""
+    if text in registry.DATASETS:
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                     f"{', '.join(map(repr, registry.DATASETS))})")
+
+
+def import_user_modules(argv):
+    """Imports each ``--user_module`` of ``argv`` (a ``.py`` file or a dotted name) before the flags are parsed.
+
+    Its ``register_model`` and ``register_dataset`` entries then are ``--model`` and ``--dataset`` choices, as
+    fairseq's ``--user-dir`` does for its registries. A dotted name is looked up from the working directory too.
+    """
+    import importlib
+    import importlib.util
+    argv = list(argv)
+    modules = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--user_module"]
+    modules += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--user_module=")]
+    for module in modules:
+        try:
+            if module.endswith(".py") or os.sep in module:
+                spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module))[0], module)
+                if spec is None or not os.path.isfile(module):
+                    raise FileNotFoundError(f"no file {module!r}")
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            else:
+                if os.getcwd() not in sys.path:
+                    sys.path.append(os.getcwd())
+                importlib.import_module(module)
+        except Exception as error:  # the user's code: whatever it raises, the flag is named
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"--user_module {module}: importing it failed: {first}") from None
 
 
 def augment_names(text):
@@ -59,52 +102,18 @@ def task_of(model):
     return registry.model_entry(model).task
 
 
-def _whole_number(minimum):
-    """An argparse type: a whole number >= ``minimum``."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
-        return value
-    return parse
-
-
-positive_int = _whole_number(1)
-non_negative_int = _whole_number(0)
-
-
-def _float_in(low, high, low_open, what):
-    """An argparse type: a number in ``[low, high)`` (or ``(low, high)`` with ``low_open``); ``what`` says so."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not (low < value if low_open else low <= value) or not value < high:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-    return parse
-
-
-positive_float = _float_in(0, float("inf"), True, "a finite number > 0")
-#: A momentum, a weight decay.
-non_negative_float = _float_in(0, float("inf"), False, "a finite number >= 0")
-ema_decay = _float_in(0, 1, False, "a number in [0, 1), e.g. 0.999")
-
-
 #: The flags that are no setting: where the files are, how the run is shown, how long it runs, how it is launched.
 #: Every other flag is a setting, recorded in each state and train checkpoint and compared on resume, so a flag
 #: added later is compared without anyone touching a list. The data is compared by its fingerprint, not its path.
-RUN_FLAGS = frozenset(("help", "data_path", "ckpt_path", "resume", "init_ckpt", "device_target", "epochs", "log_every",
-                       "no_progress", "keep_checkpoints", "save_every", "save_steps", "eval_every_epoch",
-                       "grad_flow_every", "distribute", "dataset_sink_mode"))
+RUN_FLAGS = frozenset(("help", "user_module", "data_path", "ckpt_path", "resume", "init_ckpt", "device_target",
+                       "epochs", "log_every", "no_progress", "keep_checkpoints", "save_every", "save_steps",
+                       "eval_every_epoch", "grad_flow_every", "distribute", "dataset_sink_mode"))
 
 
 def parse_flags(parser, argv=None):
-    """``parser.parse_args(argv)``, with ``setting_flags``: the flags that are settings (all but :data:`RUN_FLAGS`)."""
+    """``parser.parse_args(argv)`` after the ``--user_module`` imports, with ``setting_flags``: the flags that are
+    settings (all but :data:`RUN_FLAGS`)."""
+    import_user_modules(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.setting_flags = tuple(action.dest for action in parser._actions if action.dest not in RUN_FLAGS)
     return args
@@ -121,11 +130,15 @@ def training_settings(args):
 
 
 def fingerprint_of(data_path):
-    """:func:`~mindspore_accum.settings.data_fingerprint` of ``data_path``; the built-in corpus by its text."""
+    """:func:`~mindspore_accum.settings.data_fingerprint` of ``data_path``; the built-in corpus by its text.
+
+    A path that is no file or directory (a registered dataset that makes its data from the name) has nothing to
+    hash: it is compared by its name, and the record says so, so that other data is never accepted silently.
+    """
     if data_path == "pydoc":
         import hashlib
         return "pydoc:" + hashlib.sha256(repr(sorted(text._pydoc_topics().items())).encode()).hexdigest()[:16]
-    return data_fingerprint(data_path)
+    return data_fingerprint(data_path) or f"--data_path {data_path!r} (no file or directory: compared by its name)"
 
 
 #: Flags the printed resume command leaves out: a resume starts from the state, and --init_ckpt with --resume
@@ -152,7 +165,8 @@ def add_optimizer_args(parser):
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",
                         help="; ".join(f"{name}: {about}" for name, (_, about) in OPTIMIZERS.items()))
     parser.add_argument("--lr", type=positive_float, default=0.01)
-    parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="--optimizer momentum only")
+    parser.add_argument("--momentum", type=non_negative_float, default=None,
+                        help="--optimizer momentum only (default 0.9)")
     parser.add_argument("--weight_decay", type=non_negative_float, default=0.0)
     parser.add_argument("--ema_decay", type=ema_decay, default=None,
                         help="keep a moving average of the weights, updated once per optimizer update; the model "
@@ -166,10 +180,20 @@ def optimizer_words(args):
     return words + (f", weight_decay: {args.weight_decay}" if args.weight_decay else "")
 
 
+def resolve_optimizer_args(args):
+    """Refuses ``--momentum`` given with an optimizer that has none, whatever its value; then fills its default.
+
+    The default is filled for every optimizer, as the records of earlier runs hold it.
+    """
+    if args.momentum is not None and args.optimizer != "momentum":
+        raise ValueError(f"--momentum applies to --optimizer momentum, not {args.optimizer}, which has none (given "
+                         f"--momentum {args.momentum:g}): drop --momentum")
+    if args.momentum is None:
+        args.momentum = 0.9
+
+
 def build_optimizer(args, params, lr):
     """The optimizer ``args`` names over ``params``, at ``lr`` (a rate or a list of rates, one per update)."""
-    if args.optimizer != "momentum" and args.momentum != 0.9:
-        raise ValueError(f"--momentum applies to --optimizer momentum, not {args.optimizer}: drop --momentum")
     return create_optimizer(args.optimizer, params, lr, args.momentum, args.weight_decay)
 
 
@@ -188,7 +212,7 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
     parser.add_argument("--batch_size", type=positive_int, default=32, help="samples per micro-batch")
     parser.add_argument("--model", type=model_name, default="lenet",
                         help=f"{', '.join(MODELS)}, or mindcv:<name> for any network of mindcv (an optional extra)")
-    parser.add_argument("--dataset", choices=DATASETS, default=None,
+    parser.add_argument("--dataset", type=dataset_name, default=None,
                         help="default: mnist for lenet, cifar10 for the ResNets and mindcv's, text for gpt_*, "
                              "text_classification for bert_*")
     parser.add_argument("--seq_len", type=positive_int, default=None,
@@ -210,6 +234,9 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
                         help=f"training augmentations, comma-separated: {', '.join(AUGMENTATIONS)}")
     parser.add_argument("--num_samples", type=positive_int, default=None,
                         help="use only this many samples of the split (a quick run)")
+    parser.add_argument("--user_module", action="append", default=None, metavar="MODULE",
+                        help="import this module first (a .py file or a dotted name; repeatable): its "
+                             "register_model and register_dataset entries become --model and --dataset choices")
     parser.add_argument("--no_dropout", action="store_true",
                         help="dropout and stochastic depth off (timm's drop and drop-path rates of 0): each draws "
                              "other masks for a micro-batch than for the large batch, so only without them is an "
@@ -237,44 +264,77 @@ def resolve_model_args(args, train):
                          f"{text.VOCAB_SIZE} byte tokens")
     if hasattr(args, "weighting") and args.weighting is None:
         args.weighting = registry.TASKS[model.task].weighting
-    check_memory(args, model.task, classes_from_data=data.classes is not None and not classes_given)
+    #: The class count came from the data, not --num_classes: the memory check names the data.
+    args.classes_from_data = data.classes is not None and not classes_given
+    if not train:  # a training script checks once the rule of two has given it the micro-batch
+        check_memory(args)
     return args
 
 
-#: float32 bytes, and the narrowest input of a classifier head among the networks (a lower bound on its width).
-_FLOAT, _HEAD_WIDTH = 4, 16
+_FLOAT = 4  # bytes of a float32
+#: Copies of a weight a training step holds beside the weight itself, by --optimizer: the backward's gradient and
+#: the window's buffer, then the optimizer's own (momentum's accumulation, Adam's two moments).
+_WEIGHT_COPIES = {"momentum": 3, "sgd": 3, "adam": 4, "adamw": 4, "adamweightdecay": 4}
 
 
-def check_memory(args, task, classes_from_data=False):
+def check_memory(args):
     """Refuses a size whose tensors cannot fit in this machine's memory, before anything is allocated.
 
-    Each figure is a lower bound, so that nothing that fits is refused: the head's weights and their gradient
-    buffer (``--num_classes`` x at least 16 inputs), one attention score matrix of a micro-batch (``--seq_len``
-    squared), one micro-batch of images (``--image_size`` squared).
+    It counts what the network's registry entry says it allocates (``head_width``, ``activations_per_pixel``,
+    ``attention``): the head's weights with their gradient, buffer, optimizer state and EMA; a micro-batch's
+    attention scores and their softmax in every layer and head, and a causal mask, of ``--seq_len`` squared;
+    a micro-batch of images with the activations kept for the backward. What an entry does not say is not
+    counted, beyond the input itself. A size is refused when that alone exceeds the machine's memory; the
+    largest size it suggests takes at most half of it, leaving the rest to the other layers and MindSpore.
     """
     import psutil  # MindSpore's own dependency
     total = psutil.virtual_memory().total
-    batch = getattr(args, "batch_size", None) or 1  # a training script fills it in later (rule of two): 1 at least
+    entry = registry.model_entry(args.model)
+    task, classes_from_data = entry.task, getattr(args, "classes_from_data", False)
+    batch = getattr(args, "batch_size", None) or 1
     checks = []
-    if args.num_classes:
-        per_class = 2 * _HEAD_WIDTH * _FLOAT
+    if args.num_classes and entry.head_width:
+        copies = _WEIGHT_COPIES.get(getattr(args, "optimizer", None), 2) + (getattr(args, "ema_decay", None)
+                                                                            is not None)
+        per_class = (1 + copies) * (entry.head_width + 1) * _FLOAT
         what = f"the labels of {args.data_path} (up to {args.num_classes - 1})" if classes_from_data else \
             f"--num_classes {args.num_classes}"
-        checks.append((what, args.num_classes * per_class, f"a head of {args.num_classes} classes",
-                       f"number the classes from 0, at most {total // per_class}"))
-    if task != "image" and args.seq_len:
-        checks.append((f"--seq_len {args.seq_len}", args.seq_len ** 2 * batch * _FLOAT,
-                       f"the {args.seq_len} x {args.seq_len} attention scores of a micro-batch",
-                       f"use a --seq_len of at most {math.isqrt(total // (batch * _FLOAT))}"))
+        fix = "number the classes from 0, at most" if classes_from_data else "use a --num_classes of at most"
+        checks.append((what, args.num_classes * per_class,
+                       f"a head of {args.num_classes} classes x {entry.head_width} inputs, {1 + copies} copies",
+                       f"{fix} {total // 2 // per_class:,}"))
+    if task != "image" and args.seq_len and entry.attention:
+        layers, heads = entry.attention
+        per_square = (2 * layers * heads * batch + 1) * _FLOAT
+        checks.append((f"--seq_len {args.seq_len}", args.seq_len ** 2 * per_square,
+                       f"{layers} layers x {heads} heads of {args.seq_len} x {args.seq_len} attention scores and "
+                       f"their softmax for {batch} sequence{'s' if batch > 1 else ''}, and the causal mask",
+                       f"use a --seq_len of at most {math.isqrt(total // 2 // per_square):,}"))
     if task == "image" and args.image_size:
-        channels = getattr(args, "channels", None) or 3
-        checks.append((f"--image_size {args.image_size}", batch * channels * args.image_size ** 2 * _FLOAT,
-                       f"a micro-batch of {channels}-channel {args.image_size}x{args.image_size} images",
-                       f"use an --image_size of at most {math.isqrt(total // (batch * channels * _FLOAT))}"))
+        checks.append(_image_check(args, entry, batch, total))
     for what, needs, of, fix in checks:
         if needs > total:
             raise ValueError(f"{what} needs at least {needs / 2 ** 30:,.0f} GiB ({of}, float32), more than the "
                              f"{total / 2 ** 30:.0f} GiB of this machine: {fix}")
+
+
+def _image_check(args, entry, batch, total):
+    """A micro-batch of images, and what the network keeps of each pixel: the flag at fault, and its fix."""
+    channels = getattr(args, "channels", None) or 3
+    per_pixel = (channels + (entry.activations_per_pixel or 0)) * _FLOAT
+    pixels = args.image_size ** 2
+    largest_batch = total // 2 // (pixels * per_pixel)
+    largest_size = math.isqrt(total // 2 // (batch * per_pixel))
+    kept = f" and {entry.activations_per_pixel} activations per pixel" if entry.activations_per_pixel else ""
+    if entry.image_size is not None or largest_size >= args.image_size:  # the size is fixed, or fits alone
+        what, fix = f"--batch_size {batch}", f"use a --batch_size of at most {largest_batch:,}"
+    elif largest_batch == 0:  # a single image does not fit
+        what, fix = f"--image_size {args.image_size}", f"use an --image_size of at most {largest_size:,}"
+    else:
+        what = f"--image_size {args.image_size} with --batch_size {batch}"
+        fix = f"use an --image_size of at most {largest_size:,}, or a --batch_size of at most {largest_batch:,}"
+    return (what, batch * pixels * per_pixel,
+            f"a micro-batch of {batch} {channels}-channel {args.image_size}x{args.image_size} images{kept}", fix)
 
 
 def _resolve_image_args(args, model, data):

@@ -11,14 +11,15 @@
 weights or (--weights ema) their moving average. The number of classes is the checkpoint's head's.
 """
 
-import argparse
 import os
 
 from common import (
+    Parser,
     add_common_args,
     build_dataset,
     build_network,
     evaluate,
+    parse_flags,
     resolve_model_args,
     run,
     setup_logging,
@@ -62,13 +63,13 @@ def say_which_weights(ckpt_path, weights):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     add_common_args(parser)
     parser.add_argument("--per_class", action="store_true", help="also per-class accuracy and the confusion matrix")
     parser.add_argument("--weights", choices=WEIGHTS, default="raw",
                         help="a training state's (or train-Cell checkpoint's) network: its raw weights, or their "
                              "moving average (a run with --ema_decay); a model checkpoint holds one set")
-    args = parser.parse_args()
+    args = parse_flags(parser)
     setup_logging()
     classes_given = args.num_classes is not None
     resolve_model_args(args, train=False)

@@ -8,7 +8,6 @@ effective batch over training, which a batch schedule changes) and, when the
 run evaluated every epoch, accuracy.png (test accuracy per epoch).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; training never imports matplotlib
 import matplotlib.pyplot as plt  # noqa: E402
+from flags import Parser  # noqa: E402
 
 #: The fields each kind of record must have for the plots.
 REQUIRED = {"update": ("epoch", "total_updates", "loss"), "epoch": ("epoch", "train_loss")}
@@ -100,7 +100,7 @@ def plot_accuracy(epochs, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--metrics", default="gradient_accumulation_metrics.jsonl",
                         help="the <checkpoint>_metrics.jsonl train.py wrote beside its checkpoint")
     parser.add_argument("--out", default="plots", help="directory for the PNG files")

@@ -150,7 +150,7 @@ def train(args, device, rank, ranks, shards):
     stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
     callbacks = [CountOnFrom(start, micro_batches), EpochSizeCheck(cell)]
     if rank == 0:
-        callbacks += build_callbacks(args, cell, network, micro_batches, record, say)
+        callbacks += build_callbacks(args, cell, network, data, record, say)
         # Data parallel: a rank that stopped alone would leave the others in the all-reduce (as train.py).
         callbacks += [] if args.distribute else [stop]
     # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
@@ -169,20 +169,23 @@ def train(args, device, rank, ranks, shards):
                          f"{stop.saved_path}", stop.saved_path, stop.signum)
 
 
-def build_callbacks(args, cell, network, micro_batches, record, say):
+def build_callbacks(args, cell, network, data, record, say):
     """Rank 0's: progress, loss lines, time, the epoch's evaluation, the network's and the train Cell's checkpoints.
 
-    ``LossMonitor`` prints every ``--log_every`` updates' worth of micro-steps (``log_every x mini_steps``).
+    ``LossMonitor`` prints every ``--log_every`` updates' worth of micro-steps (``log_every x mini_steps``); with
+    a global batch, every ``--log_every`` windows where a window closes, whatever its micro-batches.
     """
-    resuming = bool(args.resume)
+    resuming, micro_batches = bool(args.resume), data.micro_batches
     bare = CheckpointConfig(save_checkpoint_steps=micro_batches, keep_checkpoint_max=1, saved_network=network,
                             crc_check=True)
     # step_num: the global micro-step, which --resume reads back; the settings, which it checks.
     whole = CheckpointConfig(save_checkpoint_steps=args.save_steps or micro_batches,
                              keep_checkpoint_max=args.keep_checkpoints,
                              append_info=["epoch_num", "step_num", record], crc_check=True)
-    callbacks = [ModelProgressBar(args.batch_size, enabled=not args.no_progress),
-                 ResumableLossMonitor(per_print_times=args.log_every * args.mini_steps), TimeMonitor()]
+    # A line every --log_every windows, where a window closes: counted in windows when their sizes vary.
+    losses = ResumableLossMonitor(args.log_every, window_ends=data.windowed.window_ends) if data.windowed is not None \
+        else ResumableLossMonitor(per_print_times=args.log_every * args.mini_steps)
+    callbacks = [ModelProgressBar(args.batch_size, enabled=not args.no_progress), losses, TimeMonitor()]
     evaluate_epoch = epoch_evaluator(args, network, cell.ema, say)
     if evaluate_epoch is not None:
         callbacks.append(EvaluateEachEpoch(evaluate_epoch))

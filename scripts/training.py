@@ -9,19 +9,25 @@ has, and why; docs/cli.md prints that table and a test keeps both in step.
 import argparse
 import contextlib
 import dataclasses
+import logging
 import sys
 from typing import Optional
 
 from common import (
+    INT32_MAX,
+    Parser,
     add_common_args,
     add_optimizer_args,
     build_dataset,
+    check_memory,
     evaluate,
     non_negative_int,
     optimizer_words,
     positive_float,
     positive_int,
+    resolve_optimizer_args,
     resume_command,
+    seed_int,
     task_of,
     training_settings,
 )
@@ -37,6 +43,8 @@ from model_zoo_adapters import registry
 
 __all__ = ["ENGINE_FLAGS", "training_parser", "check_training_flags", "resolve_seed", "learning_rate",
            "join_ranks", "TrainingData", "build_training_data", "print_plan", "epoch_evaluator", "exit_interrupted"]
+
+logger = logging.getLogger("mindspore_accum.scripts")
 
 #: The flags one engine has and the other has not: flag -> (script, why). Every other training flag is both's.
 ENGINE_FLAGS = {
@@ -63,7 +71,7 @@ def training_parser(description, ckpt_default, ckpt_help, schedules=True):
 
     ``schedules``: the batch schedules (train.py's: :data:`ENGINE_FLAGS` says why).
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=description)
     add_common_args(parser, ckpt_help)
     parser.set_defaults(ckpt_path=ckpt_default, batch_size=None)
     add_batch_args(parser, schedules)
@@ -82,7 +90,7 @@ def training_parser(description, ckpt_default, ckpt_help, schedules=True):
                              "-100); default items for gpt_*, samples otherwise")
     parser.add_argument("--clip_grad_norm", type=positive_float, default=None, metavar="MAX",
                         help="clip the window's mean gradient to this global norm, once per update")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=seed_int, default=None,
                         help="seeds the initial weights and the shuffle (default 1, or the resumed run's)")
     parser.add_argument("--remainder", choices=REMAINDER_POLICIES, default="flush",
                         help="a partial window at the end of an epoch: apply it (flush) or discard it (drop)")
@@ -113,10 +121,14 @@ def epoch_schedule(text):
     for entry in text.split(","):
         epoch, _, mini_steps = entry.partition(":")
         try:
-            schedule[int(epoch)] = int(mini_steps)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{entry!r} is not EPOCH:MINI_STEPS in whole numbers, e.g. 1:1,3:4") \
-                from None
+            epoch, mini_steps = positive_int(epoch), positive_int(mini_steps)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{entry!r} is not EPOCH:MINI_STEPS in whole numbers from 1 to "
+                                             f"{INT32_MAX}, e.g. 1:1,3:4") from None
+        if epoch in schedule:
+            raise argparse.ArgumentTypeError(f"epoch {epoch} is given twice ({epoch}:{schedule[epoch]} and "
+                                             f"{entry}): give each epoch once, in increasing order")
+        schedule[epoch] = mini_steps
     try:
         BatchSchedule.from_mini_steps(schedule, 1)
     except (TypeError, ValueError) as error:
@@ -172,7 +184,8 @@ def resolve_batch_args(args, ranks):
 
 
 def check_training_flags(args):
-    """Refuses the combinations no engine can run."""
+    """Refuses the combinations no engine can run; fills the optimizer's defaults."""
+    resolve_optimizer_args(args)
     if args.init_ckpt and args.resume:
         raise ValueError("--init_ckpt and --resume together: a resume restores everything, the weights included; "
                          "drop --init_ckpt")
@@ -184,10 +197,27 @@ def resolve_seed(args, saved_seed=None):
         args.seed = saved_seed if saved_seed is not None else 1
 
 
+#: The most updates a schedule's list of rates may cover: a list of Python floats of 16.7M entries peaks near 2 GB
+#: while MindSpore's helpers build it.
+MAX_SCHEDULED_UPDATES = 2 ** 24
+
+
 def learning_rate(args, total_updates):
-    """``--lr``, or with a schedule or warm-up its rates over ``total_updates`` updates (one per update)."""
+    """``--lr``, or with a schedule or warm-up its rates over ``total_updates`` updates (one per update).
+
+    A warm-up longer than the run is accepted, with a warning: the rate then never reaches ``--lr``.
+    """
     if args.lr_schedule == "constant" and not args.warmup_steps:
         return args.lr
+    if total_updates > MAX_SCHEDULED_UPDATES:
+        flag = f"--lr_schedule {args.lr_schedule}" if args.lr_schedule != "constant" else "--warmup_steps"
+        raise ValueError(f"{flag} over {total_updates:,} updates is a list of that many rates, more than the "
+                         f"{MAX_SCHEDULED_UPDATES:,} it takes: use fewer --epochs (at most "
+                         f"{max(1, MAX_SCHEDULED_UPDATES * args.epochs // total_updates):,})")
+    if args.warmup_steps > total_updates:
+        logger.warning("--warmup_steps %d is longer than the run's %d updates: the rate ends at %.3g, never reaching "
+                       "--lr %g; use --warmup_steps %d or fewer", args.warmup_steps, total_updates,
+                       args.lr * total_updates / args.warmup_steps, args.lr, total_updates)
     return learning_rates(args.lr_schedule, args.lr, total_updates, args.warmup_steps)
 
 
@@ -229,6 +259,7 @@ def build_training_data(args, rank, ranks, shards):
     cuts each window at its size (:class:`~mindspore_accum.windowed_data.WindowedDataset`).
     """
     schedule = resolve_batch_args(args, ranks)
+    check_memory(args)
     if schedule is None:
         num_samples = -(-args.num_samples // ranks) if args.num_samples and ranks > 1 else args.num_samples
         dataset = build_dataset(args, train=True, num_samples=num_samples, **shards)

@@ -14,13 +14,14 @@ from nets import numpy_scores
 @pytest.mark.parametrize("value", ["0", "-1", "2.5", "True", "four"])
 def test_bad_mini_steps(tiny_mnist, value):
     result = parse_in_process("train.py", "--data_path", tiny_mnist, "--mini_steps", value)
-    assert_refused(result, "--mini_steps", repr(value), "whole number >= 1")
+    assert_refused(result, "--mini_steps", repr(value), "whole number from 1 to 2147483647")
 
 
 def test_a_bad_flag_as_a_user_sees_it(tmp_path, tiny_mnist):
     """The in-process checks above, once as a real process: exit 2, one line, no traceback."""
     result = run_script("train.py", "--data_path", tiny_mnist, "--mini_steps", "0", cwd=tmp_path)
-    assert_refused(result, "train.py: error: argument --mini_steps: must be a whole number >= 1, got '0'")
+    assert_refused(result, "train.py: error: argument --mini_steps: must be a whole number from 1 to 2147483647, "
+                           "got '0' (see train.py --help)")
 
 
 def test_missing_data_directory(tmp_path):

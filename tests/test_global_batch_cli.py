@@ -125,7 +125,7 @@ def test_bad_batch_settings_are_refused_in_one_line(tmp_path, tiny_mnist, flags,
 @pytest.mark.parametrize("flags, words", [
     (("--accumulation_schedule", "1:2,3:x"), ["'3:x' is not EPOCH:MINI_STEPS in whole numbers"]),
     (("--accumulation_schedule", "1:2,3:4,2:1"), ["are not increasing"]),
-    (("--batch_rampup", 8, 2.5, 100), ["--batch_rampup: must be a whole number >= 0, got '2.5'"]),
+    (("--batch_rampup", 8, 2.5, 100), ["--batch_rampup: must be a whole number from 0 to 2147483647, got '2.5'"]),
     (("--global_batch_size", "1e2"), ["--global_batch_size"]),
 ])
 def test_non_integer_and_unordered_entries_are_refused_by_the_parser(flags, words):
