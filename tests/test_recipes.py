@@ -21,7 +21,7 @@ from mindspore_accum.norm import batchnorm_cells
 from model_zoo_adapters.lenet import create_dataset
 from model_zoo_adapters.mindcv_models import create_mindcv_model, disable_dropout
 from model_zoo_adapters.resnet import resnet18
-from nets import LOSS, NO_CKPT, micro_batches, params_of, reference_steps
+from nets import LOSS, NO_CKPT, concat, micro_batches, params_of, reference_steps
 
 
 def efficientnet(**kwargs):
@@ -43,15 +43,25 @@ def test_efficientnet_b0_converted_at_the_defaults_accumulates_exactly_on_one_ch
     assert batchnorm_cells(network) == []
     groups = sorted({cell.num_groups for _, cell in network.cells_and_names() if isinstance(cell, nn.GroupNorm)})
     assert 24 in groups and 32 in groups, groups  # 144 channels take 24 groups, the widths divisible by 32 take 32
-    reference = twin_of(network)
+    reference, summed = twin_of(network), twin_of(network)
     initial = params_of(network)
     window = micro_batches([2, 2, 1], (1, 32, 32), 10, seed=7)
     GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1)).train_process(
         1, window, mini_steps=3, save=NO_CKPT)
     expected = reference_steps(reference, nn.SGD(reference.trainable_params(), 0.1), [window])
     assert any(not np.array_equal(expected[n], initial[n]) for n in initial)
-    for name, value in params_of(network).items():
-        np.testing.assert_allclose(value, expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # Each tensor's update to 1e-3 of its largest entry: the stem's gradient comes back through 50 layers of float32
+    # sums taken in another order, and the absolute gap depends on the CPU's kernels (an AMD EPYC here: 1.3e-5 of
+    # the largest entry at worst, 5e-5 absolute, past the rtol 1e-4, atol 1e-5 that held on another machine).
+    def close_updates(params):
+        return all(np.allclose(params[n] - initial[n], expected[n] - initial[n], rtol=0,
+                               atol=1e-3 * np.max(np.abs(expected[n] - initial[n])))
+                   for n in expected if np.any(expected[n] != initial[n]))
+    assert close_updates(params_of(network))
+    # Control: the tutorial's sum of the 3 micro-batches' gradients (sens=3 on the concatenated window) misses.
+    nn.TrainOneStepCell(nn.WithLossCell(summed, LOSS), nn.SGD(summed.trainable_params(), 0.1), sens=3.0)(
+        *concat(window))
+    assert not close_updates(params_of(summed))
 
 
 def test_the_cpu_fast_path_applies_to_mindcvs_network_and_keeps_its_outputs_and_names():
