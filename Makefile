@@ -33,15 +33,18 @@ mnist: $(VENV)/.installed
 	$(PY) scripts/train.py --data_path data/mnist --mini_steps 4
 	$(PY) scripts/eval.py --data_path data/mnist --ckpt_path gradient_accumulation.ckpt
 
-# The linter first: a finding fails the run before the suite (about 24 minutes here) starts.
+# Test processes (pytest-xdist): much of the suite is single-threaded (compiles, subprocess start-ups).
+PYTEST_WORKERS ?= 2
+
+# The linter first: a finding fails the run before the suite starts.
 test: lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
 	$(MAKE) test-oldest
 
 # The core tests on the oldest supported MindSpore (about 3 minutes here, its environment set up once).
 test-oldest: $(OLD_VENV)/.installed
 	$(OLD_PY) -c 'import mindspore; print("MindSpore", mindspore.__version__)'
-	$(OLD_PY) -m pytest $(CORE_TESTS)
+	$(OLD_PY) -m pytest -n $(PYTEST_WORKERS) $(CORE_TESTS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -31,6 +31,9 @@ setup(
         # The tests, and the linter `make test` runs first (ruff.toml; pinned to a minor
         # version so that a new release's rules cannot fail CI overnight). mindcv, so that
         # the recipes' tests run in CI.
-        "test": ["pytest>=7", "ruff>=0.17,<0.18", "tqdm>=4.60", "matplotlib>=3.5", "mindcv>=0.3,<0.4"],
+        # pytest-xdist: the suite in two processes (make test's PYTEST_WORKERS), since much of it is single-threaded
+        # (compiles, subprocess start-ups) on a two-core machine.
+        "test": ["pytest>=7", "pytest-xdist>=3,<4", "ruff>=0.17,<0.18", "tqdm>=4.60", "matplotlib>=3.5",
+                 "mindcv>=0.3,<0.4"],
     },
 )
