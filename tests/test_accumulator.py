@@ -417,3 +417,20 @@ def test_the_own_loop_page_runs_as_written_and_eval_py_scores_its_checkpoint(tmp
                              "--ckpt_path", "own_loop.ckpt"], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert scored.returncode == 0 and "Accuracy" in scored.stdout, scored.stdout + scored.stderr[-2000:]
+
+
+def test_a_rate_list_is_one_rate_per_update_not_per_micro_step():
+    """A list of learning rates: the optimizer indexes it by its own calls, which the accumulator makes once per
+    window. Reference: TrainOneStepCell stepping once per concatenated window through the same list. Control:
+    the list read per micro-step (every micro-batch an update: 0.3, 0.1, 0.03, then 0.03 on) misses."""
+    rates = [0.3, 0.1, 0.03]
+    windows = [micro_batches([4, 4], (8,), 4, seed=s) for s in (15, 16, 17)]
+    network = MLP()
+    reference, control = twin(MLP, network), twin(MLP, network)
+    accumulator = Accumulator(nn.SGD(network.trainable_params(), rates), mini_steps=2)
+    train(user_step("jit", network, LOSS, accumulator), accumulator, windows)
+    expected = reference_steps(reference, nn.SGD(reference.trainable_params(), rates), windows)
+    assert_close(params_of(network), expected)
+    per_micro_step = reference_steps(control, nn.SGD(control.trainable_params(), rates + rates[-1:] * 3),
+                                     [[batch] for window in windows for batch in window])
+    assert worst_miss(per_micro_step, expected) > 100 * RTOL

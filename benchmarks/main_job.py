@@ -1,0 +1,109 @@
+"""A profile of the main job (`make mnist`): where a micro-step's time goes, part by part.
+
+Each part is timed on its own, in rotated rounds of one run, LeNet5 at micro-batch 32 with `--mini_steps 4`:
+
+* step: ``nn.TrainOneStepCell`` on preloaded tensors, the floor;
+* driver: ``GradientAccumulation.train_process`` on the same preloaded tensors, with train.py's callbacks
+  (metrics file, no progress bar): the step plus accumulation plus the driver's host work;
+* all-in: the driver on the real MNIST pipeline (decode, resize, normalise, batch): what train.py does;
+* pipeline: the same pipeline iterated with no training.
+
+Derived: host work = driver - step; the pipeline's cost inside training = all-in - driver (on a CPU the
+pipeline's threads share the cores with the kernels). Once each: the compile (the first micro-step's extra
+time) and eval.py's evaluation of the test split.
+
+    python benchmarks/main_job.py [--rounds 3] [--num_samples 16000]
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("GLOG_v", "3")
+
+import numpy as np  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+from mindspore_accum import GradientAccumulation, MetricsLog, SaveConfig  # noqa: E402
+from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
+from rounds import lenet_parser, set_up_cpu_graph_mode, time_rotated  # noqa: E402
+
+LOSS = nn.CrossEntropyLoss()
+
+
+def build(args, workdir):
+    """``{part: run()}``; each run trains (or reads) ``args.num_samples`` samples once."""
+    dataset = create_dataset(args.data_path, args.batch_size, num_samples=args.num_samples)
+    preloaded = [(Tensor(x), Tensor(y)) for x, y in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)]
+
+    def driver_on(data):
+        network = LeNet5(conv_impl=args.conv_impl)
+        driver = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.01, 0.9))
+        metrics = os.path.join(workdir, f"metrics_{id(data)}.jsonl")
+        return lambda: driver.train_process(1, data, mini_steps=args.mini_steps, log_every=None,
+                                            save=SaveConfig(ckpt_path=None, handle_signals=False),
+                                            callbacks=[MetricsLog(metrics)])
+
+    network = LeNet5(conv_impl=args.conv_impl)
+    step = nn.TrainOneStepCell(nn.WithLossCell(network, LOSS), nn.Momentum(network.trainable_params(), 0.01, 0.9))
+
+    def step_run():
+        for inputs in preloaded:
+            out = step(*inputs)
+        out.asnumpy()
+    return {"step": step_run, "driver": driver_on(preloaded), "all-in": driver_on(dataset),
+            "pipeline": lambda: [None for _ in dataset.create_tuple_iterator(num_epochs=1)]}, len(preloaded)
+
+
+def compile_seconds(args):
+    """The first micro-step's time less a later one's: the step graph's compile."""
+    network = LeNet5(conv_impl=args.conv_impl)
+    step = nn.TrainOneStepCell(nn.WithLossCell(network, LOSS), nn.Momentum(network.trainable_params(), 0.01, 0.9))
+    x = Tensor(np.zeros((args.batch_size, 1, 32, 32), np.float32))
+    y = Tensor(np.zeros((args.batch_size,), np.int32))
+    start = time.perf_counter()
+    step(x, y).asnumpy()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    step(x, y).asnumpy()
+    return first - (time.perf_counter() - start)
+
+
+def eval_seconds(args):
+    from common import evaluate
+    network = LeNet5(conv_impl=args.conv_impl)
+    test_set = create_dataset(args.data_path, args.batch_size, train=False, drop_remainder=False)
+    start = time.perf_counter()
+    evaluate(network, test_set)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = lenet_parser(__doc__)
+    parser.set_defaults(rounds=3)
+    parser.add_argument("--num_samples", type=int, default=16000, help="samples a round trains on")
+    args = parser.parse_args()
+    set_up_cpu_graph_mode()
+    with tempfile.TemporaryDirectory() as workdir:
+        runs, micro_batches = build(args, workdir)
+        times = time_rotated(runs, args.rounds, micro_batches)
+    median = {part: statistics.median(values) for part, values in times.items()}
+    print(f"LeNet5, micro-batch {args.batch_size}, mini_steps {args.mini_steps}, {micro_batches} micro-batches a "
+          f"round, {args.rounds} rounds; ms per micro-step (medians)")
+    for part, value in median.items():
+        print(f"{part:>9}: {value:.2f}")
+    print(f"host work (driver - step): {median['driver'] - median['step']:.2f}; pipeline inside training "
+          f"(all-in - driver): {median['all-in'] - median['driver']:.2f}; pipeline alone delivers "
+          f"{1000 / median['pipeline']:.0f} micro-batches/s against the step's {1000 / median['step']:.0f}")
+    print(f"all-in / step: {median['all-in'] / median['step']:.3f}")
+    print(f"compile: {compile_seconds(args):.2f} s; eval of the test split: {eval_seconds(args):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
