@@ -50,6 +50,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.installed
+	$(PY) benchmarks/main_job.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/own_loop.py
 	$(PY) benchmarks/own_loop.py --host_blocking

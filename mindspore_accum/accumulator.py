@@ -26,7 +26,6 @@ each happen once per update. docs/own_loop.md has the loop with AMP, msrun and
 a mid-window resume.
 """
 
-import logging
 from typing import Optional
 
 import mindspore as ms
@@ -39,8 +38,6 @@ from .schedule import window_end
 from .validation import check_positive_float, check_positive_int
 
 __all__ = ["Accumulator"]
-
-logger = logging.getLogger(__name__)
 
 
 class Accumulator(nn.Cell):
