@@ -16,7 +16,8 @@ it calls ``accumulator(grads, items)``::
         train_step(x, y)
     accumulator.flush()               # the epoch's partial window, with its true weight
 
-It runs the engines' own Cells - :class:`~mindspore_accum.cells.AddToWindow`,
+It is built by the engines' own :class:`~mindspore_accum.engine.AccumulationEngine`
+and runs their Cells - :class:`~mindspore_accum.cells.AddToWindow`,
 :func:`~mindspore_accum.schedule.window_end`,
 :class:`~mindspore_accum.cells.TrainOptim` and
 :class:`~mindspore_accum.cells.TrainClear` - so a window is the weighted mean
@@ -31,11 +32,11 @@ from typing import Optional
 import mindspore as ms
 from mindspore import Parameter, Tensor, amp, nn, ops
 
-from .cells import AccumulationBuffer, AddToWindow, TrainClear, TrainOptim
-from .ema import ExponentialMovingAverage
+from .cells import AddToWindow
+from .engine import AccumulationEngine
 from .optimizers import is_optimizer
 from .schedule import window_end
-from .validation import check_positive_float, check_positive_int
+from .validation import check_positive_int
 
 __all__ = ["Accumulator"]
 
@@ -82,23 +83,18 @@ class Accumulator(nn.Cell):
             raise TypeError(f"optimizer must be a mindspore.nn or mindspore.experimental.optim optimizer, got "
                             f"{type(optimizer).__name__}")
         self.mini_steps = check_positive_int("mini_steps", mini_steps, example=4)
-        if loss_scaler is not None and not isinstance(loss_scaler, amp.LossScaler):
-            raise TypeError(f"loss_scaler must be None or a mindspore.amp.DynamicLossScaler or StaticLossScaler, "
-                            f"got {loss_scaler!r}")
-        if clip_grad_norm is not None:
-            clip_grad_norm = check_positive_float("clip_grad_norm", clip_grad_norm, "or None for no clipping")
+        # The engines' own builder and checks, without a network: the user's step takes the gradients.
+        engine = AccumulationEngine(None, optimizer, loss_scaler=loss_scaler, clip_grad_norm=clip_grad_norm,
+                                    all_reduce=all_reduce, ema_decay=ema_decay)
         self.optimizer = optimizer
         self.weights = tuple(optimizer.parameters)
-        self.buffer = AccumulationBuffer(self.weights)
-        self.ema = ExponentialMovingAverage(self.weights, ema_decay) if ema_decay is not None else None
+        self.buffer = engine.buffer
+        self.ema = engine.ema
         self.add = AddToWindow(self.buffer, may_be_empty=True)
-        self.update_stage = _UpdateStage(TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, all_reduce,
-                                                     ema=self.ema), TrainClear(self.buffer))
-        self.loss_scaler = loss_scaler
+        self.update_stage = _UpdateStage(engine.optim, engine.clear)
         # The scaler is no Cell: as attributes, its Parameters are this Cell's, and so in its checkpoint.
-        for name in ("scale_value", "counter"):
-            if isinstance(getattr(loss_scaler, name, None), Parameter):
-                setattr(self, "loss_scaler_" + name, getattr(loss_scaler, name))
+        for name, param in engine.scaler_parameters().items():
+            setattr(self, "loss_scaler_" + name, param)
         self.window_micro_steps = self.buffer.window_micro_steps
         #: Windows not applied because their gradient or loss was not finite (with a dynamic scaler, overflows).
         self.skipped_windows = self.update_stage.skipped_windows
@@ -128,10 +124,6 @@ class Accumulator(nn.Cell):
     def clear(self):
         """Discards the open partial window (``remainder="drop"``): the buffer and its counters back to 0."""
         self.update_stage.clear()
-
-    def scale_loss(self, loss):
-        """``loss`` times the scaler's current scale (``loss`` itself without a scaler), for ``forward_fn``."""
-        return loss if self.loss_scaler is None else self.loss_scaler.scale(loss)
 
 
 class _UpdateStage(nn.Cell):

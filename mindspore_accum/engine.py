@@ -111,7 +111,10 @@ class AccumulationEngine:
 
     Args:
         network_with_loss: the network with its loss (e.g. ``nn.WithLossCell``),
-            outputting the *mean* loss over the micro-batch.
+            outputting the *mean* loss over the micro-batch; or None, for a
+            caller whose own step takes the gradients
+            (:class:`~mindspore_accum.accumulator.Accumulator`): then no
+            ``forward_backward`` is built.
         optimizer: a MindSpore optimizer; its ``parameters`` are differentiated.
         loss_scaler, clip_grad_norm, all_reduce, weighting, ignore_index,
         ema_decay: as :class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`.
@@ -119,7 +122,7 @@ class AccumulationEngine:
             reduction); else ``network_with_loss``'s own is looked up.
     """
 
-    def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, *,
+    def __init__(self, network_with_loss: Optional[nn.Cell], optimizer: nn.Optimizer, *,
                  loss_scaler: Optional[amp.LossScaler] = None, clip_grad_norm: Optional[float] = None,
                  all_reduce: bool = False, weighting: str = "samples", ignore_index: int = -100,
                  ema_decay: Optional[float] = None, loss_fn: Optional[nn.Cell] = None):
@@ -132,8 +135,8 @@ class AccumulationEngine:
         self.weighting, self.ignore_index = weighting, ignore_index
         self.all_reduce = bool(all_reduce)
         self.buffer = AccumulationBuffer(optimizer.parameters)
-        self.forward_backward = TrainForwardBackward(network_with_loss, optimizer.parameters, self.buffer,
-                                                     loss_scaler, weighting, ignore_index)
+        self.forward_backward = None if network_with_loss is None else TrainForwardBackward(
+            network_with_loss, optimizer.parameters, self.buffer, loss_scaler, weighting, ignore_index)
         #: The weights' moving average, or None; :meth:`ExponentialMovingAverage.reset` at a fresh start.
         self.ema = ExponentialMovingAverage(optimizer.parameters, ema_decay) if ema_decay is not None else None
         self.optim = TrainOptim(optimizer, self.buffer, loss_scaler, clip_grad_norm, self.all_reduce, ema=self.ema)
@@ -253,7 +256,7 @@ class AccumulationStep(nn.Cell):
 
 
 def _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index, loss_fn):
-    if not isinstance(network_with_loss, nn.Cell):
+    if network_with_loss is not None and not isinstance(network_with_loss, nn.Cell):
         raise TypeError(f"network_with_loss must be a mindspore.nn.Cell (e.g. nn.WithLossCell), got "
                         f"{type(network_with_loss).__name__}")
     if not is_optimizer(optimizer):

@@ -27,7 +27,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.experimental import optim
 
-__all__ = ["OPTIMIZERS", "create_optimizer", "is_optimizer", "RatePerUpdate", "weight_decay_of",
+__all__ = ["OPTIMIZERS", "STATES_PER_WEIGHT", "create_optimizer", "is_optimizer", "RatePerUpdate", "weight_decay_of",
            "learning_rate_of"]
 
 #: name -> (builder(params, lr, momentum, weight_decay), what it is). lr: a float (a list: see create_optimizer).
@@ -41,6 +41,11 @@ OPTIMIZERS = {
     "adamweightdecay": (lambda p, lr, m, wd: nn.AdamWeightDecay(p, lr, weight_decay=wd),
                         "nn.AdamWeightDecay: BERT's, no bias correction"),
 }
+
+
+#: name -> the tensors of each weight's shape the optimizer keeps (momentum's accumulation, Adam's two moments);
+#: nn.SGD keeps its accumulation at momentum 0 too. The scripts' memory check counts them.
+STATES_PER_WEIGHT = {"momentum": 1, "sgd": 1, "adam": 2, "adamw": 2, "adamweightdecay": 2}
 
 
 def create_optimizer(name, params, lr: Union[float, Sequence[float]], momentum=0.9, weight_decay=0.0):

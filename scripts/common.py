@@ -33,7 +33,7 @@ from mindspore.train import ConfusionMatrix  # noqa: E402
 
 from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
 from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
-from mindspore_accum.optimizers import OPTIMIZERS, create_optimizer  # noqa: E402
+from mindspore_accum.optimizers import OPTIMIZERS, STATES_PER_WEIGHT, create_optimizer  # noqa: E402
 from mindspore_accum.settings import data_fingerprint  # noqa: E402
 from model_zoo_adapters import registry, resnet, text, transformer  # noqa: E402
 from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
@@ -68,10 +68,9 @@ def import_user_modules(argv):
     """
     import importlib
     import importlib.util
-    argv = list(argv)
-    modules = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--user_module"]
-    modules += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--user_module=")]
-    for module in modules:
+    before = Parser(add_help=False)
+    before.add_argument("--user_module", action="append", default=[])
+    for module in before.parse_known_args(list(argv))[0].user_module:
         try:
             if module.endswith(".py") or os.sep in module:
                 spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module))[0], module)
@@ -272,9 +271,6 @@ def resolve_model_args(args, train):
 
 
 _FLOAT = 4  # bytes of a float32
-#: Copies of a weight a training step holds beside the weight itself, by --optimizer: the backward's gradient and
-#: the window's buffer, then the optimizer's own (momentum's accumulation, Adam's two moments).
-_WEIGHT_COPIES = {"momentum": 3, "sgd": 3, "adam": 4, "adamw": 4, "adamweightdecay": 4}
 
 
 def check_memory(args):
@@ -294,8 +290,9 @@ def check_memory(args):
     batch = getattr(args, "batch_size", None) or 1
     checks = []
     if args.num_classes and entry.head_width:
-        copies = _WEIGHT_COPIES.get(getattr(args, "optimizer", None), 2) + (getattr(args, "ema_decay", None)
-                                                                            is not None)
+        # Beside the weight: the backward's gradient, the window's buffer, the optimizer's states, the EMA.
+        copies = 2 + STATES_PER_WEIGHT.get(getattr(args, "optimizer", None), 0) + \
+            (getattr(args, "ema_decay", None) is not None)
         per_class = (1 + copies) * (entry.head_width + 1) * _FLOAT
         what = f"the labels of {args.data_path} (up to {args.num_classes - 1})" if classes_from_data else \
             f"--num_classes {args.num_classes}"

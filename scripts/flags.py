@@ -63,5 +63,3 @@ positive_float = _float_in(0, float("inf"), True, "a finite number > 0")
 #: A momentum, a weight decay.
 non_negative_float = _float_in(0, float("inf"), False, "a finite number >= 0")
 ema_decay = _float_in(0, 1, False, "a number in [0, 1), e.g. 0.999")
-
-
