@@ -9,7 +9,7 @@ window's samples, never summed.
 from .accumulation_cell import GradientAccumulationCell
 from .accumulator import Accumulator
 from .batch_size import BatchSchedule, BatchSizes, resolve_batch_sizes
-from .callbacks import Callback, DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
+from .callbacks import DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
 from .cells import AccumulationBuffer, AddToWindow, TrainClear, TrainForwardBackward, TrainOptim
 from .checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
 from .distributed import init_data_parallel
@@ -53,8 +53,8 @@ __all__ = [
     "AccumulationStep", "WindowSchedule", "window_end",
     # Batch size as users state it: the rule of two, the schedules, windows cut at any size.
     "resolve_batch_sizes", "BatchSizes", "BatchSchedule", "WindowedDataset",
-    # The driver, its settings, records and hooks (DriverCallback; Callback is its old name).
-    "GradientAccumulation", "SaveConfig", "UpdateRecord", "DriverCallback", "Callback", "MetricsLog",
+    # The driver, its settings, records and hooks.
+    "GradientAccumulation", "SaveConfig", "UpdateRecord", "DriverCallback", "MetricsLog",
     "ProgressBar", "GradFlowSaver", "plot_grad_flow",
     # The train Cell for mindspore.train.Model, and the mindspore.train callbacks that guard it.
     "GradientAccumulationCell", "CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar", "SaveOnSignal",

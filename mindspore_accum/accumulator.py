@@ -132,7 +132,7 @@ class _UpdateStage(nn.Cell):
     def __init__(self, optim, clear):
         super().__init__(auto_prefix=False)
         self.optim, self.clear = optim, clear
-        self.window_items = optim.window_samples
+        self.window_items = optim.window_items
         self.skipped_windows = Parameter(Tensor(0, ms.int32), name="skipped_windows", requires_grad=False)
 
     def construct(self):

@@ -2,7 +2,7 @@
 
 :meth:`GradientAccumulation.train_process` calls each callback's methods;
 subclass :class:`DriverCallback` and override the ones you need. ``update`` runs
-after ``TrainOptim`` and before ``TrainClear``, so ``driver.buffer.grad_sum``
+after ``TrainOptim`` and before ``TrainClear``, so ``driver.buffer.grad_mean``
 still holds the window's gradient.
 """
 
@@ -19,7 +19,7 @@ from .validation import PathLike, check_positive_int
 if TYPE_CHECKING:  # only for the annotations: training_state imports MindSpore
     from .training_state import TrainingState
 
-__all__ = ["DriverCallback", "Callback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
+__all__ = ["DriverCallback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ class DriverCallback:
     def epoch_end(self, epoch, records):
         """With the epoch's :class:`~mindspore_accum.driver.UpdateRecord` list."""
 
-
-#: The old name, kept for code written against 0.3 and before; it is the driver's hooks, not
-#: ``mindspore.train.Callback`` (which the Model path takes). New code: :class:`DriverCallback`.
-Callback = DriverCallback
 
 
 class MetricsLog(DriverCallback):

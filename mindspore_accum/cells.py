@@ -4,25 +4,25 @@ They follow MindSpore's tutorial "应用梯度累积算法" (r1.0) and share one
 :class:`AccumulationBuffer`:
 
 * :class:`TrainForwardBackward` - loss and gradients of one micro-batch, added
-  into ``grad_sum`` with ``AssignAdd``;
-* :class:`TrainOptim` - one optimizer update from ``grad_sum``;
-* :class:`TrainClear` - zero ``grad_sum`` and the window's counters.
+  into ``grad_mean`` with ``AssignAdd``;
+* :class:`TrainOptim` - one optimizer update from ``grad_mean``;
+* :class:`TrainClear` - zero ``grad_mean`` and the window's counters.
 
 The normalisation rule (the tutorial's fault was to sum):
-each micro-batch adds ``w * (g - grad_sum)`` with ``w = b / (n + b)``, where
+each micro-batch adds ``w * (g - grad_mean)`` with ``w = b / (n + b)``, where
 ``g`` is the gradient of the micro-batch's *mean* loss, ``b`` its number of
 samples and ``n`` the samples already in the window. After the window,
-``grad_sum`` is therefore ``sum_i b_i * g_i / sum_i b_i``: exactly the gradient
+``grad_mean`` is therefore ``sum_i b_i * g_i / sum_i b_i``: exactly the gradient
 of the mean loss over the concatenated window, weighted by samples, not by
 micro-batch count. This is the sample-weighted form of the running mean that
-optax's ``MultiSteps`` uses; the buffer keeps the tutorial's name ``grad_sum``.
+optax's ``MultiSteps`` uses, so the tutorial's ``grad_sum`` is ``grad_mean`` here.
 
 The window's loss is kept the same way in ``window_loss``, so that the update
 stage can reduce it across ranks with the gradient.
 
 Two consequences worth having: the buffer never holds ``mini_steps`` times the
 gradient (no float32 overflow risk from summing), and a window of a single
-micro-batch gives ``w = 1`` and ``grad_sum = g`` to the bit, so ``mini_steps=1``
+micro-batch gives ``w = 1`` and ``grad_mean = g`` to the bit, so ``mini_steps=1``
 is bit-identical to ``nn.TrainOneStepCell``.
 """
 
@@ -72,14 +72,12 @@ class AccumulationBuffer:
 
     Attributes:
         grad_mean: a ``ParameterTuple`` with one float32 buffer per trainable
-            weight; it holds the window's weighted *mean* gradient so far.
-            ``grad_sum`` is its old name, the tutorial's, kept as the same
-            object; its tensors keep that name in checkpoints,
-            ``grad_sum.<weight name>``, so that every state written before still loads.
+            weight; it holds the window's weighted *mean* gradient so far. In
+            checkpoints its tensors keep the tutorial's name, ``grad_sum.<weight
+            name>`` (state format 2).
         window_items: float32 scalar, what this window is weighted by so far:
             its samples, or its items with ``weighting="items"`` (see
-            :mod:`~mindspore_accum.weighting`). ``window_samples`` is its old
-            name, the same Parameter, named ``window_samples`` in checkpoints.
+            :mod:`~mindspore_accum.weighting`); ``window_samples`` in checkpoints.
         window_micro_steps: int32 scalar, micro-batches added in this window.
         window_loss: float32 scalar, the window's mean loss so far, weighted as ``grad_mean``.
     """
@@ -96,12 +94,10 @@ class AccumulationBuffer:
         self.window_items = Parameter(Tensor(0.0, ms.float32), name="window_samples", requires_grad=False)
         self.window_micro_steps = Parameter(Tensor(0, ms.int32), name="window_micro_steps", requires_grad=False)
         self.window_loss = Parameter(Tensor(0.0, ms.float32), name="window_loss", requires_grad=False)
-        # The old names (0.4 and before), the same objects: code that reads them goes on working.
-        self.grad_sum, self.window_samples = self.grad_mean, self.window_items
 
     def parameters(self):
-        """Every tensor of the buffer: ``grad_sum``, the two counters, the window's loss."""
-        return (*self.grad_sum, self.window_samples, self.window_micro_steps, self.window_loss)
+        """Every tensor of the buffer: ``grad_mean``, the two counters, the window's loss."""
+        return (*self.grad_mean, self.window_items, self.window_micro_steps, self.window_loss)
 
 
 class AddToWindow(nn.Cell):
@@ -156,7 +152,7 @@ class AddToWindow(nn.Cell):
 
 
 class TrainForwardBackward(nn.Cell):
-    """Forward and backward of one micro-batch; adds its gradient into ``grad_sum``.
+    """Forward and backward of one micro-batch; adds its gradient into ``grad_mean``.
 
     Args:
         network: the network with its loss (e.g. ``nn.WithLossCell``). Its
@@ -167,7 +163,7 @@ class TrainForwardBackward(nn.Cell):
         loss_scaler: a ``mindspore.amp`` ``DynamicLossScaler`` or
             ``StaticLossScaler``, or None. With one, the loss is scaled by its
             ``scale_value`` on every micro-step (as the backward's sensitivity,
-            the way ``nn.TrainOneStepWithLossScaleCell`` does), so ``grad_sum``
+            the way ``nn.TrainOneStepWithLossScaleCell`` does), so ``grad_mean``
             holds the *scaled* mean gradient until :class:`TrainOptim`
             unscales it.
         weighting: ``"samples"`` (each micro-batch weighted by its rows) or
@@ -251,15 +247,15 @@ def _unscale_tensor(scale, acc):
 
 
 class TrainOptim(nn.Cell):
-    """Applies ``optimizer`` once to the window's gradient in ``grad_sum``, if it is finite.
+    """Applies ``optimizer`` once to the window's gradient in ``grad_mean``, if it is finite.
 
     In this order, once per window (never per micro-step):
 
-    1. ``amp.all_finite`` of ``grad_sum`` and the window's loss: a NaN or inf
+    1. ``amp.all_finite`` of ``grad_mean`` and the window's loss: a NaN or inf
        from any micro-batch reaches the accumulated gradient, while a finite
        loss can hide one (a ReLU maps NaN to 0 on the way forward, not on the
        way back); and an infinite loss with a finite gradient is divergence too.
-    2. If finite: unscale ``grad_sum`` in place (with a loss scaler), clip the
+    2. If finite: unscale ``grad_mean`` in place (with a loss scaler), clip the
        result by its global norm (``ops.clip_by_global_norm``, with
        ``clip_grad_norm``), and apply the optimizer. If not, nothing is applied.
     3. With a loss scaler: ``adjust(finite)``, which lowers the scale after an
@@ -268,18 +264,18 @@ class TrainOptim(nn.Cell):
 
     With ``all_reduce=True`` (data parallel, after
     ``mindspore.communication.init()``), step 1 is preceded by the window's
-    only communication: each rank's ``samples x grad_sum``, its samples and
+    only communication: each rank's ``samples x grad_mean``, its samples and
     ``samples x window_loss`` are concatenated into one flat vector, summed
     over all ranks by **one** ``ops.AllReduce``, and divided by the total
     samples. Every rank then holds the mean gradient of all ranks' samples of
-    the window (and ``window_samples`` / ``window_loss`` the global figures),
+    the window (and ``window_items`` / ``window_loss`` the global figures),
     checks it, and applies the same update. A non-finite gradient or loss on
     any rank reaches every rank through the sum, so all ranks skip or stop
     together.
 
-    ``grad_sum`` is already the mean over the window's samples, so no division
+    ``grad_mean`` is already the mean over the window's samples, so no division
     by ``mini_steps`` happens here. The buffer is left for :class:`TrainClear`.
-    Callbacks that read ``grad_sum`` after this Cell see the unscaled,
+    Callbacks that read ``grad_mean`` after this Cell see the unscaled,
     unclipped mean gradient.
 
     A window whose count is 0 (``weighting="items"`` with every label ignored)
@@ -299,15 +295,15 @@ class TrainOptim(nn.Cell):
         self.optimizer = optimizer
         self.ema = ema
         self.use_ema = ema is not None
-        self.grad_sum = buffer.grad_sum
-        self.window_samples = buffer.window_samples
+        self.grad_mean = buffer.grad_mean
+        self.window_items = buffer.window_items
         self.window_loss = buffer.window_loss
-        self.checked = ParameterTuple((*buffer.grad_sum, buffer.window_loss))  # what must be finite
+        self.checked = ParameterTuple((*buffer.grad_mean, buffer.window_loss))  # what must be finite
         self.all_reduce = bool(all_reduce)
         if self.all_reduce:
             self.sum_over_ranks = ops.AllReduce(ops.ReduceOp.SUM)
             # The flat vector's pieces: every gradient, then samples and samples x loss.
-            self.piece_sizes = tuple(int(p.size) for p in self.grad_sum) + (1, 1)
+            self.piece_sizes = tuple(int(p.size) for p in self.grad_mean) + (1, 1)
             self.total_index = sum(self.piece_sizes) - 2
         self.scaled = loss_scaler is not None
         self.loss_scaler = loss_scaler
@@ -322,11 +318,11 @@ class TrainOptim(nn.Cell):
         else:
             finite = amp.all_finite(self.checked)
         # A window without items (weighting="items": every label ignored) has nothing to apply.
-        applied = finite & (ops.depend(self.window_samples, finite) > 0)
+        applied = finite & (ops.depend(self.window_items, finite) > 0)
         if applied:
             if self.scaled:
-                applied = ops.depend(applied, self.hyper_map(ops.partial(_unscale, self.scale_value), self.grad_sum))
-            grads = self.grad_sum
+                applied = ops.depend(applied, self.hyper_map(ops.partial(_unscale, self.scale_value), self.grad_mean))
+            grads = self.grad_mean
             if self.clip:
                 grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
             applied = ops.depend(applied, self.optimizer(grads))
@@ -337,25 +333,25 @@ class TrainOptim(nn.Cell):
         return applied
 
     def _reduce_over_ranks(self):
-        samples = self.window_samples
-        parts = self.hyper_map(ops.partial(_flat_sum, samples), self.grad_sum)
+        samples = self.window_items
+        parts = self.hyper_map(ops.partial(_flat_sum, samples), self.grad_mean)
         flat = ops.concat(parts + (ops.reshape(samples, (1,)), ops.reshape(self.window_loss * samples, (1,))))
         flat = self.sum_over_ranks(flat)  # the one all-reduce of the window
         finite = amp.all_finite((flat,))
         mean = flat / ops.maximum(flat[self.total_index], 1.0)  # the same, and 0 for a window without items
         pieces = ops.split(mean, self.piece_sizes)
-        finite = ops.depend(finite, self.hyper_map(_assign_piece, self.grad_sum, pieces[:-2]))
-        finite = ops.depend(finite, ops.assign(self.window_samples, ops.reshape(flat[self.total_index], ())))
+        finite = ops.depend(finite, self.hyper_map(_assign_piece, self.grad_mean, pieces[:-2]))
+        finite = ops.depend(finite, ops.assign(self.window_items, ops.reshape(flat[self.total_index], ())))
         return ops.depend(finite, ops.assign(self.window_loss, ops.reshape(pieces[-1], ())))
 
 
 class TrainClear(nn.Cell):
-    """Zeroes ``grad_sum``, the window's counters and its loss."""
+    """Zeroes ``grad_mean``, the window's counters and its loss."""
 
     def __init__(self, buffer: AccumulationBuffer):
         super().__init__(auto_prefix=False)
-        self.grad_sum = buffer.grad_sum
-        self.window_samples = buffer.window_samples
+        self.grad_mean = buffer.grad_mean
+        self.window_items = buffer.window_items
         self.window_micro_steps = buffer.window_micro_steps
         self.window_loss = buffer.window_loss
         self.hyper_map = ops.HyperMap()
@@ -363,7 +359,7 @@ class TrainClear(nn.Cell):
     def construct(self):
         # Return a scalar, not the cleared buffers: a tuple output would be
         # copied back to the host on every update.
-        done = ops.depend(ops.ones((), ms.bool_), self.hyper_map(_zero, self.grad_sum))
-        done = ops.depend(done, ops.assign(self.window_samples, ops.zeros((), ms.float32)))
+        done = ops.depend(ops.ones((), ms.bool_), self.hyper_map(_zero, self.grad_mean))
+        done = ops.depend(done, ops.assign(self.window_items, ops.zeros((), ms.float32)))
         done = ops.depend(done, ops.assign(self.window_loss, ops.zeros((), ms.float32)))
         return ops.depend(done, ops.assign(self.window_micro_steps, ops.zeros((), ms.int32)))

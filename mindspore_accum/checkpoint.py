@@ -1,7 +1,7 @@
 """Model checkpoints: the bare network's parameters, written atomically, loaded strictly.
 
 The checkpoint holds exactly what a fresh copy of the network needs and nothing
-of the training machinery: no ``grad_sum``, no optimizer moments, no wrapper
+of the training machinery: no ``grad_mean``, no optimizer moments, no wrapper
 prefixes. (The tutorial's checkpoint carried its accumulation buffers.)
 """
 

@@ -86,10 +86,6 @@ class UpdateRecord:
     loss_scale: float = None
     items: int = None
 
-    def __post_init__(self):
-        if self.items is None:  # a record of samples weighting, or one saved before 0.3
-            object.__setattr__(self, "items", self.samples)
-
 
 class NonFiniteError(ArithmeticError):
     """Training diverged: a micro-batch's loss, or a window's gradient, was NaN or infinite.
@@ -510,7 +506,7 @@ class GradientAccumulation:
     def _close_window(self, run, applied):
         """The record of a window whose update stage has run (``applied``: its device flag), then an empty window.
 
-        Callbacks see the update between the two, while ``grad_sum`` still
+        Callbacks see the update between the two, while ``grad_mean`` still
         holds the window's gradient.
         """
         applied = bool(applied.asnumpy())
@@ -559,7 +555,7 @@ class GradientAccumulation:
     def _window_figures(self):
         """The closed window's micro-batches, items and loss, from the buffer (over all ranks when data parallel)."""
         micro_batches = int(self.buffer.window_micro_steps.asnumpy())
-        items = int(round(float(self.buffer.window_samples.asnumpy())))
+        items = int(round(float(self.buffer.window_items.asnumpy())))
         return micro_batches, items, float(self.buffer.window_loss.asnumpy())
 
     # Saving and stopping.

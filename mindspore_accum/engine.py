@@ -89,8 +89,7 @@ def optimizer_description(optimizer):
     """The optimizer's class, with its weight decay when it has one: ``AdamWeightDecay(weight_decay=0.01)``.
 
     A resume compares it: a changed weight decay is no tensor of the state, so it
-    is named here. Without weight decay it is the bare class name, as states
-    before 0.3 recorded.
+    is named here. Without weight decay it is the bare class name.
     """
     decay = weight_decay_of(optimizer)
     name = type(getattr(optimizer, "optimizer", optimizer)).__name__  # RatePerUpdate: the optimizer it drives
@@ -250,7 +249,7 @@ class AccumulationStep(nn.Cell):
             return loss, applied
         window_loss = self._window_loss()  # after TrainOptim: over all ranks, with all_reduce
         if not self._skips_overflow:  # loud divergence: LossMonitor stops on NaN; a window without items is none
-            window_loss = ops.select(applied | (ops.depend(self.buffer.window_samples, applied) <= 0), window_loss,
+            window_loss = ops.select(applied | (ops.depend(self.buffer.window_items, applied) <= 0), window_loss,
                                      self._nan)
         return ops.depend(window_loss, self.clear())
 

@@ -36,7 +36,7 @@ __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state",
 
 logger = logging.getLogger(__name__)
 
-#: 2: the settings as one record; 1 (before 0.4): each setting a field of its own, still read.
+#: 2: the settings as one record (0.4 on). Format 1 (0.3 and before) is refused by name.
 STATE_FORMAT = 2
 #: Training-state files are ``<STATE_PREFIX><epoch>_<micro-batch>.ckpt``.
 STATE_PREFIX = "state-"
@@ -45,13 +45,6 @@ STATE_PREFIX = "state-"
 #: replace the values this run was given (--lr, --momentum, the schedule), so
 #: they must match instead, like the settings below.
 _OPTIMIZER_SETTINGS = ("optimizer/learning_rate", "optimizer/momentum")
-
-#: The fields of a format-1 record that were settings: they move into ``settings`` when it is read.
-_FORMAT_1_SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch",
-                      "seed", "amp_level", "loss_scaler", "clip_grad_norm", "ranks", "weighting", "ignore_index",
-                      "ema_decay")
-#: What a format-1 record without them meant (states from before 0.3).
-_FORMAT_1_DEFAULTS = {"weighting": "samples", "ignore_index": -100, "ema_decay": None}
 
 
 @dataclasses.dataclass
@@ -101,7 +94,7 @@ class TrainingState:
             :class:`~mindspore_accum.driver.UpdateRecord` fields.
         run_id: drawn when a run starts afresh and kept across its resumes;
             the metrics file's lines carry it, so that a resume keeps only its
-            own run's lines (None in states from before 0.3).
+            own run's lines.
     """
 
     settings: RunSettings = dataclasses.field(default_factory=RunSettings)
@@ -133,21 +126,19 @@ class TrainingState:
 
     @classmethod
     def from_json(cls, text):
-        """The inverse of :meth:`to_json`; a format-1 record (before 0.4) reads too.
+        """The inverse of :meth:`to_json`.
 
         Raises:
-            ValueError, TypeError: not a record of either format.
+            ValueError, TypeError: not a record of this format.
         """
         fields = json.loads(text)
         found = fields.get("format") if isinstance(fields, dict) else fields
-        if found not in (1, STATE_FORMAT):
-            raise ValueError(f"format {found!r}, expected {STATE_FORMAT}")
         if found == 1:
-            fields = _from_format_1(fields)
+            raise ValueError("format 1, written by mindspore-accum 0.3 or before: finish that run with "
+                             "mindspore-accum 0.4, or start afresh from its weights with --init_ckpt")
+        if found != STATE_FORMAT:
+            raise ValueError(f"format {found!r}, expected {STATE_FORMAT}")
         progress = Progress(**{name: fields.pop(name) for name in _PROGRESS_FIELDS if name in fields})
-        for record in fields.get("epoch_records", []):  # UpdateRecord.micro_batches was micro_steps before 0.2
-            if "micro_steps" in record:
-                record["micro_batches"] = record.pop("micro_steps")
         settings = fields.pop("settings")
         if not isinstance(settings, dict):
             raise TypeError(f"settings is {type(settings).__name__}, expected an object")
@@ -156,16 +147,6 @@ class TrainingState:
     def differences(self, other):
         """The settings that differ from ``other``'s, as ``name=<ours> ... vs <theirs>`` phrases."""
         return self.settings.differences(other.settings)
-
-
-def _from_format_1(fields):
-    """A format-1 record's fields in format 2: the settings gathered, the open window's rows summed."""
-    fields = dict(fields)
-    settings = {**_FORMAT_1_DEFAULTS, **{name: fields.pop(name) for name in _FORMAT_1_SETTINGS if name in fields}}
-    fields.pop("window_losses", None)
-    fields["window_samples"] = sum(fields.get("window_samples", []))
-    fields["settings"], fields["format"] = settings, STATE_FORMAT
-    return fields
 
 
 def _state_tensors(trainer):

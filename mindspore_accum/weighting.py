@@ -11,9 +11,9 @@ micro-batch's loss is a mean over *its* valid tokens and the window's must be
 the mean over *all* the window's valid tokens. docs/weighting.md has the
 formula and what other tools do.
 
-Either way the buffer keeps the running mean ``grad_sum += w (g - grad_sum)``
+Either way the buffer keeps the running mean ``grad_mean += w (g - grad_mean)``
 with ``w = n / (N + n)``, ``n`` the micro-batch's count and ``N`` the
-window's so far; the count is kept in ``AccumulationBuffer.window_samples``
+window's so far; the count is kept in ``AccumulationBuffer.window_items``
 (a name kept so that earlier states load), which then counts items.
 """
 

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from mindspore import Tensor, amp, nn, ops
 
-from mindspore_accum import AccumulationBuffer, Callback, GradientAccumulation, TrainForwardBackward, learning_rates
+from mindspore_accum import AccumulationBuffer, DriverCallback, GradientAccumulation, TrainForwardBackward, learning_rates
 from mindspore_accum.schedule import WindowSchedule
 from nets import LOSS, MLP, NO_CKPT, concat, micro_batches, params_of, reference_steps, twin
 
 BATCH, MINI_STEPS = 4, 4
 
 
-class Snapshots(Callback):
+class Snapshots(DriverCallback):
     """After every update: the network's parameters and a copy of ``grad_sum`` (unscaled, unclipped)."""
 
     def __init__(self):
@@ -27,7 +27,7 @@ class Snapshots(Callback):
 
     def update(self, record, driver):
         self.params.append(params_of(driver.network))
-        self.grads.append([g.asnumpy().copy() for g in driver.buffer.grad_sum])
+        self.grads.append([g.asnumpy().copy() for g in driver.buffer.grad_mean])
         self.records.append(record)
 
 
@@ -114,7 +114,7 @@ def test_clipping_is_once_per_update_on_the_unscaled_mean_gradient(scaler, bites
             param.set_data(Tensor(initial[param.name]))
         buffer = AccumulationBuffer(probe.trainable_params())
         TrainForwardBackward(nn.WithLossCell(probe, LOSS), probe.trainable_params(), buffer)(data, label)
-        g_i = [g.asnumpy() for g in buffer.grad_sum]
+        g_i = [g.asnumpy() for g in buffer.grad_mean]
         n_i = math.sqrt(sum(float(np.sum(g ** 2)) for g in g_i))
         per_micro_step = [acc + g * min(1.0, max_norm / n_i) * len(label) / 12 for acc, g in zip(per_micro_step, g_i)]
     wrong = {name: initial[name] - lr * g for name, g in zip(names, per_micro_step)}
@@ -218,7 +218,7 @@ def test_a_mixed_precision_window_matches_one_step_at_that_level_on_the_concaten
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), amp_level=level,
                                  loss_scaler=amp.StaticLossScaler(1024))
     model.train_process(1, batches, mini_steps=4, save=NO_CKPT)
-    assert all(str(g.dtype) == "Float32" for g in model.buffer.grad_sum), [g.dtype for g in model.buffer.grad_sum]
+    assert all(str(g.dtype) == "Float32" for g in model.buffer.grad_mean), [g.dtype for g in model.buffer.grad_mean]
 
     def step_on_concatenation(level):
         reference = twin(MLP, network)

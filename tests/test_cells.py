@@ -32,8 +32,8 @@ def test_gradients_1_2_3_4_give_a_mean_of_exactly_2_5():
     network, buffer, (forward_backward, optim, _) = one_weight_cells()
     for gradient in (1.0, 2.0, 3.0, 4.0):
         feed(forward_backward, [gradient])
-    assert buffer.grad_sum[0].asnumpy()[0] == 2.5
-    assert buffer.window_samples.asnumpy() == 4.0
+    assert buffer.grad_mean[0].asnumpy()[0] == 2.5
+    assert buffer.window_items.asnumpy() == 4.0
     assert buffer.window_micro_steps.asnumpy() == 4
     optim()
     assert network.w.asnumpy()[0] == 1.0 - 2.5  # SGD, lr 1: w - mean gradient
@@ -44,27 +44,27 @@ def test_micro_batches_are_weighted_by_samples_not_by_count():
     _, buffer, (forward_backward, _, _) = one_weight_cells()
     feed(forward_backward, [0.5, 1.5])
     feed(forward_backward, [4.0])
-    assert buffer.grad_sum[0].asnumpy()[0] == 2.0
-    assert buffer.window_samples.asnumpy() == 3.0
+    assert buffer.grad_mean[0].asnumpy()[0] == 2.0
+    assert buffer.window_items.asnumpy() == 3.0
 
 
 def test_clear_zeroes_the_buffer_even_after_nan_and_inf():
     _, buffer, (forward_backward, _, clear) = one_weight_cells()
     feed(forward_backward, [np.inf])
     feed(forward_backward, [1.0])  # inf + (1 - inf) = nan
-    assert np.isnan(buffer.grad_sum[0].asnumpy()[0])
+    assert np.isnan(buffer.grad_mean[0].asnumpy()[0])
     clear()
-    np.testing.assert_array_equal(buffer.grad_sum[0].asnumpy(), [0.0])
-    assert buffer.window_samples.asnumpy() == 0.0 and buffer.window_micro_steps.asnumpy() == 0
+    np.testing.assert_array_equal(buffer.grad_mean[0].asnumpy(), [0.0])
+    assert buffer.window_items.asnumpy() == 0.0 and buffer.window_micro_steps.asnumpy() == 0
     feed(forward_backward, [3.0])
-    assert buffer.grad_sum[0].asnumpy()[0] == 3.0  # nothing of the old window leaked
+    assert buffer.grad_mean[0].asnumpy()[0] == 3.0  # nothing of the old window leaked
 
 
 def test_buffer_is_float32_named_after_the_weights():
     network = MLP()
     buffer = AccumulationBuffer(network.trainable_params())
-    assert [p.name for p in buffer.grad_sum] == ["grad_sum." + p.name for p in network.trainable_params()]
-    assert all(str(p.dtype) == "Float32" and not p.requires_grad for p in buffer.grad_sum)
+    assert [p.name for p in buffer.grad_mean] == ["grad_sum." + p.name for p in network.trainable_params()]
+    assert all(str(p.dtype) == "Float32" and not p.requires_grad for p in buffer.grad_mean)
 
 
 def test_parameters_are_bit_identical_mid_window():

@@ -94,7 +94,7 @@ def test_every_training_state_field_and_tensor_group_is_in_the_resuming_page():
 def test_every_metrics_key_is_in_the_cli_page(tmp_path):
     """The keys are those MetricsLog writes for an update and an epoch, with an evaluation."""
     log = MetricsLog(tmp_path / "m.jsonl", evaluate=lambda epoch: {"test_loss": 0.5, "test_accuracy": 0.9})
-    record = UpdateRecord(1, 1, 4, 128, 0.5, 0.01, 1, 128, False, None)
+    record = UpdateRecord(1, 1, 4, 128, 0.5, 0.01, 1, 128, False, None, 128)
     log.update(record, types.SimpleNamespace(skipped_updates=0, run_id="0123"))
     log.epoch_end(1, [record])
     log.close()

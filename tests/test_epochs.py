@@ -46,9 +46,9 @@ def test_ten_micro_batches_with_mini_steps_4_give_three_updates(epochs):
     actual = params_of(accumulated)
     for name in expected:
         np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    for buffer in model.buffer.grad_sum:
+    for buffer in model.buffer.grad_mean:
         np.testing.assert_array_equal(buffer.asnumpy(), np.zeros(buffer.shape, np.float32), err_msg=buffer.name)
-    assert model.buffer.window_samples.asnumpy() == 0 and model.buffer.window_micro_steps.asnumpy() == 0
+    assert model.buffer.window_items.asnumpy() == 0 and model.buffer.window_micro_steps.asnumpy() == 0
     assert model.total_updates == 3 * epochs and model.total_micro_steps == 10 * epochs
 
 
@@ -65,7 +65,7 @@ def test_drop_policy_discards_the_partial_window():
     actual = params_of(accumulated)
     for name in expected:
         np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    for buffer in model.buffer.grad_sum:
+    for buffer in model.buffer.grad_mean:
         assert not buffer.asnumpy().any(), f"{buffer.name} kept the dropped window"
 
 

@@ -130,7 +130,7 @@ def test_update_callbacks_see_the_window_gradient_before_the_clear():
 
     class Capture(DriverCallback):
         def update(self, record, driver):
-            self.grads = {p.name: p.asnumpy().copy() for p in driver.buffer.grad_sum}
+            self.grads = {p.name: p.asnumpy().copy() for p in driver.buffer.grad_mean}
 
     capture = Capture()
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), learning_rate=0.0))
@@ -140,7 +140,7 @@ def test_update_callbacks_see_the_window_gradient_before_the_clear():
     expected = ops.GradOperation(get_by_list=True)(nn.WithLossCell(frozen, LOSS), weights)(*concatenated)
     for weight, grad in zip(weights, expected):
         np.testing.assert_allclose(capture.grads["grad_sum." + weight.name], grad.asnumpy(), rtol=1e-5, atol=1e-7)
-    assert not any(p.asnumpy().any() for p in model.buffer.grad_sum), "cleared after the callback"
+    assert not any(p.asnumpy().any() for p in model.buffer.grad_mean), "cleared after the callback"
 
 
 def test_plot_grad_flow_draws_the_mean_absolute_gradient_of_each_weight(tmp_path):

@@ -1,12 +1,13 @@
 """SaveConfig and the training-state record, against values written out by hand.
 
 ``SaveConfig`` groups train_process's saving options (issue 14); its refusals
-name the argument. The state's JSON record stays one flat object, as states
-written before the counters moved into ``Progress`` are: a record typed out
-here, in that older form, must read back to the same state.
+name the argument. The state's JSON record is one flat object: a record typed
+out here must read back to the same state and write back as it was; another
+format is refused by name.
 """
 
 import json
+import re
 
 import pytest
 from mindspore import nn
@@ -43,49 +44,35 @@ def test_save_must_be_a_save_config():
         model.train_process(1, micro_batches([4], (8,), 4), mini_steps=1, save="m.ckpt")
 
 
-# A record as states were written before Progress: flat counters, and ``micro_steps`` in the epoch's records.
-OLDER_RECORD = {
-    "model": "MLP", "optimizer": "Momentum", "mini_steps": 4, "remainder": "flush", "batch_size": 4,
-    "micro_batches_per_epoch": 10, "seed": 5, "amp_level": "O0", "loss_scaler": None, "clip_grad_norm": None,
-    "ranks": 1, "epoch": 2, "micro_batch": 6, "epoch_done": False, "total_updates": 4, "total_micro_steps": 16,
-    "total_samples": 64, "skipped_updates": 0, "window_losses": [2.25, 2.0], "window_samples": [4, 4],
-    "epoch_records": [{"epoch": 2, "update": 1, "micro_steps": 4, "samples": 16, "loss": 2.5, "lr": 0.1,
-                       "total_updates": 4, "samples_seen": 56, "skipped": False, "loss_scale": None}],
-    "format": 1,
+#: A format-2 record, typed out by hand: the counters flat beside the position, the settings one object.
+RECORD = {
+    "settings": {"model": "MLP", "optimizer": "Momentum", "mini_steps": 4, "remainder": "flush", "batch_size": 4,
+                 "micro_batches_per_epoch": 10, "seed": 5, "weighting": "samples"},
+    "epoch": 2, "micro_batch": 6, "epoch_done": False, "window_samples": 8,
+    "epoch_records": [{"epoch": 2, "update": 1, "micro_batches": 4, "samples": 16, "loss": 2.5, "lr": 0.1,
+                       "total_updates": 4, "samples_seen": 56, "skipped": False, "loss_scale": None, "items": 16}],
+    "run_id": "0123", "format": 2,
+    "total_updates": 4, "total_micro_steps": 16, "total_samples": 64, "skipped_updates": 0,
 }
 
 
-def test_an_older_record_reads_back_with_its_counters_and_records():
-    state = TrainingState.from_json(json.dumps(OLDER_RECORD))
+def test_a_record_reads_back_with_its_counters_settings_and_records_and_writes_as_it_was():
+    state = TrainingState.from_json(json.dumps(RECORD))
     assert state.progress == Progress(total_updates=4, total_micro_steps=16, total_samples=64, skipped_updates=0)
-    assert state.epoch_records[0]["micro_batches"] == 4 and "micro_steps" not in state.epoch_records[0]
-    # The open window's rows, summed: its losses are in the buffer's tensors, not the record.
-    assert (state.epoch, state.micro_batch, state.window_samples) == (2, 6, 8)
+    assert (state.epoch, state.micro_batch, state.window_samples, state.run_id) == (2, 6, 8, "0123")
+    assert state.settings.values == RECORD["settings"]
+    assert json.loads(state.to_json()) == RECORD
 
 
-#: The format-1 fields that were settings, typed out again here (not taken from the module's list).
-OLDER_SETTINGS = ("model", "optimizer", "mini_steps", "remainder", "batch_size", "micro_batches_per_epoch", "seed",
-                  "amp_level", "loss_scaler", "clip_grad_norm", "ranks")
-
-
-def test_the_record_written_is_flat_with_its_settings_in_one_object():
-    state = TrainingState.from_json(json.dumps(OLDER_RECORD))
-    written = json.loads(state.to_json())
-    # A record from before 0.3 reads as weighting="samples" over labels other than -100, no EMA, no run id.
-    settings = {name: OLDER_RECORD[name] for name in OLDER_SETTINGS}
-    settings.update(weighting="samples", ignore_index=-100, ema_decay=None)
-    expected = {name: value for name, value in OLDER_RECORD.items() if name not in OLDER_SETTINGS}
-    expected.pop("window_losses")
-    expected.update(epoch_records=[dict(OLDER_RECORD["epoch_records"][0])], settings=settings, window_samples=8,
-                    run_id=None, format=2)
-    expected["epoch_records"][0]["micro_batches"] = expected["epoch_records"][0].pop("micro_steps")
-    assert written == expected
-    assert TrainingState.from_json(state.to_json()) == state  # format 2 reads back to the same state
-
-
-def test_another_format_is_refused():
-    with pytest.raises(ValueError, match="format 3, expected 2"):
-        TrainingState.from_json(json.dumps(dict(OLDER_RECORD, format=3)))
+@pytest.mark.parametrize("found, words", [
+    (1, "format 1, written by mindspore-accum 0.3 or before: finish that run with mindspore-accum 0.4, or start "
+        "afresh from its weights with --init_ckpt"),
+    (3, "format 3, expected 2"),
+])
+def test_another_format_is_refused_by_name(found, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainingState.from_json(json.dumps(dict(RECORD, format=found)))
+    TrainingState.from_json(json.dumps(RECORD))  # the control: format 2 reads
 
 
 def test_the_counters_have_one_home_shared_by_the_driver_and_its_saved_state(tmp_path):
