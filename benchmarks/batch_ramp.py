@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 from mindspore_accum import GradientAccumulation, SaveConfig  # noqa: E402
-from mindspore_accum.batch_size import BatchSchedule  # noqa: E402
-from mindspore_accum.windowed_data import WindowedDataset  # noqa: E402
+from mindspore_accum.core.batch_size import BatchSchedule  # noqa: E402
+from mindspore_accum.data.windowed_data import WindowedDataset  # noqa: E402
 from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
 from rounds import lenet_parser, report_ratio, set_up_cpu_graph_mode, time_rotated  # noqa: E402
 

@@ -45,7 +45,7 @@ def child(args):
 
     sys.path.insert(0, REPO)
     from mindspore_accum import GradientAccumulation, SaveConfig
-    from mindspore_accum.device import resolve_device_target
+    from mindspore_accum.run.device import resolve_device_target
     from model_zoo_adapters.resnet import resnet50
 
     device = resolve_device_target(args.device_target)

@@ -6,23 +6,21 @@ concatenation of the window's micro-batches: gradients are averaged over the
 window's samples, never summed.
 """
 
-from .accumulation_cell import GradientAccumulationCell
-from .accumulator import Accumulator
-from .batch_size import BatchSchedule, BatchSizes, resolve_batch_sizes
-from .callbacks import DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
-from .cells import AccumulationBuffer, AddToWindow, TrainClear, TrainForwardBackward, TrainOptim
-from .checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
-from .distributed import init_data_parallel
-from .driver import GradientAccumulation, NonFiniteError, UpdateRecord
-from .ema import ExponentialMovingAverage
-from .engine import AccumulationEngine, AccumulationStep
-from .files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
-from .grad_flow import plot_grad_flow
-from .interrupt import TrainingInterrupted
-from .lr_schedule import learning_rates
-from .metrics import MeanCrossEntropy
-from .model_callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
-from .model_guards import (
+from .core.accumulator import Accumulator
+from .core.batch_size import BatchSchedule, BatchSizes, resolve_batch_sizes
+from .core.cells import AccumulationBuffer, AddToWindow, TrainClear, TrainForwardBackward, TrainOptim
+from .core.distributed import init_data_parallel
+from .core.ema import ExponentialMovingAverage
+from .core.engine import AccumulationEngine, AccumulationStep
+from .core.lr_schedule import learning_rates
+from .core.optimizers import RatePerUpdate, create_optimizer
+from .core.schedule import WindowSchedule, window_end
+from .data.windowed_data import WindowedDataset
+from .driver.callbacks import DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
+from .driver.loop import GradientAccumulation, NonFiniteError, UpdateRecord
+from .model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
+from .model.cell import GradientAccumulationCell
+from .model.guards import (
     AverageCheckpoint,
     EpochSizeCheck,
     ResumableCheckpoint,
@@ -32,14 +30,16 @@ from .model_guards import (
     load_train_cell_checkpoint,
     settings_record,
 )
-from .norm import convert_bn_to_gn
-from .optimizers import RatePerUpdate, create_optimizer
-from .run_lock import RunInUseError, run_lock
-from .save_config import SaveConfig
-from .schedule import WindowSchedule, window_end
-from .settings import RunSettings, data_fingerprint
-from .training_state import TrainingState, read_training_state
-from .windowed_data import WindowedDataset
+from .nets.grad_flow import plot_grad_flow
+from .nets.metrics import MeanCrossEntropy
+from .nets.norm import convert_bn_to_gn
+from .run.checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
+from .run.files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
+from .run.lock import RunInUseError, run_lock
+from .run.save_config import SaveConfig
+from .run.settings import RunSettings, data_fingerprint
+from .run.signals import TrainingInterrupted
+from .run.state import TrainingState, read_training_state
 
 __version__ = "0.4.0"
 

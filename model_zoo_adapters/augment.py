@@ -8,7 +8,7 @@ applied to the training split only, after the resize and before normalisation.
 import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 
-from mindspore_accum.validation import check_choice
+from mindspore_accum.core.validation import check_choice
 
 __all__ = ["AUGMENTATIONS", "augmentations"]
 

@@ -16,8 +16,8 @@ import logging
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindspore_accum.cell_surgery import child_cells, swap_child
-from mindspore_accum.validation import check_choice
+from mindspore_accum.core.validation import check_choice
+from mindspore_accum.nets.cell_surgery import child_cells, swap_child
 
 __all__ = ["CONV_IMPLS", "Im2ColConv2d", "make_conv2d", "im2col_is_faster", "use_im2col"]
 

@@ -7,7 +7,7 @@ import mindspore.dataset.vision as vision
 from mindspore import nn
 from mindspore.common.initializer import Normal
 
-from mindspore_accum.validation import check_positive_int
+from mindspore_accum.core.validation import check_positive_int
 
 from .augment import augmentations
 from .batching import batch_checked

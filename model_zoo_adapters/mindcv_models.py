@@ -19,8 +19,8 @@ import logging
 
 from mindspore import nn
 
-from mindspore_accum.cell_surgery import child_cells, swap_child
-from mindspore_accum.norm import convert_bn_to_gn
+from mindspore_accum.nets.cell_surgery import child_cells, swap_child
+from mindspore_accum.nets.norm import convert_bn_to_gn
 
 from .conv import use_im2col
 

@@ -93,7 +93,7 @@ class DatasetEntry:
     ``classes(data_path, train)`` counts its classes (None: no classes, a language model's bytes).
     ``default_path``: where it is when ``--data_path`` is not given (None: it must be).
     ``pad_values``: ``{column index: value}`` for the columns whose samples differ in length (token ids), which a
-    micro-batch is padded with (:class:`~mindspore_accum.windowed_data.WindowedDataset`); None: none differ.
+    micro-batch is padded with (:class:`~mindspore_accum.data.windowed_data.WindowedDataset`); None: none differ.
     """
 
     name: str

@@ -21,7 +21,7 @@ import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 from mindspore import nn, ops
 
-from mindspore_accum.validation import check_choice, check_positive_int
+from mindspore_accum.core.validation import check_choice, check_positive_int
 
 from .augment import augmentations
 from .batching import batch_checked

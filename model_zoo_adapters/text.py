@@ -38,7 +38,7 @@ import re
 import mindspore.dataset as ds
 import numpy as np
 
-from mindspore_accum.validation import check_positive_int
+from mindspore_accum.core.validation import check_positive_int
 
 __all__ = ["PAD_ID", "CLS_ID", "VOCAB_SIZE", "IGNORE_INDEX", "PYDOC_CLASSES", "encode", "decode", "read_corpus",
            "read_labelled", "create_lm_dataset", "create_classification_dataset", "TextFormatError"]

@@ -18,7 +18,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
 
-from mindspore_accum.validation import check_choice, check_positive_int
+from mindspore_accum.core.validation import check_choice, check_positive_int
 
 from .text import PAD_ID, VOCAB_SIZE
 

@@ -31,10 +31,10 @@ from flags import (  # noqa: E402,F401 (the argument types, for the scripts)
 from mindspore import Model, nn  # noqa: E402
 from mindspore.train import ConfusionMatrix  # noqa: E402
 
-from mindspore_accum.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
-from mindspore_accum.metrics import MeanCrossEntropy  # noqa: E402
-from mindspore_accum.optimizers import OPTIMIZERS, STATES_PER_WEIGHT, create_optimizer  # noqa: E402
-from mindspore_accum.settings import data_fingerprint  # noqa: E402
+from mindspore_accum.core.optimizers import OPTIMIZERS, STATES_PER_WEIGHT, create_optimizer  # noqa: E402
+from mindspore_accum.nets.metrics import MeanCrossEntropy  # noqa: E402
+from mindspore_accum.run.device import DEVICE_TARGETS, resolve_device_target  # noqa: E402
+from mindspore_accum.run.settings import data_fingerprint  # noqa: E402
 from model_zoo_adapters import registry, resnet, text, transformer  # noqa: E402
 from model_zoo_adapters.augment import AUGMENTATIONS  # noqa: E402
 from model_zoo_adapters.conv import CONV_IMPLS  # noqa: E402
@@ -129,7 +129,7 @@ def training_settings(args):
 
 
 def fingerprint_of(data_path):
-    """:func:`~mindspore_accum.settings.data_fingerprint` of ``data_path``; the built-in corpus by its text.
+    """:func:`~mindspore_accum.run.settings.data_fingerprint` of ``data_path``; the built-in corpus by its text.
 
     A path that is no file or directory (a registered dataset that makes its data from the name) has nothing to
     hash: it is compared by its name, and the record says so, so that other data is never accepted silently.

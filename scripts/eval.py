@@ -27,8 +27,8 @@ from common import (
     task_of,
 )
 from mindspore_accum import load_network_checkpoint
-from mindspore_accum.checkpoint import WEIGHTS, head_classes, holds_average
-from mindspore_accum.files import newest_file
+from mindspore_accum.run.checkpoint import WEIGHTS, head_classes, holds_average
+from mindspore_accum.run.files import newest_file
 
 
 def newest_checkpoint(path):

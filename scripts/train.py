@@ -40,8 +40,8 @@ from mindspore_accum import (
     TrainingInterrupted,
     read_training_state,
 )
-from mindspore_accum.checkpoint import check_ckpt_path, check_writable_directory, load_initial_weights
-from mindspore_accum.training_state import find_training_state
+from mindspore_accum.run.checkpoint import check_ckpt_path, check_writable_directory, load_initial_weights
+from mindspore_accum.run.state import find_training_state
 from training import (
     build_training_data,
     check_training_flags,

@@ -35,11 +35,9 @@ from common import (
     training_settings,
 )
 from mindspore_accum import GradientAccumulationCell
-from mindspore_accum.checkpoint import check_writable_directory, load_initial_weights
-from mindspore_accum.engine import amp_network, default_loss_scaler
-from mindspore_accum.files import remove_partial_files
-from mindspore_accum.model_callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
-from mindspore_accum.model_guards import (
+from mindspore_accum.core.engine import amp_network, default_loss_scaler
+from mindspore_accum.model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
+from mindspore_accum.model.guards import (
     AverageCheckpoint,
     EpochSizeCheck,
     ResumableCheckpoint,
@@ -50,7 +48,9 @@ from mindspore_accum.model_guards import (
     read_train_cell_checkpoint,
     settings_record,
 )
-from mindspore_accum.run_lock import run_lock
+from mindspore_accum.run.checkpoint import check_writable_directory, load_initial_weights
+from mindspore_accum.run.files import remove_partial_files
+from mindspore_accum.run.lock import run_lock
 from training import (
     build_training_data,
     check_training_flags,

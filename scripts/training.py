@@ -32,13 +32,13 @@ from common import (
     training_settings,
 )
 from mindspore_accum import init_data_parallel, learning_rates
-from mindspore_accum.batch_size import BatchSchedule, resolve_batch_sizes
-from mindspore_accum.distributed import check_same_settings
-from mindspore_accum.engine import AMP_LEVELS
-from mindspore_accum.lr_schedule import LR_SCHEDULES
-from mindspore_accum.schedule import REMAINDER_POLICIES, WindowSchedule
-from mindspore_accum.weighting import WEIGHTINGS
-from mindspore_accum.windowed_data import WindowedDataset
+from mindspore_accum.core.batch_size import BatchSchedule, resolve_batch_sizes
+from mindspore_accum.core.distributed import check_same_settings
+from mindspore_accum.core.engine import AMP_LEVELS
+from mindspore_accum.core.lr_schedule import LR_SCHEDULES
+from mindspore_accum.core.schedule import REMAINDER_POLICIES, WindowSchedule
+from mindspore_accum.core.weighting import WEIGHTINGS
+from mindspore_accum.data.windowed_data import WindowedDataset
 from model_zoo_adapters import registry
 
 __all__ = ["ENGINE_FLAGS", "training_parser", "check_training_flags", "resolve_seed", "learning_rate",
@@ -256,7 +256,7 @@ def build_training_data(args, rank, ranks, shards):
 
     Fixed windows read this rank's shard in micro-batches (``--num_samples``, which counts in all, becomes
     MindSpore's count per shard). A global batch or a schedule reads every sample on every rank, one by one, and
-    cuts each window at its size (:class:`~mindspore_accum.windowed_data.WindowedDataset`).
+    cuts each window at its size (:class:`~mindspore_accum.data.windowed_data.WindowedDataset`).
     """
     schedule = resolve_batch_args(args, ranks)
     check_memory(args)

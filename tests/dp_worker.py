@@ -31,7 +31,7 @@ from mindspore_accum import (  # noqa: E402
     SaveConfig,
     init_data_parallel,
 )
-from mindspore_accum.windowed_data import WindowedDataset  # noqa: E402
+from mindspore_accum.data.windowed_data import WindowedDataset  # noqa: E402
 from model_zoo_adapters.transformer import TokenCrossEntropy  # noqa: E402
 from nets import LOSS, MLP, TokenMLP, params_of, token_batches  # noqa: E402
 

@@ -26,7 +26,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
 from mindspore.experimental import optim
 
 from mindspore_accum import Accumulator, TrainForwardBackward
-from mindspore_accum.weighting import count_items
+from mindspore_accum.core.weighting import count_items
 from model_zoo_adapters.transformer import TokenCrossEntropy
 from nets import LOSS, MLP, TokenMLP, concat, micro_batches, pad_concat, params_of, reference_steps, token_batches, twin
 

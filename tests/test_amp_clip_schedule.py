@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 from mindspore import Tensor, amp, nn, ops
 
-from mindspore_accum import AccumulationBuffer, DriverCallback, GradientAccumulation, TrainForwardBackward, learning_rates
-from mindspore_accum.schedule import WindowSchedule
+from mindspore_accum import (
+    AccumulationBuffer,
+    DriverCallback,
+    GradientAccumulation,
+    TrainForwardBackward,
+    learning_rates,
+)
+from mindspore_accum.core.schedule import WindowSchedule
 from nets import LOSS, MLP, NO_CKPT, concat, micro_batches, params_of, reference_steps, twin
 
 BATCH, MINI_STEPS = 4, 4

@@ -442,7 +442,7 @@ def test_a_second_sigterm_exits_143_as_the_first_and_a_second_sigint_130():
 
     from cli import SCRIPTS
 
-    from mindspore_accum.interrupt import AbortedBySignal, StopSignals
+    from mindspore_accum.run.signals import AbortedBySignal, StopSignals
     sys.path.insert(0, SCRIPTS)
     from common import run
 
@@ -627,8 +627,8 @@ def test_bert_with_a_sequence_length_the_old_estimate_refused_trains(tmp_path):
 def test_resume_from_a_directory_takes_the_furthest_state_not_the_last_written(tmp_path, tiny_mnist):
     """Item 9: after `cp -r` every file has a fresh time, and the resume went back to epoch 1. Reference: the
     positions in the names. Control: by write time, the epoch-1 state would be picked."""
-    from mindspore_accum.files import files_in
-    from mindspore_accum.training_state import find_training_state
+    from mindspore_accum.run.files import files_in
+    from mindspore_accum.run.state import find_training_state
     result = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "m.ckpt",
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -104,7 +104,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_parameters(tmp_path
 
 def test_a_refusal_names_a_few_tensors_and_counts_the_rest(tmp_path):
     """Issue 30 (9): a mismatch listed every tensor, hundreds for a large network."""
-    from mindspore_accum.checkpoint import mismatches
+    from mindspore_accum.run.checkpoint import mismatches
     expected = {f"layer{i}.weight": (4, 4) for i in range(90)}
     problems = mismatches(expected, {})
     assert problems == ["missing 90: layer0.weight, layer1.weight, layer10.weight, layer11.weight, layer12.weight "

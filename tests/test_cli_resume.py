@@ -96,7 +96,7 @@ def test_a_signal_from_outside_then_resume_equals_the_uninterrupted_run(tmp_path
     """As a job scheduler or a Ctrl-C does it: a signal at whatever point training has reached.
 
     MindSpore 2.10 turns a SIGINT that lands during a graph run into SIGTERM
-    (see mindspore_accum/interrupt.py), so a SIGINT may be reported as either.
+    (see mindspore_accum/run/signals.py), so a SIGINT may be reported as either.
     """
     process = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "train.py"), "--data_path", str(data),
                                 *map(str, ARGS)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

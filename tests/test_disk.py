@@ -19,7 +19,7 @@ import pytest
 from cli import assert_refused, run_script
 
 from mindspore_accum import checkpoint
-from mindspore_accum.checkpoint import (
+from mindspore_accum.run.checkpoint import (
     CheckpointError,
     read_checkpoint,
     remove_stale_temporaries,

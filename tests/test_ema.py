@@ -13,7 +13,7 @@ from mindspore import Model, amp, nn
 from mindspore import dataset as ds
 
 from mindspore_accum import DriverCallback, GradientAccumulation, GradientAccumulationCell, SaveConfig
-from mindspore_accum.checkpoint import load_network_checkpoint
+from mindspore_accum.run.checkpoint import load_network_checkpoint
 from nets import LOSS, MLP, NO_CKPT, micro_batches, params_of, twin
 
 DECAY = 0.8

@@ -22,8 +22,8 @@ from mindspore_accum import (
     SaveConfig,
     TrainingInterrupted,
 )
-from mindspore_accum.batch_size import BatchSchedule, rank_shares, resolve_batch_sizes
-from mindspore_accum.windowed_data import WindowedDataset
+from mindspore_accum.core.batch_size import BatchSchedule, rank_shares, resolve_batch_sizes
+from mindspore_accum.data.windowed_data import WindowedDataset
 from nets import LOSS, MLP, NO_CKPT, params_of, reference_steps, twin
 
 RTOL, ATOL = 1e-5, 1e-6

@@ -21,7 +21,7 @@ from cli import SCRIPTS, assert_refused, run_script
 from mindspore import Model, nn
 
 from mindspore_accum import GradientAccumulation, GradientAccumulationCell
-from mindspore_accum.model_guards import EpochSizeCheck
+from mindspore_accum.model.guards import EpochSizeCheck
 from nets import MLP, micro_batches
 
 FLAGS = ("--batch_size", 8, "--mini_steps", 3, "--epochs", 2, "--log_every", 1)  # a LossMonitor line per window
@@ -70,7 +70,7 @@ def test_a_byte_flipped_train_checkpoint_is_refused_by_its_crc(tmp_path, tiny_mn
 
 
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path, tiny_mnist):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mindspore_accum.run_lock import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mindspore_accum.run.lock import run_lock\n"
                                "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)",
                                str(tmp_path / "ckpt")], stdout=subprocess.PIPE, text=True)
     try:

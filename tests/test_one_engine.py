@@ -30,9 +30,9 @@ from mindspore.train import LossMonitor
 from test_run_lock import HOLDER
 
 from mindspore_accum import GradientAccumulation, SaveConfig, load_network_checkpoint
-from mindspore_accum.model_guards import AverageCheckpoint, ResumableLossMonitor
-from mindspore_accum.run_lock import RunInUseError, run_lock
-from mindspore_accum.settings import RunSettings, data_fingerprint
+from mindspore_accum.model.guards import AverageCheckpoint, ResumableLossMonitor
+from mindspore_accum.run.lock import RunInUseError, run_lock
+from mindspore_accum.run.settings import RunSettings, data_fingerprint
 from model_zoo_adapters.lenet import LeNet5
 from nets import LOSS, MLP, micro_batches, params_of
 

@@ -17,7 +17,7 @@ from idx import write_split
 from mindspore import Tensor, nn
 
 from mindspore_accum import GradientAccumulation, load_network_checkpoint
-from mindspore_accum.norm import batchnorm_cells
+from mindspore_accum.nets.norm import batchnorm_cells
 from model_zoo_adapters.lenet import create_dataset
 from model_zoo_adapters.mindcv_models import create_mindcv_model, disable_dropout
 from model_zoo_adapters.resnet import resnet18

@@ -19,7 +19,7 @@ from images import write_image_folder
 from mindspore import Tensor, nn
 
 from mindspore_accum import GradientAccumulation, convert_bn_to_gn
-from mindspore_accum.norm import batchnorm_cells
+from mindspore_accum.nets.norm import batchnorm_cells
 from model_zoo_adapters.image_files import CIFAR10_RECORD_BYTES
 from model_zoo_adapters.resnet import CIFAR10_MEAN, CIFAR10_STD, RESNETS, create_dataset, resnet18
 from nets import LOSS, NO_CKPT, micro_batches, params_of, reference_steps

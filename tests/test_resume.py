@@ -26,8 +26,8 @@ from mindspore_accum import (
     read_training_state,
     save_network_checkpoint,
 )
-from mindspore_accum.interrupt import StopSignals
-from mindspore_accum.training_state import StateDirectory
+from mindspore_accum.run.signals import StopSignals
+from mindspore_accum.run.state import StateDirectory
 from nets import LOSS, MLP, params_of
 
 SAMPLES, BATCH, MINI_STEPS, EPOCHS, DATA_SEED = 40, 4, 4, 3, 5  # 10 micro-batches an epoch: windows 4, 4, 2

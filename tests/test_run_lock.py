@@ -15,10 +15,10 @@ import sys
 import pytest
 from cli import assert_refused, run_script
 
-from mindspore_accum.run_lock import RunInUseError, run_lock
+from mindspore_accum.run.lock import RunInUseError, run_lock
 
 #: A process that holds train.py's run lock on argv[1] until killed: it says "locked" once it has it.
-HOLDER = ("import os, sys, time\nfrom mindspore_accum.run_lock import run_lock\n"
+HOLDER = ("import os, sys, time\nfrom mindspore_accum.run.lock import run_lock\n"
           "os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)\n"
           "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)")
 
@@ -42,7 +42,7 @@ def test_a_second_run_on_the_same_checkpoint_is_refused_and_a_killed_run_leaves_
 
 def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
     path = tmp_path / "m.ckpt"
-    probe = ("import sys; from mindspore_accum.run_lock import run_lock\n"
+    probe = ("import sys; from mindspore_accum.run.lock import run_lock\n"
              "try:\n    run_lock(sys.argv[1]).__enter__()\nexcept Exception as error:\n    sys.exit(str(error))")
     with run_lock(path):
         with run_lock(path):  # train.py holds it, and the driver takes it again
@@ -56,13 +56,13 @@ def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
 
 @pytest.mark.parametrize("name", ["m.ckpt", "m_state"])
 def test_lock_files_sit_beside_what_they_guard(tmp_path, name):
-    from mindspore_accum.run_lock import lock_path_for
+    from mindspore_accum.run.lock import lock_path_for
     assert lock_path_for(tmp_path / name) == str(tmp_path / f".{name}.lock")
     assert lock_path_for(str(tmp_path / name) + os.sep) == str(tmp_path / f".{name}.lock")
 
 
 def test_a_run_that_ends_deletes_its_lock_file(tmp_path):
-    from mindspore_accum.run_lock import lock_path_for
+    from mindspore_accum.run.lock import lock_path_for
     with run_lock(tmp_path / "m.ckpt"):
         assert os.path.exists(lock_path_for(tmp_path / "m.ckpt"))
     assert os.listdir(tmp_path) == []

@@ -13,8 +13,8 @@ import pytest
 from mindspore import nn
 
 from mindspore_accum import GradientAccumulation, SaveConfig, read_training_state
-from mindspore_accum.checkpoint import DEFAULT_CKPT_PATH
-from mindspore_accum.training_state import Progress, TrainingState
+from mindspore_accum.run.checkpoint import DEFAULT_CKPT_PATH
+from mindspore_accum.run.state import Progress, TrainingState
 from nets import LOSS, MLP, micro_batches
 
 

@@ -21,8 +21,8 @@ from cli import run_script
 from mindspore import Tensor
 
 from mindspore_accum import load_network_checkpoint
-from mindspore_accum.cell_surgery import child_cells
-from mindspore_accum.engine import amp_network
+from mindspore_accum.core.engine import amp_network
+from mindspore_accum.nets.cell_surgery import child_cells
 from model_zoo_adapters.conv import Im2ColConv2d
 from model_zoo_adapters.mindcv_models import create_mindcv_model
 from model_zoo_adapters.registry import create_model

@@ -4,7 +4,7 @@ import logging
 
 import mindspore as ms
 
-from .validation import check_choice
+from ..core.validation import check_choice
 
 __all__ = ["DEVICE_TARGETS", "resolve_device_target"]
 

@@ -12,10 +12,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Union
 import mindspore as ms
 from mindspore import Parameter, amp, nn
 
-from .callbacks import DriverCallback
-from .checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
-from .distributed import data_parallel_rank
-from .engine import (
+from ..core.distributed import data_parallel_rank
+from ..core.engine import (
     AMP_LEVELS,
     AccumulationEngine,
     AccumulationStep,
@@ -23,13 +21,16 @@ from .engine import (
     default_loss_scaler,
     warn_if_longer_than_epoch,
 )
-from .interrupt import StopSignals, TrainingInterrupted
-from .norm import warn_if_batchnorm
-from .optimizers import learning_rate_of
-from .run_lock import run_locks
-from .save_config import SaveConfig
-from .schedule import WindowSchedule, window_end
-from .training_state import (
+from ..core.optimizers import learning_rate_of
+from ..core.schedule import WindowSchedule, window_end
+from ..core.validation import check_choice, check_positive_int
+from ..data.windowed_data import WindowedDataset
+from ..nets.norm import warn_if_batchnorm
+from ..run.checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
+from ..run.lock import run_locks
+from ..run.save_config import SaveConfig
+from ..run.signals import StopSignals, TrainingInterrupted
+from ..run.state import (
     Progress,
     StateDirectory,
     TrainingState,
@@ -37,8 +38,7 @@ from .training_state import (
     read_training_state,
     restore_training_state,
 )
-from .validation import check_choice, check_positive_int
-from .windowed_data import WindowedDataset
+from .callbacks import DriverCallback
 
 __all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
 
@@ -100,7 +100,7 @@ def current_learning_rate(optimizer, just_applied=False):
 
     A list of rates is read at the optimizer's step count, which counts applied updates. With
     ``just_applied``, the rate of the update just applied: one step back. (See
-    :func:`~mindspore_accum.optimizers.learning_rate_of`.)
+    :func:`~mindspore_accum.core.optimizers.learning_rate_of`.)
     """
     return learning_rate_of(optimizer, just_applied)
 
@@ -177,7 +177,7 @@ class GradientAccumulation:
             (``ops.clip_by_global_norm``), once per update, after unscaling.
         distributed: data parallel over every rank of
             ``mindspore.communication`` (call ``init()`` first, under
-            ``msrun``; see :mod:`~mindspore_accum.distributed`). Each rank
+            ``msrun``; see :mod:`~mindspore_accum.core.distributed`). Each rank
             accumulates its own shard's micro-batches with no communication;
             once per window the update stage all-reduces the window's
             gradient, samples and loss in one call, and every rank applies the
@@ -187,12 +187,12 @@ class GradientAccumulation:
             records then give the window's samples and loss over all ranks.
         weighting: ``"samples"`` (each micro-batch weighted by its rows) or
             ``"items"`` (by its labels that are not ``ignore_index``: per-token
-            losses over padded sequences); see :mod:`~mindspore_accum.weighting`.
+            losses over padded sequences); see :mod:`~mindspore_accum.core.weighting`.
         ignore_index: the label that is no item, as the loss's own
             (``nn.CrossEntropyLoss``: -100); a loss ignoring another is refused.
         ema_decay: None, or a decay in [0, 1): a moving average of the
             trainable weights, updated once per applied update (see
-            :mod:`~mindspore_accum.ema`). The model checkpoint then holds the
+            :mod:`~mindspore_accum.core.ema`). The model checkpoint then holds the
             averages under the weights' names; training states hold both.
 
     Example::
@@ -217,7 +217,7 @@ class GradientAccumulation:
         #: Where ``amp_level`` put its casts; the same Parameter objects as ``network``.
         self.compute_network = amp_network(network, amp_level)
         self.network_with_loss = nn.WithLossCell(self.compute_network, loss_fn)
-        #: The Cells, shared with GradientAccumulationCell's kind: see :mod:`~mindspore_accum.engine`.
+        #: The Cells, shared with GradientAccumulationCell's kind: see :mod:`~mindspore_accum.core.engine`.
         self.engine = AccumulationEngine(self.network_with_loss, optimizer,
                                          loss_scaler=default_loss_scaler(amp_level, loss_scaler),
                                          clip_grad_norm=clip_grad_norm, all_reduce=distributed, weighting=weighting,
@@ -264,13 +264,13 @@ class GradientAccumulation:
                 those before a resume.
             train_dataset: a ``mindspore.dataset`` Dataset (or any re-iterable of
                 input tuples) yielding micro-batches; the last input is the label.
-                Or a :class:`~mindspore_accum.windowed_data.WindowedDataset`:
+                Or a :class:`~mindspore_accum.data.windowed_data.WindowedDataset`:
                 a global batch of any size, or a batch schedule, each window
                 exactly its samples; ``mini_steps`` is then its own.
             mini_steps: micro-batches per optimizer update.
             remainder: ``"flush"`` applies a partial window at the end of each
                 epoch with its true weighting; ``"drop"`` discards it.
-            save: a :class:`~mindspore_accum.save_config.SaveConfig`: the model
+            save: a :class:`~mindspore_accum.run.save_config.SaveConfig`: the model
                 checkpoint, the training states, resuming and signals. The
                 default writes ``gradient_accumulation.ckpt`` at the end. On a
                 resume, a MindSpore dataset is positioned with
@@ -278,13 +278,13 @@ class GradientAccumulation:
                 skipped, not re-read.
             log_every: log one line every this many updates; None logs none
                 (a progress bar shows them instead).
-            callbacks: :class:`~mindspore_accum.callbacks.DriverCallback` objects,
+            callbacks: :class:`~mindspore_accum.driver.callbacks.DriverCallback` objects,
                 told of every epoch, micro-step and update.
             seed: the seed the caller set, recorded in the state and checked on
                 resume; the driver itself draws no random numbers.
             settings: what else changes training, as ``{name: JSON value}``
                 (a front end's flags, a data fingerprint): recorded in every
-                state beside the driver's own (see :mod:`~mindspore_accum.settings`);
+                state beside the driver's own (see :mod:`~mindspore_accum.run.settings`);
                 a resume that changes one is refused by name.
 
         Returns:

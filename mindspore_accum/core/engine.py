@@ -1,13 +1,13 @@
 """One accumulation engine for both front ends: the builder, and the step Cell that decides the window.
 
 :class:`AccumulationEngine` builds, once, what the driver
-(:class:`~mindspore_accum.driver.GradientAccumulation`) and the train Cell
-(:class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`) share:
+(:class:`~mindspore_accum.driver.loop.GradientAccumulation`) and the train Cell
+(:class:`~mindspore_accum.model.cell.GradientAccumulationCell`) share:
 the argument checks, the buffer and the tutorial's three Cells, the EMA, the
 loss scaler's Parameters, and the settings the engine records.
 
 :class:`AccumulationStep` is one micro-step in one graph: forward and
-backward into the buffer, then :func:`~mindspore_accum.schedule.window_end`
+backward into the buffer, then :func:`~mindspore_accum.core.schedule.window_end`
 on the device - is the window full, or does the epoch end? - and, if so, the
 update stage. ``GradientAccumulationCell`` is this step with the clear inside
 the graph (``clears=True``); the driver runs the same step with
@@ -21,11 +21,11 @@ from typing import Optional
 import mindspore as ms
 from mindspore import Parameter, Tensor, amp, nn, ops
 
+from ..run.settings import RunSettings
 from .cells import AccumulationBuffer, TrainClear, TrainForwardBackward, TrainOptim
 from .ema import ExponentialMovingAverage
 from .optimizers import is_optimizer, weight_decay_of
 from .schedule import WindowSchedule, window_end
-from .settings import RunSettings
 from .validation import check_choice, check_positive_float
 from .weighting import check_loss, check_weighting
 
@@ -112,11 +112,11 @@ class AccumulationEngine:
         network_with_loss: the network with its loss (e.g. ``nn.WithLossCell``),
             outputting the *mean* loss over the micro-batch; or None, for a
             caller whose own step takes the gradients
-            (:class:`~mindspore_accum.accumulator.Accumulator`): then no
+            (:class:`~mindspore_accum.core.accumulator.Accumulator`): then no
             ``forward_backward`` is built.
         optimizer: a MindSpore optimizer; its ``parameters`` are differentiated.
         loss_scaler, clip_grad_norm, all_reduce, weighting, ignore_index,
-        ema_decay: as :class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`.
+        ema_decay: as :class:`~mindspore_accum.model.cell.GradientAccumulationCell`.
         loss_fn: the loss Cell, when the caller has it apart (checked for its
             reduction); else ``network_with_loss``'s own is looked up.
     """
@@ -153,7 +153,7 @@ class AccumulationEngine:
         return float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None
 
     def settings(self, **more) -> RunSettings:
-        """What this engine computes with, as a :class:`~mindspore_accum.settings.RunSettings`, with ``more``."""
+        """What this engine computes with, as a :class:`~mindspore_accum.run.settings.RunSettings`, with ``more``."""
         return RunSettings.of(
             optimizer=optimizer_description(self.optimizer),
             loss_scaler=type(self.loss_scaler).__name__ if self.loss_scaler is not None else None,
@@ -166,7 +166,7 @@ class AccumulationStep(nn.Cell):
 
     Args:
         engine: the :class:`AccumulationEngine` whose Cells it runs.
-        schedule: the :class:`~mindspore_accum.schedule.WindowSchedule`.
+        schedule: the :class:`~mindspore_accum.core.schedule.WindowSchedule`.
         micro_batches_per_epoch: the epoch's micro-batches, or None (windows
             run on across epochs).
         clears: True (the train Cell): the graph clears the closed window and
@@ -175,7 +175,7 @@ class AccumulationStep(nn.Cell):
             the micro-batch's loss and whether an update was applied.
         windows_from_data: the last input of every call is its window's number
             of micro-batches (an int32 scalar, as
-            :class:`~mindspore_accum.windowed_data.WindowedDataset` yields): the
+            :class:`~mindspore_accum.data.windowed_data.WindowedDataset` yields): the
             window closes when that many are in, whatever ``schedule.mini_steps``.
             A count, not a constant of the graph: windows of any size run on
             one graph. The data's plan ends every epoch's last window, so

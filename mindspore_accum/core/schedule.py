@@ -27,7 +27,7 @@ def window_end(window_micro_steps, epoch_position, mini_steps, micro_batches_per
     is False and ``epoch_end`` True, the partial window is dropped.
 
     It is evaluated on the device, on Tensors, inside the step Cell
-    (:class:`~mindspore_accum.engine.AccumulationStep`), and on the host, on
+    (:class:`~mindspore_accum.core.engine.AccumulationStep`), and on the host, on
     ints, by the driver, which so knows when a window closed without reading
     anything back. ``micro_batches_per_epoch`` and ``flush`` are constants of
     the graph.

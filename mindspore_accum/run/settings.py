@@ -8,10 +8,10 @@ ranks. A resume that changes one would not continue the run "exactly", so it
 is refused, and every such refusal comes from :meth:`RunSettings.differences`.
 
 Both engines record the same :class:`RunSettings`: the driver in every
-training state, :class:`~mindspore_accum.accumulation_cell.GradientAccumulationCell`
-through :func:`~mindspore_accum.model_guards.settings_record` in every train
+training state, :class:`~mindspore_accum.model.cell.GradientAccumulationCell`
+through :func:`~mindspore_accum.model.guards.settings_record` in every train
 checkpoint. Each engine contributes what it knows itself
-(:meth:`~mindspore_accum.engine.AccumulationEngine.settings`); a front end
+(:meth:`~mindspore_accum.core.engine.AccumulationEngine.settings`); a front end
 adds its own with :meth:`RunSettings.merged` (the scripts add every flag but
 those in their short list of run flags, so a flag added later is a setting
 without anyone touching a list).

@@ -7,7 +7,7 @@ exact)::
 
     mini_steps = ceil(N / (b * R))        N = b * mini_steps * R when only b and mini_steps are given
 
-``N`` need not be a multiple of ``b * R``: :class:`~mindspore_accum.windowed_data.WindowedDataset`
+``N`` need not be a multiple of ``b * R``: :class:`~mindspore_accum.data.windowed_data.WindowedDataset`
 cuts the micro-batches at the window's boundary, so N = 100 with b = 32 is micro-batches of 32, 32, 32
 and 4, and the update is one step on those 100 samples.
 

@@ -16,8 +16,8 @@ from typing import Optional
 from mindspore import nn
 from mindspore.nn.layer.normalization import _BatchNorm
 
+from ..core.validation import check_positive_int
 from .cell_surgery import child_cells, swap_child
-from .validation import check_positive_int
 
 __all__ = ["batchnorm_cells", "convert_bn_to_gn", "default_groups", "warn_if_batchnorm", "MAX_GROUPS"]
 

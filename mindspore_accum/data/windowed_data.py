@@ -1,11 +1,11 @@
 """Micro-batches cut at the windows' boundaries, so that every window holds exactly its global batch.
 
 :class:`WindowedDataset` reads a dataset of single samples and yields one rank's micro-batches, planned
-epoch by epoch from a :class:`~mindspore_accum.batch_size.BatchSchedule`:
+epoch by epoch from a :class:`~mindspore_accum.core.batch_size.BatchSchedule`:
 
 * the epoch's samples, in the order every rank reads alike, are cut into windows of the schedule's global
   batch ``N`` (the last one shorter, or dropped: ``remainder``);
-* each window is dealt to the ranks as evenly as can be (:func:`~mindspore_accum.batch_size.rank_shares`),
+* each window is dealt to the ranks as evenly as can be (:func:`~mindspore_accum.core.batch_size.rank_shares`),
   and each rank cuts its share into micro-batches of ``micro_batch_size`` and one shorter rest;
 * every micro-batch carries, as its last column, the number of micro-batches of its window on this rank: the
   step Cell closes the window on that count, on the device (``windows_from_data``), so a window of another
@@ -23,9 +23,9 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .batch_size import BatchSchedule, micro_batch_sizes, rank_shares
-from .schedule import REMAINDER_POLICIES
-from .validation import check_choice, check_positive_int
+from ..core.batch_size import BatchSchedule, micro_batch_sizes, rank_shares
+from ..core.schedule import REMAINDER_POLICIES
+from ..core.validation import check_choice, check_positive_int
 
 __all__ = ["WindowedDataset", "EpochPlan", "WINDOW_COLUMN"]
 
@@ -75,7 +75,7 @@ class WindowedDataset:
             reshuffles every epoch, alike on every rank under the same seed.
         micro_batch_size: the most samples a rank runs in one micro-step.
         global_batch_size: every window's samples over all ranks (a constant global batch), or
-        schedule: a :class:`~mindspore_accum.batch_size.BatchSchedule` (a ramp, per epoch) instead.
+        schedule: a :class:`~mindspore_accum.core.batch_size.BatchSchedule` (a ramp, per epoch) instead.
         rank, ranks: this rank and the number of ranks (data parallel).
         remainder: ``"flush"`` trains the epoch's last, shorter window; ``"drop"`` leaves it out.
         pad_values: ``{column index: value}`` for columns whose samples differ in length (token ids): a

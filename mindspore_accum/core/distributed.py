@@ -8,7 +8,7 @@ Launch with ``msrun`` (NCCL on GPU, HCCL on Ascend, MCCL on CPU)::
 environment variables; :func:`init_data_parallel` joins the group
 (``mindspore.communication.init()``) and sets the parallel context to
 ``DATA_PARALLEL``. The gradient all-reduce itself is in
-:class:`~mindspore_accum.cells.TrainOptim`, once per window.
+:class:`~mindspore_accum.core.cells.TrainOptim`, once per window.
 """
 
 import ctypes

@@ -20,7 +20,7 @@ them):
   across epochs without a word.
 * :class:`ResumableCheckpoint` is ``ModelCheckpoint`` that, in a resumed run,
   names and times its files as the uninterrupted run did.
-* The run lock is :func:`~mindspore_accum.run_lock.run_lock`, around
+* The run lock is :func:`~mindspore_accum.run.lock.run_lock`, around
   ``Model.train``: ``with run_lock(ckpt_directory): model.train(...)``.
 """
 
@@ -30,10 +30,10 @@ import os
 import numpy as np
 from mindspore.train import Callback, LossMonitor, ModelCheckpoint
 
-from .checkpoint import mismatches, save_network_checkpoint
-from .files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
-from .interrupt import StopSignals
-from .settings import RunSettings
+from ..run.checkpoint import mismatches, save_network_checkpoint
+from ..run.files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
+from ..run.settings import RunSettings
+from ..run.signals import StopSignals
 
 __all__ = ["SETTINGS_KEY", "settings_record", "find_train_cell_checkpoint", "read_train_cell_checkpoint",
            "load_train_cell_checkpoint", "SaveOnSignal", "EpochSizeCheck",
@@ -46,7 +46,7 @@ SETTINGS_KEY = "mindspore_accum_settings"
 
 
 def settings_record(settings):
-    """``{SETTINGS_KEY: json}`` of a :class:`~mindspore_accum.settings.RunSettings` (or a dict), for
+    """``{SETTINGS_KEY: json}`` of a :class:`~mindspore_accum.run.settings.RunSettings` (or a dict), for
     ``CheckpointConfig(append_info=[...])`` and :class:`SaveOnSignal`."""
     return {SETTINGS_KEY: _as_settings(settings).to_json()}
 
@@ -90,7 +90,8 @@ def load_train_cell_checkpoint(cell, path, settings):
 
     Everything is checked before anything is loaded: the file's CRC, its
     ``step_num``, the settings it records against ``settings`` (this run's
-    :class:`~mindspore_accum.settings.RunSettings`, or a dict), and every tensor's name and shape against ``cell``'s.
+    :class:`~mindspore_accum.run.settings.RunSettings`, or a dict), and every tensor's name and shape
+    against ``cell``'s.
 
     Raises:
         CheckpointError: naming the file and what does not fit.
@@ -138,7 +139,7 @@ class SaveOnSignal(Callback):
         self._stop = StopSignals().__enter__()
 
     def on_train_step_end(self, run_context):
-        self._stop.rearm()  # every graph run takes SIGINT over (see mindspore_accum.interrupt)
+        self._stop.rearm()  # every graph run takes SIGINT over (see mindspore_accum.run.signals)
         if self._stop.signum is None or self.saved_path is not None:
             return
         params = run_context.original_args()
@@ -210,7 +211,7 @@ class ResumableLossMonitor(LossMonitor):
     micro-step. (It sets MindSpore 2.10's private ``_last_print_time``.)
 
     With ``window_ends`` (``epoch -> the 1-based micro-steps of the epoch that close a window``, as
-    :meth:`~mindspore_accum.windowed_data.WindowedDataset.window_ends` gives), ``per_print_times`` counts
+    :meth:`~mindspore_accum.data.windowed_data.WindowedDataset.window_ends` gives), ``per_print_times`` counts
     windows, and a line is printed only where a window closes: windows of varying micro-batches never put one
     in mid-window, and a resumed run prints where the uninterrupted one did.
     """

@@ -11,9 +11,9 @@ accumulation like any other train Cell::
                                           micro_batches_per_epoch=dataset.get_dataset_size())
     Model(train_cell).train(10, dataset, callbacks=[LossMonitor(4)])
 
-It is *built from* :class:`~mindspore_accum.cells.TrainForwardBackward`,
-:class:`~mindspore_accum.cells.TrainOptim` and
-:class:`~mindspore_accum.cells.TrainClear`, so the arithmetic is theirs,
+It is *built from* :class:`~mindspore_accum.core.cells.TrainForwardBackward`,
+:class:`~mindspore_accum.core.cells.TrainOptim` and
+:class:`~mindspore_accum.core.cells.TrainClear`, so the arithmetic is theirs,
 bit for bit; this module only adds *when*.
 """
 
@@ -22,10 +22,10 @@ from typing import Optional
 
 from mindspore import amp, nn
 
-from .engine import AccumulationEngine, AccumulationStep, warn_if_longer_than_epoch
-from .norm import warn_if_batchnorm
-from .schedule import WindowSchedule
-from .validation import check_positive_int
+from ..core.engine import AccumulationEngine, AccumulationStep, warn_if_longer_than_epoch
+from ..core.schedule import WindowSchedule
+from ..core.validation import check_positive_int
+from ..nets.norm import warn_if_batchnorm
 
 __all__ = ["GradientAccumulationCell"]
 
@@ -65,14 +65,14 @@ class GradientAccumulationCell(AccumulationStep):
         weighting: ``"samples"``, or ``"items"`` for per-token losses: each
             micro-batch weighted by its labels that are not ``ignore_index``
             (or by the items of a network that returns ``(loss, items)``); see
-            :mod:`~mindspore_accum.weighting`.
+            :mod:`~mindspore_accum.core.weighting`.
         ignore_index: the label that is no item, as the loss's own.
         ema_decay: None, or a decay in [0, 1): a moving average of the
             trainable weights, updated once per applied update, never per
-            micro-step (see :mod:`~mindspore_accum.ema`).
+            micro-step (see :mod:`~mindspore_accum.core.ema`).
         windows_from_data: the data says how many micro-batches each window
             has: train on ``WindowedDataset.as_dataset()``, whose last column
-            is that count (see :mod:`~mindspore_accum.windowed_data`): a global
+            is that count (see :mod:`~mindspore_accum.data.windowed_data`): a global
             batch that is no multiple of the micro-batch, or a batch ramp, on
             one graph. ``mini_steps`` and ``micro_batches_per_epoch`` are then
             not used.

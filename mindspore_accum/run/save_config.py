@@ -3,15 +3,15 @@
 import dataclasses
 from typing import Optional
 
+from ..core.validation import PathLike, check_positive_int
 from .checkpoint import DEFAULT_CKPT_PATH
-from .validation import PathLike, check_positive_int
 
 __all__ = ["SaveConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
 class SaveConfig:
-    """The saving options of :meth:`~mindspore_accum.driver.GradientAccumulation.train_process`, in one place.
+    """The saving options of :meth:`~mindspore_accum.driver.loop.GradientAccumulation.train_process`, in one place.
 
     MindSpore groups its checkpoint options in ``CheckpointConfig``; this does
     the same for the driver's two kinds of file, the model checkpoint for
@@ -23,7 +23,7 @@ class SaveConfig:
         ckpt_path: where the bare network's checkpoint is written at the end,
             atomically; None skips it. Only rank 0 writes when data parallel.
         state_dir: where training states are written (see
-            :mod:`~mindspore_accum.training_state`): at the end of every
+            :mod:`~mindspore_accum.run.state`): at the end of every
             epoch, every ``save_every`` updates, and on SIGINT/SIGTERM. None
             writes none.
         save_every: also write a state every this many updates.
@@ -32,7 +32,7 @@ class SaveConfig:
         resume: a training-state file (or a directory of them: the newest) to
             continue from. The run's settings must match the state's.
         handle_signals: on SIGINT/SIGTERM, finish the micro-step, save the
-            state and raise :class:`~mindspore_accum.interrupt.TrainingInterrupted`.
+            state and raise :class:`~mindspore_accum.run.signals.TrainingInterrupted`.
 
     Raises:
         ValueError: ``save_every`` or ``keep_checkpoints`` is not a positive

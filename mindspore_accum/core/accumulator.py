@@ -16,11 +16,11 @@ it calls ``accumulator(grads, items)``::
         train_step(x, y)
     accumulator.flush()               # the epoch's partial window, with its true weight
 
-It is built by the engines' own :class:`~mindspore_accum.engine.AccumulationEngine`
-and runs their Cells - :class:`~mindspore_accum.cells.AddToWindow`,
-:func:`~mindspore_accum.schedule.window_end`,
-:class:`~mindspore_accum.cells.TrainOptim` and
-:class:`~mindspore_accum.cells.TrainClear` - so a window is the weighted mean
+It is built by the engines' own :class:`~mindspore_accum.core.engine.AccumulationEngine`
+and runs their Cells - :class:`~mindspore_accum.core.cells.AddToWindow`,
+:func:`~mindspore_accum.core.schedule.window_end`,
+:class:`~mindspore_accum.core.cells.TrainOptim` and
+:class:`~mindspore_accum.core.cells.TrainClear` - so a window is the weighted mean
 of its micro-batches' gradients (a step on the concatenated window), and the
 unscale, the overflow skip, clipping, the EMA and the data-parallel all-reduce
 each happen once per update. docs/own_loop.md has the loop with AMP, msrun and

@@ -77,7 +77,7 @@ class AccumulationBuffer:
             name>`` (state format 2).
         window_items: float32 scalar, what this window is weighted by so far:
             its samples, or its items with ``weighting="items"`` (see
-            :mod:`~mindspore_accum.weighting`); ``window_samples`` in checkpoints.
+            :mod:`~mindspore_accum.core.weighting`); ``window_samples`` in checkpoints.
         window_micro_steps: int32 scalar, micro-batches added in this window.
         window_loss: float32 scalar, the window's mean loss so far, weighted as ``grad_mean``.
     """
@@ -104,7 +104,7 @@ class AddToWindow(nn.Cell):
     """Adds one micro-batch's gradients into the window's weighted running mean: the one copy of that arithmetic.
 
     :class:`TrainForwardBackward` calls it after its backward, and
-    :class:`~mindspore_accum.accumulator.Accumulator` with the gradients of
+    :class:`~mindspore_accum.core.accumulator.Accumulator` with the gradients of
     the user's own step. With ``items`` ``b`` and the window's ``n`` so far,
     each buffer tensor ``acc`` becomes ``acc + w * (g - acc)`` with
     ``w = b / (n + b)``, the loss likewise, and the counters advance.
@@ -169,7 +169,7 @@ class TrainForwardBackward(nn.Cell):
         weighting: ``"samples"`` (each micro-batch weighted by its rows) or
             ``"items"`` (by its labels that are not ``ignore_index``, or by
             the ``items`` of a network that returns ``(loss, items)``); see
-            :mod:`~mindspore_accum.weighting`. With ``"items"`` a micro-batch
+            :mod:`~mindspore_accum.core.weighting`. With ``"items"`` a micro-batch
             without items adds nothing and its loss reads 0.
         ignore_index: the label that is no item (``nn.CrossEntropyLoss``'s).
 
@@ -281,7 +281,7 @@ class TrainOptim(nn.Cell):
     A window whose count is 0 (``weighting="items"`` with every label ignored)
     applies no update; its gradient is finite (zero) and does not lower the scale.
 
-    With ``ema`` (an :class:`~mindspore_accum.ema.ExponentialMovingAverage`),
+    With ``ema`` (an :class:`~mindspore_accum.core.ema.ExponentialMovingAverage`),
     the averages are updated right after each applied update, and never
     otherwise.
 

@@ -12,6 +12,7 @@ from typing import List
 import mindspore as ms
 import numpy as np
 
+from ..core.validation import PathLike
 from .files import (
     CheckpointError,
     check_writable_directory,
@@ -21,7 +22,6 @@ from .files import (
     remove_stale_temporaries,
     write_checkpoint_atomically,
 )
-from .validation import PathLike
 
 __all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
            "save_network_checkpoint", "WEIGHTS", "holds_average", "head_classes",
@@ -75,7 +75,7 @@ def save_network_checkpoint(network: ms.nn.Cell, path: PathLike, ema=None) -> st
     to disk, then renamed over ``path``: a crash leaves either the old file or
     the new one, never half of one. Parameters that are not finite are refused,
     so a diverged run never replaces a good checkpoint. With ``ema`` (an
-    :class:`~mindspore_accum.ema.ExponentialMovingAverage`), the trainable
+    :class:`~mindspore_accum.core.ema.ExponentialMovingAverage`), the trainable
     weights' averages are written under the weights' own names.
 
     Raises:

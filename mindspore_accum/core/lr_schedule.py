@@ -4,7 +4,7 @@ A MindSpore optimizer given a list of learning rates uses entry
 ``global_step`` at each call, and the optimizer is called once per window,
 so a list sized in *updates* makes update t use the same rate whatever
 ``mini_steps`` is. Size it from :meth:`WindowSchedule.updates_per_epoch
-<mindspore_accum.schedule.WindowSchedule.updates_per_epoch>`, which counts a
+<mindspore_accum.core.schedule.WindowSchedule.updates_per_epoch>`, which counts a
 flushed partial window. The lists come from MindSpore's own helpers
 (``nn.warmup_lr``, ``nn.cosine_decay_lr``, ``nn.piecewise_constant_lr``).
 """

@@ -14,10 +14,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, Optional, TextIO
 
-from .validation import PathLike, check_positive_int
+from ..core.validation import PathLike, check_positive_int
 
 if TYPE_CHECKING:  # only for the annotations: training_state imports MindSpore
-    from .training_state import TrainingState
+    from ..run.state import TrainingState
 
 __all__ = ["DriverCallback", "MetricsLog", "ProgressBar", "GradFlowSaver"]
 
@@ -40,14 +40,14 @@ class DriverCallback:
         ``loss`` is the micro-batch's loss as a device Tensor, not read back:
         ``float(loss)`` waits for the device, which the driver itself does
         only once per window. The window's losses as floats are in the
-        :class:`~mindspore_accum.driver.UpdateRecord` that ``update`` gets.
+        :class:`~mindspore_accum.driver.loop.UpdateRecord` that ``update`` gets.
         """
 
     def update(self, record, driver):
         """After each optimizer update, before the buffer is cleared."""
 
     def epoch_end(self, epoch, records):
-        """With the epoch's :class:`~mindspore_accum.driver.UpdateRecord` list."""
+        """With the epoch's :class:`~mindspore_accum.driver.loop.UpdateRecord` list."""
 
 
 
@@ -65,7 +65,7 @@ class MetricsLog(DriverCallback):
             earlier file as it was; it is then replaced, or, with ``resume``,
             continued.
         evaluate: optional ``callable(epoch) -> dict`` run at each epoch's end.
-        resume: the :class:`~mindspore_accum.training_state.TrainingState` the
+        resume: the :class:`~mindspore_accum.run.state.TrainingState` the
             run resumes from. The records it covers are kept, and those written
             after it (by a run killed before its next state), any line cut
             short and any line of another run (its ``run`` differs from the
@@ -202,7 +202,7 @@ class ProgressBar(DriverCallback):
 
 
 class GradFlowSaver(DriverCallback):
-    """Saves a gradient-flow PNG (see :func:`~mindspore_accum.grad_flow.plot_grad_flow`) every ``every`` updates.
+    """Saves a gradient-flow PNG (see :func:`~mindspore_accum.nets.grad_flow.plot_grad_flow`) every ``every`` updates.
 
     The gradients are the window's mean, read from ``grad_mean`` before it is cleared.
     Files: ``<directory>/grad_flow_<update>.png``.
@@ -217,7 +217,7 @@ class GradFlowSaver(DriverCallback):
     def update(self, record, driver):
         if record.total_updates % self.every:
             return
-        from .grad_flow import plot_grad_flow
+        from ..nets.grad_flow import plot_grad_flow
         prefix = "grad_sum."
         named = [(p.name[len(prefix):] if p.name.startswith(prefix) else p.name, p.asnumpy())
                  for p in driver.buffer.grad_mean]

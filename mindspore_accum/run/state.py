@@ -4,7 +4,7 @@ The model checkpoint (:mod:`.checkpoint`) holds the bare network for eval.py.
 A training-state checkpoint holds, beside it, the trainer's
 ``state_parameters()`` in groups (``network/``, ``optimizer/``, ``buffer/``,
 ``scaler/`` and, with EMA, ``ema/``) and a JSON record, :class:`TrainingState`,
-whose ``settings`` are the run's :class:`~mindspore_accum.settings.RunSettings`. It is an ordinary
+whose ``settings`` are the run's :class:`~mindspore_accum.run.settings.RunSettings`. It is an ordinary
 MindSpore checkpoint, written atomically with a CRC. The layout, field by
 field, is in docs/resuming.md, which tests/test_docs.py checks against this
 module.
@@ -19,6 +19,7 @@ from typing import Dict, Tuple
 import mindspore as ms
 import numpy as np
 
+from ..core.validation import PathLike, check_positive_int
 from .checkpoint import TRAINING_STATE_KEY, mismatches
 from .files import (
     CheckpointError,
@@ -29,7 +30,6 @@ from .files import (
     write_checkpoint_atomically,
 )
 from .settings import RunSettings
-from .validation import PathLike, check_positive_int
 
 __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state", "read_training_state",
            "restore_training_state", "find_training_state", "STATE_PREFIX"]
@@ -73,7 +73,7 @@ class TrainingState:
     """A run's settings and position, small and named; saved as JSON in the state file.
 
     Settings (compared on resume):
-        settings: the run's :class:`~mindspore_accum.settings.RunSettings`:
+        settings: the run's :class:`~mindspore_accum.run.settings.RunSettings`:
             the driver's own (``model`` and ``optimizer`` class names,
             ``mini_steps``, ``remainder``, ``batch_size``,
             ``micro_batches_per_epoch``, ``seed``, ``amp_level``,
@@ -91,7 +91,7 @@ class TrainingState:
         window_samples: the rows of the open window's micro-batches (its
             items, micro-batches and loss are in the buffer); 0 between windows.
         epoch_records: the epoch's updates so far, as dicts of
-            :class:`~mindspore_accum.driver.UpdateRecord` fields.
+            :class:`~mindspore_accum.driver.loop.UpdateRecord` fields.
         run_id: drawn when a run starts afresh and kept across its resumes;
             the metrics file's lines carry it, so that a resume keeps only its
             own run's lines.
@@ -311,7 +311,7 @@ class StateDirectory:
 
     @staticmethod
     def files_in(directory):
-        """The state files in ``directory``, earliest position first (:func:`~mindspore_accum.files.files_in`).
+        """The state files in ``directory``, earliest position first (:func:`~mindspore_accum.run.files.files_in`).
 
         A directory named state-old.ckpt is the user's, not a state to load or prune.
         """

@@ -5,18 +5,18 @@
   ``step_num``) are the uninterrupted run's. Put it first.
 * :class:`EvaluateEachEpoch` calls ``evaluate(epoch)`` at every real epoch end
   (not at a stop mid-epoch), as ``--eval_every_epoch`` does on both scripts.
-* :class:`ModelProgressBar` is the driver's :class:`~mindspore_accum.callbacks.ProgressBar`
+* :class:`ModelProgressBar` is the driver's :class:`~mindspore_accum.driver.callbacks.ProgressBar`
   (a ``tqdm`` bar on a terminal, nothing elsewhere) over ``Model.train``'s micro-steps.
 
 They are ``mindspore.train.Callback`` subclasses; the driver's own hooks are
-:class:`~mindspore_accum.callbacks.DriverCallback`.
+:class:`~mindspore_accum.driver.callbacks.DriverCallback`.
 """
 
 from typing import Callable, Optional, TextIO
 
 from mindspore.train import Callback
 
-from .callbacks import ProgressBar
+from ..driver.callbacks import ProgressBar
 
 __all__ = ["CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar"]
 
@@ -57,7 +57,7 @@ class EvaluateEachEpoch(Callback):
 
 
 class ModelProgressBar(Callback):
-    """:class:`~mindspore_accum.callbacks.ProgressBar` per epoch over ``Model.train``'s micro-steps.
+    """:class:`~mindspore_accum.driver.callbacks.ProgressBar` per epoch over ``Model.train``'s micro-steps.
 
     Args:
         batch_size: samples per micro-batch, for the bar's samples per second.

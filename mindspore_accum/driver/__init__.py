@@ -1,0 +1,1 @@
+"""The GradientAccumulation driver: the epoch loop around the step, and its callbacks."""

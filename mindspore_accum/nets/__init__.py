@@ -1,0 +1,1 @@
+"""Helpers for networks: BatchNorm to GroupNorm, swapping layers, metrics, gradient flow."""
