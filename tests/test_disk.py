@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from cli import assert_refused, run_script
 
-from mindspore_accum import checkpoint
+from mindspore_accum.run import checkpoint
 from mindspore_accum.run.checkpoint import (
     CheckpointError,
     read_checkpoint,
