@@ -16,8 +16,8 @@ from mindspore import dataset as ds
 from mindspore import nn
 
 from mindspore_accum import (
-    Callback,
     CheckpointError,
+    DriverCallback,
     GradientAccumulation,
     NonFiniteError,
     SaveConfig,
@@ -62,7 +62,7 @@ def driver(optimizer="adam", init_seed=0, network_cls=MLP):
                                 amp_level=amp_level or "O0")
 
 
-class SignalAt(Callback):
+class SignalAt(DriverCallback):
     """Sends ``signum`` to this process after micro-batch ``at`` = (epoch, micro-batch), or at an epoch's end."""
 
     def __init__(self, at, signum=signal.SIGINT):
