@@ -17,29 +17,24 @@ from .core.optimizers import RatePerUpdate, create_optimizer
 from .core.schedule import WindowSchedule, window_end
 from .data.windowed_data import WindowedDataset
 from .driver.callbacks import DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
-from .driver.loop import GradientAccumulation, NonFiniteError, UpdateRecord
+from .driver.loop import GradientAccumulation, UpdateRecord
 from .model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
 from .model.cell import GradientAccumulationCell
-from .model.guards import (
-    AverageCheckpoint,
-    EpochSizeCheck,
-    ResumableCheckpoint,
-    ResumableLossMonitor,
-    SaveOnSignal,
-    find_train_cell_checkpoint,
-    load_train_cell_checkpoint,
-    settings_record,
-)
-from .nets.grad_flow import plot_grad_flow
-from .nets.metrics import MeanCrossEntropy
+from .model.guards import EpochSizeCheck, NetworkCheckpoint, ResumableLossMonitor, TrainCellCheckpoint
 from .nets.norm import convert_bn_to_gn
 from .run.checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
 from .run.files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
 from .run.lock import RunInUseError, run_lock
 from .run.save_config import SaveConfig
 from .run.settings import RunSettings, data_fingerprint
-from .run.signals import TrainingInterrupted
-from .run.state import TrainingState, read_training_state
+from .run.signals import NonFiniteError, StopSignals, TrainingInterrupted
+from .run.state import (
+    TrainingState,
+    find_train_cell_checkpoint,
+    load_train_cell_checkpoint,
+    read_training_state,
+    settings_record,
+)
 
 __version__ = "0.4.0"
 
@@ -57,16 +52,17 @@ __all__ = [
     "GradientAccumulation", "SaveConfig", "UpdateRecord", "DriverCallback", "MetricsLog",
     "ProgressBar", "GradFlowSaver", "plot_grad_flow",
     # The train Cell for mindspore.train.Model, and the mindspore.train callbacks that guard it.
-    "GradientAccumulationCell", "CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar", "SaveOnSignal",
-    "EpochSizeCheck", "ResumableCheckpoint", "ResumableLossMonitor", "AverageCheckpoint",
+    "GradientAccumulationCell", "CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar", "TrainCellCheckpoint",
+    "NetworkCheckpoint", "EpochSizeCheck", "ResumableLossMonitor",
+    # What a run keeps, on either engine: the train Cell's checkpoint and the driver's training state.
     "load_train_cell_checkpoint", "find_train_cell_checkpoint", "settings_record",
     # What a run records, and what a resume must match.
     "RunSettings", "data_fingerprint", "TrainingState", "read_training_state",
     # Files: the atomic write, the CRC read, newest and pruning; the run lock.
     "write_checkpoint_atomically", "read_checkpoint", "newest_file", "prune", "run_lock", "RunInUseError",
     "save_network_checkpoint", "load_network_checkpoint", "load_initial_weights",
-    # What stops a run.
-    "NonFiniteError", "TrainingInterrupted", "CheckpointError",
+    # What stops a run, on either engine.
+    "NonFiniteError", "TrainingInterrupted", "StopSignals", "CheckpointError",
     # Helpers a training script needs.
     "learning_rates", "convert_bn_to_gn", "init_data_parallel", "ExponentialMovingAverage", "MeanCrossEntropy",
     # The scripts' --optimizer by name (torch-semantics Adam and AdamW), and a schedule for experimental.optim.

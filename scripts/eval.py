@@ -11,7 +11,6 @@
 weights or (--weights ema) their moving average. The number of classes is the checkpoint's head's.
 """
 
-import os
 
 from common import (
     Parser,
@@ -28,17 +27,7 @@ from common import (
 )
 from mindspore_accum import load_network_checkpoint
 from mindspore_accum.run.checkpoint import WEIGHTS, head_classes, holds_average
-from mindspore_accum.run.files import newest_file
-
-
-def newest_checkpoint(path):
-    """``path`` itself, or the newest ``.ckpt`` in it if it is a directory."""
-    if not os.path.isdir(path):
-        return path
-    found = newest_file(path)
-    if found is None:
-        raise ValueError(f"--ckpt_path {path!r} is a directory with no .ckpt file: give a checkpoint file")
-    return found
+from mindspore_accum.run.files import file_or_newest
 
 
 def _with_the_checkpoints_classes(args, network, ckpt_path):
@@ -75,7 +64,8 @@ def main():
     resolve_model_args(args, train=False)
 
     setup_mindspore(args.device_target)
-    ckpt_path = newest_checkpoint(args.ckpt_path)
+    ckpt_path = file_or_newest(args.ckpt_path, refusal="--ckpt_path {path!r} is a directory with no {pattern} file: "
+                                                       "give a checkpoint file")
     network = build_network(args)
     if task_of(args.model) != "lm" and not classes_given:
         network = _with_the_checkpoints_classes(args, network, ckpt_path)

@@ -3,8 +3,8 @@
     python scripts/train_model.py --data_path data/mnist --mini_steps 4
     python scripts/eval.py --data_path data/mnist --ckpt_path ckpt
 
-Like the model zoo's LeNet train.py: Model.train with LossMonitor, TimeMonitor
-and ModelCheckpoint. --ckpt_path is a directory. It receives <model>-<epoch>_<step>.ckpt,
+Like the model zoo's LeNet train.py: Model.train with a LossMonitor, TimeMonitor
+and checkpoint callbacks. --ckpt_path is a directory. It receives <model>-<epoch>_<step>.ckpt,
 the bare network for eval.py, and train/train-<epoch>_<step>.ckpt, the whole
 train Cell (network, optimizer, accumulation buffer, counters, loss scale) to
 resume from, exactly, even mid-window:
@@ -17,10 +17,9 @@ resume from, exactly, even mid-window:
 
 import os
 import signal
-import time
 
 from mindspore import Model, nn
-from mindspore.train import CheckpointConfig, TimeMonitor
+from mindspore.train import TimeMonitor
 
 from common import (
     build_loss,
@@ -37,20 +36,17 @@ from common import (
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.core.engine import amp_network, default_loss_scaler
 from mindspore_accum.model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
-from mindspore_accum.model.guards import (
-    AverageCheckpoint,
-    EpochSizeCheck,
-    ResumableCheckpoint,
-    ResumableLossMonitor,
-    SaveOnSignal,
+from mindspore_accum.model.guards import EpochSizeCheck, NetworkCheckpoint, ResumableLossMonitor, TrainCellCheckpoint
+from mindspore_accum.run.checkpoint import check_writable_directory, load_initial_weights
+from mindspore_accum.run.lock import own_outputs
+from mindspore_accum.run.signals import StopSignals
+from mindspore_accum.run.state import (
+    TRAIN_PREFIX,
     find_train_cell_checkpoint,
     load_train_cell_checkpoint,
     read_train_cell_checkpoint,
     settings_record,
 )
-from mindspore_accum.run.checkpoint import check_writable_directory, load_initial_weights
-from mindspore_accum.run.files import remove_partial_files
-from mindspore_accum.run.lock import run_lock
 from training import (
     build_training_data,
     check_training_flags,
@@ -108,10 +104,7 @@ def main():
     if rank != 0:  # only rank 0 writes
         return train(args, device, rank, ranks, shards)
     check_writable_directory(args.ckpt_path, "checkpoint directory")
-    with run_lock(args.ckpt_path):  # one run per checkpoint directory, as train.py
-        # Holding the lock, no one else writes here: partial files are a killed run's (kill -9 mid-write).
-        for directory in (args.ckpt_path, os.path.join(args.ckpt_path, "train")):
-            remove_partial_files(directory, since=0)
+    with own_outputs(args.ckpt_path):  # one run per checkpoint directory, as the driver takes it for train.py
         return train(args, device, rank, ranks, shards)
 
 
@@ -146,42 +139,27 @@ def train(args, device, rank, ranks, shards):
         + (f"{args.save_steps} micro-steps" if args.save_steps else "epoch")
         + f", newest {args.keep_checkpoints} kept)"
         + (f"; resuming at micro-step {start} from {args.resume}" if args.resume else ""))
-    record = settings_record(settings)
-    stop = SaveOnSignal(os.path.join(args.ckpt_path, "train"), record=record)
     callbacks = [CountOnFrom(start, micro_batches), EpochSizeCheck(cell)]
-    if rank == 0:
-        callbacks += build_callbacks(args, cell, network, data, record, say)
-        # Data parallel: a rank that stopped alone would leave the others in the all-reduce (as train.py).
-        callbacks += [] if args.distribute else [stop]
-    # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
-    started = time.time()
-    try:
+    # Data parallel: a rank that stopped alone would leave the others in the all-reduce (as train.py).
+    with StopSignals(enabled=not args.distribute) as stop:
+        if rank == 0:
+            callbacks += build_callbacks(args, cell, network, data, settings_record(settings), stop, say)
+        # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
         Model(cell).train(args.epochs, dataset, callbacks=callbacks, dataset_sink_mode=args.dataset_sink_mode,
                           sink_size=-1, initial_epoch=start // micro_batches)
-    except OSError as error:  # a full disk: MindSpore's error names no file, and it leaves its partial files
-        for directory in (args.ckpt_path, os.path.join(args.ckpt_path, "train")):
-            remove_partial_files(directory, since=started)
-        # One string, not (errno, text): str() of the pair starts "[Errno 28]".
-        raise OSError(f"cannot write a checkpoint in {args.ckpt_path!r}: {error.strerror or error}: free some "
-                      f"space or choose another --ckpt_path") from None
     if stop.signum is not None:
-        exit_interrupted(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to "
-                         f"{stop.saved_path}", stop.saved_path, stop.signum)
+        saved = next(callback for callback in callbacks if isinstance(callback, TrainCellCheckpoint)).saved_path
+        exit_interrupted(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to {saved}",
+                         saved, stop.signum)
 
 
-def build_callbacks(args, cell, network, data, record, say):
+def build_callbacks(args, cell, network, data, record, stop, say):
     """Rank 0's: progress, loss lines, time, the epoch's evaluation, the network's and the train Cell's checkpoints.
 
-    ``LossMonitor`` prints every ``--log_every`` updates' worth of micro-steps (``log_every x mini_steps``); with
-    a global batch, every ``--log_every`` windows where a window closes, whatever its micro-batches.
+    The loss lines come every ``--log_every`` updates' worth of micro-steps (``log_every x mini_steps``); with
+    a global batch, every ``--log_every`` windows where a window closes, whatever its micro-batches. The train
+    Cell's checkpoint is last: taken after every other callback has seen the micro-step.
     """
-    resuming, micro_batches = bool(args.resume), data.micro_batches
-    bare = CheckpointConfig(save_checkpoint_steps=micro_batches, keep_checkpoint_max=1, saved_network=network,
-                            crc_check=True)
-    # step_num: the global micro-step, which --resume reads back; the settings, which it checks.
-    whole = CheckpointConfig(save_checkpoint_steps=args.save_steps or micro_batches,
-                             keep_checkpoint_max=args.keep_checkpoints,
-                             append_info=["epoch_num", "step_num", record], crc_check=True)
     # A line every --log_every windows, where a window closes: counted in windows when their sizes vary.
     losses = ResumableLossMonitor(args.log_every, window_ends=data.windowed.window_ends) if data.windowed is not None \
         else ResumableLossMonitor(per_print_times=args.log_every * args.mini_steps)
@@ -189,9 +167,9 @@ def build_callbacks(args, cell, network, data, record, say):
     evaluate_epoch = epoch_evaluator(args, network, cell.ema, say)
     if evaluate_epoch is not None:
         callbacks.append(EvaluateEachEpoch(evaluate_epoch))
-    callbacks.append(ResumableCheckpoint(args.model, args.ckpt_path, bare, resuming=resuming) if cell.ema is None
-                     else AverageCheckpoint(cell.ema, network, args.ckpt_path, args.model))
-    callbacks.append(ResumableCheckpoint("train", os.path.join(args.ckpt_path, "train"), whole, resuming=resuming))
+    callbacks.append(NetworkCheckpoint(network, args.ckpt_path, args.model, cell.ema))
+    callbacks.append(TrainCellCheckpoint(os.path.join(args.ckpt_path, TRAIN_PREFIX), record, every=args.save_steps,
+                                         keep=args.keep_checkpoints, stop=stop))
     return callbacks
 
 

@@ -720,3 +720,37 @@ def test_train_model_prints_loss_lines_where_windows_close_with_a_global_batch(t
     assert result.returncode == 0, result.stderr
     lines = [line.split(", loss")[0] for line in result.stdout.splitlines() if "loss is" in line]
     assert lines == ["epoch: 1 step: 3", "epoch: 1 step: 5", "epoch: 2 step: 3", "epoch: 2 step: 5"], result.stdout
+
+
+def test_each_engines_saved_state_given_to_the_other_is_refused_naming_the_engine_that_resumes_it(tmp_path,
+                                                                                                  tiny_mnist):
+    """Issue 38: a driver state given to train_model.py, and a train-Cell checkpoint (or its directory) to
+    train.py, were refused as "not a train-Cell checkpoint" and "not a training state (a model checkpoint?)".
+    Reference: the kind each file is, read with MindSpore's own load_checkpoint. Controls: each engine resumes its
+    own, and the other's file starts a run as --init_ckpt."""
+    import mindspore as ms
+    for script, out in (("train.py", "m.ckpt"), ("train_model.py", "ck")):
+        done = run_script(script, "--data_path", tiny_mnist, *QUICK, "--ckpt_path", out, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    state, cell = tmp_path / "m_state" / "state-1_8.ckpt", tmp_path / "ck" / "train" / "train-1_8.ckpt"
+    assert "mindspore_accum_training_state" in ms.load_checkpoint(str(state))
+    assert "step_num" in ms.load_checkpoint(str(cell)) and "mindspore_accum_training_state" not in \
+        ms.load_checkpoint(str(cell))
+    refused = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "c2",
+                         "--resume", state, cwd=tmp_path)
+    assert_refused(refused, "state-1_8.ckpt' is a training state, which train.py (the driver) writes and resumes; "
+                            "this engine resumes a train-Cell checkpoint: resume it with train.py, or start afresh "
+                            "from its weights with --init_ckpt")
+    for given in (cell, tmp_path / "ck"):  # the file, and the directory train_model.py wrote
+        refused = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "m2.ckpt",
+                             "--resume", given, cwd=tmp_path)
+        assert_refused(refused, "train-1_8.ckpt' is a train-Cell checkpoint, which train_model.py (Model.train) "
+                                "writes and resumes; this engine resumes a training state: resume it with "
+                                "train_model.py, or start afresh from its weights with --init_ckpt")
+    for script, own, out in (("train.py", state, "m3.ckpt"), ("train_model.py", cell, "c3")):  # the controls
+        resumed = run_script(script, "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", out,
+                             "--resume", own, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+    started = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--ckpt_path", "c4", "--init_ckpt",
+                         state, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr

@@ -174,11 +174,15 @@ def test_kill_9_then_resume_from_the_newest_train_checkpoint_equals_the_uninterr
             process.kill()
             break
     process.communicate(timeout=120)
-    (tmp_path / "cut" / "train" / "train-9_9.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
+    # As a kill mid-write leaves them: the write's temporary and save_checkpoint's own partial file, of the dead pid.
+    partial = [tmp_path / "cut" / "train" / f".train-9_9.ckpt.{process.pid}.tmp{suffix}"
+               for suffix in (".ckpt", ".tmp")]
+    for path in partial:
+        path.write_bytes(b"half a checkpoint")
     newest = max((tmp_path / "cut" / "train").glob("train-*.ckpt"), key=os.path.getmtime)
     resumed = run_script("train_model.py", *flags, "--ckpt_path", "cut", "--resume", newest, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert not list((tmp_path / "cut").rglob("*.tmp")), "a partial file stayed"
+    assert [path.exists() for path in partial] == [False, False], "a partial file stayed"
     expected = ms.load_checkpoint(str(tmp_path / "whole" / "lenet-40_8.ckpt"))
     actual = ms.load_checkpoint(str(tmp_path / "cut" / "lenet-40_8.ckpt"))
     for name in expected:

@@ -30,7 +30,7 @@ from mindspore.train import LossMonitor
 from test_run_lock import HOLDER
 
 from mindspore_accum import GradientAccumulation, SaveConfig, load_network_checkpoint
-from mindspore_accum.model.guards import AverageCheckpoint, ResumableLossMonitor
+from mindspore_accum.model.guards import NetworkCheckpoint, ResumableLossMonitor
 from mindspore_accum.run.lock import RunInUseError, run_lock
 from mindspore_accum.run.settings import RunSettings, data_fingerprint
 from model_zoo_adapters.lenet import LeNet5
@@ -206,7 +206,7 @@ def run_context(step, per_epoch=12, loss=1.5):
 def test_the_ema_checkpoint_is_written_at_an_epochs_end_only(tmp_path):
     network = MLP()
     model = GradientAccumulation(network, LOSS, nn.SGD(network.trainable_params(), 0.1), ema_decay=0.9)
-    saver = AverageCheckpoint(model.ema, network, tmp_path, "mlp")
+    saver = NetworkCheckpoint(network, tmp_path, "mlp", model.ema)
     saver.on_train_epoch_end(run_context(6))  # Model.train stopped by a signal at micro-step 6 of 12
     assert os.listdir(tmp_path) == []
     saver.on_train_epoch_end(run_context(12))  # the control: the epoch's real end

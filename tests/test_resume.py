@@ -255,11 +255,11 @@ def test_bad_state_arguments_are_refused_before_training(tmp_path):
         model.train_process(1, shuffled_dataset(), save=SaveConfig(ckpt_path=None, save_every=2))
     with pytest.raises(ValueError, match="keep_checkpoints must be"):
         StateDirectory(tmp_path, keep=0)
-    with pytest.raises(CheckpointError, match="not a training state"):
+    with pytest.raises(CheckpointError, match="is a model checkpoint \\(the network alone"):
         bare = save_network_checkpoint(model.network, str(tmp_path / "model.ckpt"))
         model.train_process(1, shuffled_dataset(), save=SaveConfig(ckpt_path=None, resume=bare))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no state-\\*.ckpt training state in directory"):
+    with pytest.raises(CheckpointError, match="is a directory with no state-\\*.ckpt training state"):
         model.train_process(1, shuffled_dataset(), save=SaveConfig(ckpt_path=None, resume=tmp_path / "empty"))
 
 

@@ -70,4 +70,6 @@ def test_resume_from_a_bare_checkpoint_is_refused(tmp_path, tiny_mnist):
     save_network_checkpoint(LeNet5(), tmp_path / "lenet-2_8.ckpt")  # what a run leaves beside train/: the bare network
     result = run_script("train_model.py", "--data_path", tiny_mnist, *FLAGS, "--resume", tmp_path / "lenet-2_8.ckpt",
                         cwd=tmp_path)
-    assert_refused(result, "lenet-2_8.ckpt", "is not a train-Cell checkpoint", "<ckpt_path>/train/")
+    assert_refused(result, "lenet-2_8.ckpt", "is a model checkpoint (the network alone, with no optimizer state or "
+                           "position): resume from a train-Cell checkpoint, or start afresh from its weights with "
+                           "--init_ckpt")

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional, TextIO
 
 from ..core.validation import PathLike, check_positive_int
+from ..run.files import replacing
 
 if TYPE_CHECKING:  # only for the annotations: training_state imports MindSpore
     from ..run.state import TrainingState
@@ -52,7 +53,7 @@ class DriverCallback:
 
 
 class MetricsLog(DriverCallback):
-    """Writes ``metrics.jsonl``: one JSON object a line, flushed as it goes.
+    """Writes ``metrics.jsonl``: one JSON object a line, flushed as it goes, fsynced at each epoch's end.
 
     A record per update (``"kind": "update"``) and per epoch (``"kind":
     "epoch"``, with whatever ``evaluate(epoch)`` returns). The fields are
@@ -86,18 +87,18 @@ class MetricsLog(DriverCallback):
         if self.resume is not None and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as existing:
                 kept = [line for line in existing if _covered(line, self.resume)]
-        tmp_path = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp_path, "w", encoding="utf-8") as fresh:  # replaced whole, never half-filtered
-            fresh.writelines(kept)
-        os.replace(tmp_path, self.path)
+        with replacing(self.path) as tmp_path, open(tmp_path, "w", encoding="utf-8") as fresh:
+            fresh.writelines(kept)  # replaced whole, never half-filtered
         self._file = open(self.path, "a", encoding="utf-8")
 
-    def _write(self, record):
+    def _write(self, record, durable=False):
         try:
             if self._file is None:
                 self._open()
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+            if durable:
+                os.fsync(self._file.fileno())
         except OSError as error:  # a full disk says "No space left on device" and names no file
             failed = OSError(f"cannot write the metrics file {self.path!r}: {error.strerror or error}")
             failed.errno = error.errno  # kept for callers; str() without the "[Errno 28]" an (errno, text) pair gives
@@ -120,7 +121,7 @@ class MetricsLog(DriverCallback):
                  "train_loss": sum(r.loss * r.items for r in records) / items if items else None}
         if self.evaluate is not None:
             entry.update(self.evaluate(epoch))
-        self._write(entry)
+        self._write(entry, durable=True)  # the epoch's lines on disk, as its training state is
 
     def close(self):
         if self._file is not None:

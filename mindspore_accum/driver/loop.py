@@ -1,11 +1,9 @@
 """The ``GradientAccumulation`` driver: runs the three Cells over a dataset."""
 
-import contextlib
 import dataclasses
 import itertools
 import logging
 import math
-import os
 import uuid
 from typing import Dict, Iterable, List, Mapping, Optional, Union
 
@@ -26,10 +24,10 @@ from ..core.schedule import WindowSchedule, window_end
 from ..core.validation import check_choice, check_positive_int
 from ..data.windowed_data import WindowedDataset
 from ..nets.norm import warn_if_batchnorm
-from ..run.checkpoint import check_ckpt_path, remove_stale_temporaries, save_network_checkpoint
-from ..run.lock import run_locks
+from ..run.checkpoint import check_ckpt_path, save_network_checkpoint
+from ..run.lock import own_outputs
 from ..run.save_config import SaveConfig
-from ..run.signals import StopSignals, TrainingInterrupted
+from ..run.signals import NonFiniteError, StopSignals, TrainingInterrupted
 from ..run.state import (
     Progress,
     StateDirectory,
@@ -87,14 +85,6 @@ class UpdateRecord:
     items: int = None
 
 
-class NonFiniteError(ArithmeticError):
-    """Training diverged: a micro-batch's loss, or a window's gradient, was NaN or infinite.
-
-    The message gives the epoch and micro-batch, and the training state that
-    is kept (nothing is saved after the divergence).
-    """
-
-
 def current_learning_rate(optimizer, just_applied=False):
     """The learning rate the optimizer's next update uses, as a float; None for a ``LearningRateSchedule`` Cell.
 
@@ -121,20 +111,6 @@ def _fixed_batch_size(dataset):
 def _as_tensors(micro_batches):
     for columns in micro_batches:
         yield tuple(ms.Tensor(column) for column in columns)
-
-
-@contextlib.contextmanager
-def _own_outputs(ckpt_path, states):
-    """One run per checkpoint and state directory (rank 0 only: the others write nothing).
-
-    Holding their locks, it removes what dead runs left there: only the owner cleans.
-    """
-    with run_locks(ckpt_path, states.directory if states is not None else None):
-        if ckpt_path is not None:
-            remove_stale_temporaries(os.path.dirname(os.path.abspath(ckpt_path)))
-        if states is not None:
-            remove_stale_temporaries(states.directory)
-        yield
 
 
 def _micro_batches_of(train_dataset):
@@ -302,7 +278,8 @@ class GradientAccumulation:
                             f"save=SaveConfig(ckpt_path=..., state_dir=...)")
         run = self._begin(epoch, train_dataset, WindowSchedule(mini_steps, remainder), save, log_every, callbacks,
                           seed, settings)
-        with StopSignals(save.handle_signals) as run.stop, _own_outputs(run.ckpt_path, run.states):
+        outputs = own_outputs(run.ckpt_path, run.states and run.states.directory)
+        with StopSignals(save.handle_signals) as run.stop, outputs:
             for batches in self._epochs(train_dataset, epoch, run.state, run.micro_batches):
                 self._train_epoch(run, batches)
             if run.ckpt_path is not None:
@@ -468,7 +445,7 @@ class GradientAccumulation:
                 self._save_state(run)
         elif epoch_end:
             self._drop_window(run)
-        if run.stop.signum is not None:
+        if run.stop.poll() is not None:
             self._interrupt(run)
 
     def _end_epoch(self, run):
@@ -489,10 +466,9 @@ class GradientAccumulation:
                            run.schedule.mini_steps)
         for callback in run.callbacks:
             callback.epoch_end(state.epoch, run.epoch_records)
-        run.stop.rearm()  # an evaluation callback runs graphs too
         state.epoch_done = True
         self._save_state(run)
-        if run.stop.signum is not None:
+        if run.stop.poll() is not None:
             self._interrupt(run)
 
     # The end of a window.
@@ -510,7 +486,6 @@ class GradientAccumulation:
         holds the window's gradient.
         """
         applied = bool(applied.asnumpy())
-        run.stop.rearm()
         state = run.state
         lr = current_learning_rate(self.optimizer, just_applied=applied)
         micro_batches, items, loss = self._window_figures()
@@ -544,7 +519,6 @@ class GradientAccumulation:
         for callback in run.callbacks:
             callback.update(record, self)
         self.train_clear()
-        run.stop.rearm()
         run.window, state.window_samples = 0, 0
         if applied and run.log_every is not None and (flushed or record.update % run.log_every == 0):
             scale = "" if record.loss_scale is None else \

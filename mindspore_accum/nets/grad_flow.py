@@ -5,6 +5,8 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from ..run.files import replacing
+
 __all__ = ["plot_grad_flow", "grad_flow_heights"]
 
 
@@ -42,7 +44,8 @@ def plot_grad_flow(named_grads: Sequence[Tuple[str, np.ndarray]], path: str,
         axes.grid(axis="y", alpha=0.3)
         figure.tight_layout()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        figure.savefig(path, dpi=100)
+        with replacing(path) as tmp_path:
+            figure.savefig(tmp_path, dpi=100)
         return {name: bar.get_height() for (name, _), bar in zip(heights, bars)}
     finally:
         plt.close(figure)

@@ -16,17 +16,15 @@ from ..core.validation import PathLike
 from .files import (
     CheckpointError,
     check_writable_directory,
-    newest_file,
+    file_or_newest,
     read_checkpoint,
-    remove_partial_files,
-    remove_stale_temporaries,
     write_checkpoint_atomically,
 )
 
-__all__ = ["DEFAULT_CKPT_PATH", "CheckpointError", "check_ckpt_path", "check_writable_directory",
-           "save_network_checkpoint", "WEIGHTS", "holds_average", "head_classes",
+__all__ = ["DEFAULT_CKPT_PATH", "kind_of", "not_resumable", "STEP_KEY", "CheckpointError", "check_ckpt_path",
+           "check_writable_directory", "save_network_checkpoint", "WEIGHTS", "holds_average", "head_classes",
            "load_network_checkpoint", "load_initial_weights", "write_checkpoint_atomically", "read_checkpoint",
-           "remove_stale_temporaries", "remove_partial_files", "mismatches", "summarise_names"]
+           "mismatches", "summarise_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +32,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CKPT_PATH = "gradient_accumulation.ckpt"
 #: The entry of a training-state checkpoint that holds its JSON record (see :mod:`.training_state`).
 TRAINING_STATE_KEY = "mindspore_accum_training_state"
+#: The entry of a train-Cell checkpoint that holds its global micro-step (``ModelCheckpoint``'s name for it).
+STEP_KEY = "step_num"
+#: The files a run writes, by kind: what writes each, and so which engine resumes it.
+RESUMED_BY = {"training state": "train.py (the driver)", "train-Cell checkpoint": "train_model.py (Model.train)"}
 #: The prefix of the network's tensors in a training-state checkpoint.
 NETWORK_PREFIX = "network/"
 #: The prefixes of the weights' moving average: in a training state, and in a train-Cell checkpoint.
@@ -93,6 +95,27 @@ def save_network_checkpoint(network: ms.nn.Cell, path: PathLike, ema=None) -> st
     return path
 
 
+def kind_of(saved):
+    """``"training state"``, ``"train-Cell checkpoint"`` or ``"model checkpoint"``: what a read checkpoint is."""
+    if TRAINING_STATE_KEY in saved:
+        return "training state"
+    return "train-Cell checkpoint" if STEP_KEY in saved else "model checkpoint"
+
+
+def not_resumable(path, kind, wanted):
+    """The refusal of ``--resume path`` (a ``kind``) by the engine that resumes a ``wanted``: what to do instead.
+
+    Each engine resumes its own kind: the driver's training state holds its position and records, the train
+    Cell's checkpoint its micro-step and counters; neither holds the other's.
+    """
+    weights = f"or start afresh from its weights with --init_ckpt {path}"
+    if kind in RESUMED_BY:
+        return CheckpointError(f"--resume {path!r} is a {kind}, which {RESUMED_BY[kind]} writes and resumes; this "
+                               f"engine resumes a {wanted}: resume it with {RESUMED_BY[kind].split()[0]}, {weights}")
+    return CheckpointError(f"--resume {path!r} is a model checkpoint (the network alone, with no optimizer state "
+                           f"or position): resume from a {wanted}, {weights}")
+
+
 def mismatches(expected, saved):
     """What differs between two ``{name: shape}`` maps, as phrases; empty when they fit."""
     missing = sorted(set(expected) - set(saved))
@@ -145,7 +168,7 @@ def _network_tensors(saved, network, weights, path):
     if TRAINING_STATE_KEY in saved:
         raw = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items() if name.startswith(NETWORK_PREFIX)}
         kind = "a training state"
-    elif "step_num" in saved:  # a train-Cell checkpoint: the network's tensors beside the optimizer's and the buffer's
+    elif STEP_KEY in saved:  # a train-Cell checkpoint: the network's tensors beside the optimizer's and the buffer's
         names = {param.name for param in network.get_parameters()}
         raw = {name: value for name, value in saved.items() if name in names}
         kind = "a train-Cell checkpoint"
@@ -175,7 +198,7 @@ def _averages(saved):
 def holds_average(path: PathLike) -> bool:
     """True when ``path`` is a training state or train-Cell checkpoint that holds a moving average of its weights."""
     saved = read_checkpoint(os.fspath(path))
-    return (TRAINING_STATE_KEY in saved or "step_num" in saved) and bool(_averages(saved))
+    return kind_of(saved) != "model checkpoint" and bool(_averages(saved))
 
 
 def head_classes(network: ms.nn.Cell, path: PathLike):
@@ -202,12 +225,8 @@ def load_initial_weights(network: ms.nn.Cell, path: PathLike) -> List[str]:
         CheckpointError: the file is unreadable, or a parameter other than the
             head is missing or of another shape: each is named.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        directory, path = path, newest_file(path)
-        if path is None:
-            raise CheckpointError(f"--init_ckpt {directory!r} is a directory with no .ckpt file: give a "
-                                  f"checkpoint")
+    path = file_or_newest(path, refusal="--init_ckpt {path!r} is a directory with no {pattern} file: give a "
+                                        "checkpoint")
     saved = read_checkpoint(path, "initial checkpoint", "pass a model checkpoint or a training state")
     if TRAINING_STATE_KEY in saved:
         saved = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items() if name.startswith(NETWORK_PREFIX)}

@@ -1,17 +1,21 @@
-"""The file layer: how every file of a run is written, read, found, pruned and cleaned up.
+"""The file layer: how every file of a run is written, named, read, found, pruned and cleaned up.
 
 Each format is a thin module over it: the model checkpoint
-(:mod:`.checkpoint`), the training state (:mod:`.training_state`) and the
-train-Cell checkpoint (:mod:`.model_guards`). The run lock is
-:mod:`.run_lock`.
+(:mod:`.checkpoint`), the training state (:mod:`.state`), the train-Cell
+checkpoint (:mod:`~mindspore_accum.model.guards`), the metrics file and the
+pictures. The run lock is :mod:`.lock`.
 
-* :func:`write_checkpoint_atomically`: a temporary file in the same
-  directory, with a CRC, flushed, renamed over the target; never half a file.
+* :func:`replacing`: the one write policy. A temporary file in the same
+  directory, fsynced, renamed over the target, the rename fsynced; never half
+  a file, and a failed write never replaces a good one.
+  :func:`write_checkpoint_atomically` is it for ``mindspore.save_checkpoint``.
+* :func:`position_name`: ``<prefix>-<epoch>_<n>.ckpt``, the one name of a
+  file that records a training position.
 * :func:`read_checkpoint`: the whole file parsed and its CRC checked, or one
   :class:`CheckpointError` naming the file.
-* :func:`files_in` and :func:`newest_file`: a directory's files of a pattern,
-  by the training position their names record; :func:`prune`: all but the
-  furthest few deleted.
+* :func:`files_in`, :func:`newest_file` and :func:`file_or_newest`: a
+  directory's files of a pattern, by the training position their names
+  record; :func:`prune`: all but the furthest few deleted.
 * :func:`remove_partial_files`: what a dead run left half-written.
 """
 
@@ -25,8 +29,9 @@ import tempfile
 
 import mindspore as ms
 
-__all__ = ["CheckpointError", "check_writable_directory", "write_checkpoint_atomically", "read_checkpoint",
-           "files_in", "newest_file", "prune", "remove_partial_files", "remove_stale_temporaries"]
+__all__ = ["CheckpointError", "check_writable_directory", "replacing", "write_checkpoint_atomically",
+           "read_checkpoint", "position_name", "files_in", "newest_file", "file_or_newest", "prune",
+           "remove_partial_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,41 +68,52 @@ def check_writable_directory(directory, what):
     return directory
 
 
-def write_checkpoint_atomically(save_obj, path, append_dict=None):
-    """``mindspore.save_checkpoint`` to ``path``, never leaving half a file behind.
+@contextlib.contextmanager
+def replacing(path):
+    """Yields a temporary path beside ``path`` to write; when the block ends well, it becomes ``path``.
 
-    The file is written under a temporary name in the same directory with a
-    CRC, flushed to disk, then renamed over ``path``; the rename is made
-    durable too. A crash leaves either the old file or the new one.
-
-    Raises:
-        CheckpointError: the file cannot be written.
+    The temporary (``.<name>.<pid>.tmp<suffix>``: the suffix kept, for writers that
+    infer the format from it) is fsynced and renamed over ``path``, and the rename
+    made durable: a crash leaves the old file or the new one. When the block
+    raises, the temporary is removed and ``path`` is left as it was.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    # The temporary name ends in .ckpt, else save_checkpoint would append it.
-    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
-    failed = None
+    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp"
+                                       f"{os.path.splitext(path)[1]}")
     try:
-        with _quiet_mindspore():  # a full disk: MindSpore logs its own [CRITICAL] line beside ours
-            ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
+        yield tmp_path
         with open(tmp_path, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, path)
-    except OSError as error:
-        failed = error
     finally:
-        # Ours, and the partial file save_checkpoint writes first (.tmp for .ckpt), which a full disk leaves.
-        for leftover in (tmp_path, os.path.splitext(tmp_path)[0] + ".tmp"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-    if failed is not None:  # the free space after the clean-up: what the user has to work with
-        raise CheckpointError(f"cannot write checkpoint {path!r}: {failed.strerror or failed}"
-                              + _space_note(failed, save_obj, directory)) from None
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def write_checkpoint_atomically(save_obj, path, append_dict=None):
+    """``mindspore.save_checkpoint`` to ``path`` with a CRC, through :func:`replacing`: never half a file.
+
+    Raises:
+        CheckpointError: the file cannot be written.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        with replacing(path) as tmp_path:  # it ends in .ckpt, else save_checkpoint would append it
+            try:
+                with _quiet_mindspore():  # a full disk: MindSpore logs its own [CRITICAL] line beside ours
+                    ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
+            finally:  # the partial file save_checkpoint writes first (.tmp for .ckpt), which a full disk leaves
+                partial = os.path.splitext(tmp_path)[0] + ".tmp"
+                if os.path.exists(partial):
+                    os.remove(partial)
+    except OSError as error:  # the free space after the clean-up: what the user has to work with
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror or error}"
+                              + _space_note(error, save_obj, directory)) from None
 
 
 def _space_note(error, save_obj, directory):
@@ -111,59 +127,24 @@ def _space_note(error, save_obj, directory):
             f"{directory}): free some space or choose another --ckpt_path")
 
 
-def _whole_graph(path):
-    """True when ``path`` parses as the graph ``ModelCheckpoint`` writes (MindSpore's ``anf_ir`` ModelProto)."""
-    from google.protobuf.message import DecodeError
-    from mindspore.train.anf_ir_pb2 import ModelProto
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        ModelProto().ParseFromString(data)
-    except (OSError, DecodeError):
-        return False
-    return bool(data)
+#: ``.<name>.<pid>.tmp<suffix>`` (:func:`replacing`'s) and ``.<name>.<pid>.tmp.tmp`` (save_checkpoint's partial file).
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp(\.\w+)?$")
 
 
-#: ``.<name>.<pid>.tmp.ckpt`` (ours) and ``.<name>.<pid>.tmp.tmp`` (save_checkpoint's partial file).
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp\.(ckpt|tmp)$")
+def remove_partial_files(directory):
+    """Deletes :func:`replacing`'s temporaries of processes that no longer run from ``directory``; returns them.
 
-
-def remove_partial_files(directory, since=None):
-    """Deletes what runs that no longer write left half-written in ``directory``; returns the paths.
-
-    Our temporaries (``.<name>.<pid>.tmp.ckpt``) of processes that no longer
-    run; a live process's are left alone. With ``since`` (a ``time.time()``),
-    also MindSpore's own partial files - ``ModelCheckpoint`` writes
-    ``<name>.tmp`` and renames it - modified since then, and a
-    ``<prefix>-graph.meta`` cut short by a failed write; ``since=0`` takes
-    every ``.tmp``, for a run that holds the directory's lock (no live run
-    writes there) and cleans up after a killed one. A complete graph file is
-    never taken at a start.
+    A live process's are left alone: only a run holding the directory's lock
+    (:func:`~mindspore_accum.run.lock.own_outputs`) calls it.
     """
     removed = []
     for entry in os.scandir(directory) if os.path.isdir(directory) else ():
-        if not entry.is_file():
-            continue
         match = _TEMPORARY.match(entry.name)
-        if match:
-            partial = not _alive(int(match.group(1)))
-        elif since is None:
-            partial = False
-        else:
-            suffixes = (".tmp",) if since == 0 else (".tmp", "-graph.meta")
-            partial = entry.name.endswith(suffixes) and entry.stat().st_mtime >= since
-            if partial and entry.name.endswith("-graph.meta"):
-                partial = not _whole_graph(entry.path)  # a run's complete graph file stays
-        if partial:
+        if entry.is_file() and match and not _alive(int(match.group(1))):
             os.remove(entry.path)
             removed.append(entry.path)
             logger.info("removed %s, left by a run that no longer writes", entry.path)
     return removed
-
-
-def remove_stale_temporaries(directory):
-    """Our temporaries of dead processes in ``directory`` (:func:`remove_partial_files` without ``since``)."""
-    return remove_partial_files(directory)
 
 
 def _alive(pid):
@@ -211,8 +192,13 @@ def _quiet_mindspore():
         mindspore_logger.setLevel(level)
 
 
-#: ``<prefix>-<epoch>_<n>.ckpt``: a training state's or ModelCheckpoint's name, which records its position.
+#: ``<prefix>-<epoch>_<n>.ckpt``: a training state's or train Cell's name, which records its position.
 _POSITION = re.compile(r"-(\d+)_(\d+)\.ckpt$")
+
+
+def position_name(prefix, epoch, n):
+    """``<prefix>-<epoch>_<n>.ckpt``, ``n`` counting micro-batches of the epoch (as ``ModelCheckpoint`` names)."""
+    return f"{prefix}-{epoch}_{n}.ckpt"
 
 
 def files_in(directory, pattern="*.ckpt"):
@@ -241,6 +227,23 @@ def newest_file(directory, pattern="*.ckpt"):
     """The last file of :func:`files_in` (the furthest position), or None."""
     found = files_in(directory, pattern)
     return found[-1] if found else None
+
+
+def file_or_newest(path, pattern="*.ckpt", refusal="{path!r} is a directory with no {pattern} file"):
+    """``path`` itself when it is no directory, else its newest file of ``pattern`` (:func:`newest_file`).
+
+    A directory holding none is refused with ``refusal``, formatted with ``path`` and ``pattern``.
+
+    Raises:
+        CheckpointError: a directory with no such file.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    found = newest_file(path, pattern)
+    if found is None:
+        raise CheckpointError(refusal.format(path=path, pattern=pattern))
+    return found
 
 
 def prune(directory, pattern, keep, kept=None):

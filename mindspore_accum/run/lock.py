@@ -15,18 +15,20 @@ refused by name, before it touches anything (two runs into ``d`` and
 ``d/train``, or a ``--ckpt_path d/model.ckpt`` beside a Model-path run into
 ``d``). A lock file counts as live while a process holds its flock.
 
-One owner takes each lock: the driver around ``train_process``, and
-``scripts/train_model.py`` around ``Model.train``. Locks are re-entrant within
-a process, so a library user may hold one around the driver's own.
+Both engines take their locks through :func:`own_outputs`, which also
+removes what dead runs left half-written there: only the owner cleans. The
+driver takes it around ``train_process``, ``scripts/train_model.py`` around
+``Model.train``. Locks are re-entrant within a process, so a library user may
+hold one around the driver's own.
 """
 
 import contextlib
 import fcntl
 import os
 
-from .checkpoint import CheckpointError
+from .files import CheckpointError, remove_partial_files
 
-__all__ = ["RunInUseError", "run_lock", "run_locks", "lock_path_for"]
+__all__ = ["RunInUseError", "run_lock", "own_outputs", "lock_path_for"]
 
 _held = {}  # real path of the lock file -> [fd, depth]
 
@@ -145,10 +147,17 @@ def _same_file(fd, path):
 
 
 @contextlib.contextmanager
-def run_locks(*paths):
-    """:func:`run_lock` on every path that is not None, for one ``with`` block; all or none."""
+def own_outputs(*paths):
+    """:func:`run_lock` on every path that is not None, all or none; then, holding them, the dead runs' leftovers.
+
+    A path is a checkpoint file (its directory is cleaned) or a directory (it and its ``train/``).
+    """
+    paths = [os.fspath(path) for path in paths if path is not None]
     with contextlib.ExitStack() as stack:
         for path in paths:
-            if path is not None:
-                stack.enter_context(run_lock(path))
+            stack.enter_context(run_lock(path))
+        for path in paths:
+            for directory in (path, os.path.join(path, "train")) if os.path.isdir(path) else \
+                    (os.path.dirname(os.path.abspath(path)),):
+                remove_partial_files(directory)
         yield

@@ -1,4 +1,10 @@
-"""Clean interruption: SIGINT and SIGTERM end training at a micro-step boundary.
+"""What stops a run, on both engines: SIGINT and SIGTERM at a micro-step boundary, and divergence.
+
+Divergence: a window whose loss or gradient is not finite, with no dynamic
+loss scaler to skip it, stops the run with :class:`NonFiniteError`, and
+nothing is saved after it: the driver raises it when it closes the window,
+and on the Model path ``ResumableLossMonitor`` when the Cell outputs the NaN
+it gives for such a window.
 
 A killed job on a shared GPU should lose nothing. While training,
 :class:`StopSignals` turns the first SIGINT or SIGTERM into a request: the
@@ -19,9 +25,17 @@ import logging
 import signal
 import threading
 
-__all__ = ["StopSignals", "TrainingInterrupted", "AbortedBySignal"]
+__all__ = ["StopSignals", "TrainingInterrupted", "AbortedBySignal", "NonFiniteError"]
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(ArithmeticError):
+    """Training diverged: a window's loss or gradient was NaN or infinite.
+
+    The message gives the epoch and micro-batch, and the saved state that is
+    kept (nothing is saved after the divergence).
+    """
 
 
 class TrainingInterrupted(Exception):
@@ -89,6 +103,11 @@ class StopSignals:
         """Takes SIGINT back from a handler installed behind Python's back (MindSpore's graph compiler)."""
         if self._previous:
             signal.signal(signal.SIGINT, self._handle)
+
+    def poll(self):
+        """The first signal received, or None; SIGINT taken back first (:meth:`rearm`): call it after graph runs."""
+        self.rearm()
+        return self.signum
 
     def __exit__(self, *exc_info):
         for signum, handler in self._previous.items():

@@ -20,11 +20,13 @@ import mindspore as ms
 import numpy as np
 
 from ..core.validation import PathLike, check_positive_int
-from .checkpoint import TRAINING_STATE_KEY, mismatches
+from .checkpoint import STEP_KEY, TRAINING_STATE_KEY, kind_of, mismatches, not_resumable
 from .files import (
     CheckpointError,
     check_writable_directory,
     files_in,
+    newest_file,
+    position_name,
     prune,
     read_checkpoint,
     write_checkpoint_atomically,
@@ -32,14 +34,21 @@ from .files import (
 from .settings import RunSettings
 
 __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state", "read_training_state",
-           "restore_training_state", "find_training_state", "STATE_PREFIX"]
+           "restore_training_state", "find_training_state", "find_resume_file", "STATE_PREFIX", "TRAIN_PREFIX",
+           "SETTINGS_KEY", "settings_record", "find_train_cell_checkpoint", "read_train_cell_checkpoint",
+           "load_train_cell_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
 #: 2: the settings as one record (0.4 on). Format 1 (0.3 and before) is refused by name.
 STATE_FORMAT = 2
-#: Training-state files are ``<STATE_PREFIX><epoch>_<micro-batch>.ckpt``.
-STATE_PREFIX = "state-"
+#: Training-state files are ``state-<epoch>_<micro-batch>.ckpt`` (:func:`~mindspore_accum.run.files.position_name`).
+STATE_PREFIX = "state"
+STATE_PATTERN = STATE_PREFIX + "-*.ckpt"
+#: Train-Cell checkpoints (the Model path's) are ``train-<epoch>_<micro-step of the epoch>.ckpt``, in
+#: ``<ckpt_path>/train/``.
+TRAIN_PREFIX = "train"
+_PATTERNS = {"training state": STATE_PATTERN, "train-Cell checkpoint": TRAIN_PREFIX + "-*.ckpt"}
 
 #: Optimizer tensors that are settings, not state: restoring them would silently
 #: replace the values this run was given (--lr, --momentum, the schedule), so
@@ -206,10 +215,9 @@ def read_training_state(path: PathLike) -> Tuple["TrainingState", Dict[str, ms.T
             raise
         raise CheckpointError(f"{error}; the newest intact state beside it is {intact}: resume with --resume "
                               f"{intact}") from None
-    record = saved.pop(TRAINING_STATE_KEY, None)
-    if not isinstance(record, str):
-        raise CheckpointError(f"{path!r} is a MindSpore checkpoint but not a training state (a model checkpoint?): "
-                              f"resume from a {STATE_PREFIX}*.ckpt file")
+    if kind_of(saved) != "training state":
+        raise not_resumable(path, kind_of(saved), "training state")
+    record = saved.pop(TRAINING_STATE_KEY)
     try:
         state = TrainingState.from_json(record)
     except (ValueError, TypeError) as error:
@@ -282,14 +290,33 @@ def _describe(values):
 
 def find_training_state(path):
     """``path`` itself if it is a file; for a directory, its state file of the furthest position."""
+    return find_resume_file(path, "training state")
+
+
+def find_resume_file(path, kind):
+    """``path`` itself if it is no directory; else its (or its ``train/``'s) newest file of ``kind``.
+
+    ``kind`` is ``"training state"`` or ``"train-Cell checkpoint"``. A directory
+    that holds only the other engine's kind is refused, saying which engine resumes it.
+
+    Raises:
+        CheckpointError: a directory with no file of either kind, or only of the other.
+    """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        found = StateDirectory.files_in(path)
-        if not found:
-            raise CheckpointError(f"no {STATE_PREFIX}*.ckpt training state in directory {path!r}: "
-                                  f"pass a state file, or the directory train.py wrote states to")
-        return found[-1]
-    return path
+    if not os.path.isdir(path):
+        return path
+
+    def newest(pattern):
+        found = (newest_file(directory, pattern) for directory in (path, os.path.join(path, TRAIN_PREFIX)))
+        return next((file for file in found if file is not None), None)
+    mine = newest(_PATTERNS[kind])
+    if mine is not None:
+        return mine
+    for other, pattern in _PATTERNS.items():
+        if newest(pattern) is not None:
+            raise not_resumable(newest(pattern), other, kind)
+    raise CheckpointError(f"--resume {path!r} is a directory with no {_PATTERNS[kind]} {kind}, in it or in its "
+                          f"{TRAIN_PREFIX}/: pass a {kind}, or the directory the run to resume wrote")
 
 
 class StateDirectory:
@@ -315,12 +342,74 @@ class StateDirectory:
 
         A directory named state-old.ckpt is the user's, not a state to load or prune.
         """
-        return files_in(directory, STATE_PREFIX + "*.ckpt")
+        return files_in(directory, STATE_PATTERN)
 
     def save(self, trainer, state):
         """Writes ``state`` as ``state-<epoch>_<micro-batch>.ckpt``, then deletes all but the newest ``keep``."""
-        path = os.path.join(self.directory, f"{STATE_PREFIX}{state.epoch}_{state.micro_batch}.ckpt")
+        path = os.path.join(self.directory, position_name(STATE_PREFIX, state.epoch, state.micro_batch))
         save_training_state(trainer, state, path)
         self.last_path = path
-        prune(self.directory, STATE_PREFIX + "*.ckpt", self.keep, kept=path)
+        prune(self.directory, STATE_PATTERN, self.keep, kept=path)
         return path
+
+
+# The train Cell's checkpoint: the Model path's resumable state.
+
+#: The entry of a train-Cell checkpoint that holds the run's settings, as JSON.
+SETTINGS_KEY = "mindspore_accum_settings"
+
+
+def settings_record(settings):
+    """``{SETTINGS_KEY: json}`` of a :class:`~mindspore_accum.run.settings.RunSettings` (or a dict), for
+    ``CheckpointConfig(append_info=[...])`` and :class:`SaveOnSignal`."""
+    return {SETTINGS_KEY: _as_settings(settings).to_json()}
+
+
+def _as_settings(settings):
+    return settings if isinstance(settings, RunSettings) else RunSettings.of(settings)
+
+
+def find_train_cell_checkpoint(path):
+    """``--resume``'s file: ``path`` itself, or the newest ``train-*.ckpt`` in the directory or its ``train/``."""
+    return find_resume_file(path, "train-Cell checkpoint")
+
+
+def read_train_cell_checkpoint(path):
+    """``(params, step, settings)`` of a train-Cell checkpoint: its tensors, its global micro-step, what it records.
+
+    Raises:
+        CheckpointError: a damaged file (CRC), or no train-Cell checkpoint.
+    """
+    path = os.fspath(path)
+    params = read_checkpoint(path, "train-Cell checkpoint", "pass a file from <ckpt_path>/train/")
+    if kind_of(params) != "train-Cell checkpoint":
+        raise not_resumable(path, kind_of(params), "train-Cell checkpoint")
+    step = int(params.pop(STEP_KEY).asnumpy())
+    params.pop("epoch_num", None)
+    recorded = params.pop(SETTINGS_KEY, None)
+    return params, step, RunSettings.from_json(recorded) if isinstance(recorded, str) else RunSettings()
+
+
+def load_train_cell_checkpoint(cell, path, settings):
+    """Loads a train-Cell checkpoint into ``cell`` if it fits this run; returns the global micro-step it was taken at.
+
+    Everything is checked before anything is loaded: the file's CRC, its
+    ``step_num``, the settings it records against ``settings`` (this run's
+    :class:`~mindspore_accum.run.settings.RunSettings`, or a dict), and every tensor's name and shape
+    against ``cell``'s.
+
+    Raises:
+        CheckpointError: naming the file and what does not fit.
+    """
+    path = os.fspath(path)
+    params, step, saved = read_train_cell_checkpoint(path)
+    differences = saved.differences(_as_settings(settings), saved_in="the checkpoint")
+    problems = mismatches({p.name: p.shape for p in cell.get_parameters()},
+                          {name: value.shape for name, value in params.items() if hasattr(value, "shape")})
+    if differences or problems:
+        raise CheckpointError(f"cannot resume from {path!r}: it does not fit this run: "
+                              + "; ".join(differences + problems))
+    not_loaded, _ = ms.load_param_into_net(cell, params, strict_load=True)
+    if not_loaded:
+        raise CheckpointError(f"cannot resume from {path!r}: parameters not loaded: {', '.join(not_loaded[:5])}")
+    return step
