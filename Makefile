@@ -17,10 +17,11 @@ $(VENV)/.installed: setup.py
 OLDEST_MINDSPORE ?= 2.7.0
 OLD_VENV ?= .venv-oldest
 OLD_PY := $(OLD_VENV)/bin/python
-# The Cells' equivalence, the Cell under Model, resume, the global batch, and one CLI run with eval.py.
+# The Cells' equivalence, the Cell under Model, resume on both engines, the global batch, one CLI run with eval.py.
 CORE_TESTS := tests/test_equivalence.py tests/test_accumulation_cell.py tests/test_resume.py \
 	tests/test_global_batch.py \
-	tests/test_train_model.py::test_model_train_script_equals_train_py_and_eval_py_scores_its_checkpoint
+	tests/test_train_model.py::test_model_train_script_equals_train_py_and_eval_py_scores_its_checkpoint \
+	tests/test_train_model.py::test_resume_mid_window_from_the_train_cell_checkpoint_equals_the_uninterrupted_run
 
 $(OLD_VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(OLD_VENV)

@@ -69,9 +69,18 @@ def white_list_to_float16(network, dtype=ms.float16):
     for _, cell in network.cells_and_names():
         if isinstance(cell, cells):
             cell.to_float(dtype)
-    # The wrapper MindSpore's own O2 and O3 return (private, in MindSpore since 1.x).
-    from mindspore.train.amp import _OutputTo32
-    return _OutputTo32(network)
+    return OutputTo32(network)
+
+
+class OutputTo32(nn.Cell):
+    """``network`` with its output cast to float32 for the loss, as MindSpore's O2 and O3 wrap theirs."""
+
+    def __init__(self, network):
+        super().__init__(auto_prefix=False)  # the Parameters keep the network's names
+        self.network = network
+
+    def construct(self, *inputs):
+        return ops.cast(self.network(*inputs), ms.float32)
 
 
 def default_loss_scaler(amp_level, loss_scaler="auto"):

@@ -14,7 +14,6 @@ import math
 from typing import Optional
 
 from mindspore import nn
-from mindspore.nn.layer.normalization import _BatchNorm
 
 from ..core.validation import check_positive_int
 from .cell_surgery import child_cells, swap_child
@@ -23,10 +22,13 @@ __all__ = ["batchnorm_cells", "convert_bn_to_gn", "default_groups", "warn_if_bat
 
 logger = logging.getLogger(__name__)
 
+#: MindSpore's BatchNorm Cells (BatchNorm3d holds a BatchNorm2d, so it is found through it).
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
 
 def batchnorm_cells(network):
-    """The names of every BatchNorm cell (1d, 2d or 3d) in ``network``, in order."""
-    return [name for name, cell in network.cells_and_names() if isinstance(cell, _BatchNorm)]
+    """The names of every BatchNorm cell (1d, 2d, 3d, or synchronised) in ``network``, in order."""
+    return [name for name, cell in network.cells_and_names() if isinstance(cell, BATCHNORMS)]
 
 
 def warn_if_batchnorm(network, mini_steps):
