@@ -11,35 +11,23 @@
 weights or (--weights ema) their moving average. The number of classes is the checkpoint's head's.
 """
 
-
-from common import (
-    Parser,
-    add_common_args,
-    build_dataset,
-    build_network,
-    evaluate,
-    parse_flags,
-    resolve_model_args,
-    run,
-    setup_logging,
-    setup_mindspore,
-    task_of,
-)
+from build import build_dataset, build_network, setup_mindspore
+from flags import Parser, add_common_args, parse_flags
 from mindspore_accum import load_network_checkpoint
-from mindspore_accum.run.checkpoint import WEIGHTS, head_classes, holds_average
-from mindspore_accum.run.files import file_or_newest
+from mindspore_accum.run.checkpoint import WEIGHTS, holds_average
+from report import evaluate, run, setup_logging
+from resolve import resolve_eval
 
 
-def _with_the_checkpoints_classes(args, network, ckpt_path):
-    """The network with as many classes as the checkpoint's head, not as the test split's labels show."""
-    saved = head_classes(network, ckpt_path)
-    if saved is None or saved == args.num_classes:
-        return network
-    if saved < args.num_classes:
-        raise ValueError(f"--ckpt_path {ckpt_path!r} scores {saved} classes, but the test split of {args.data_path} "
-                         f"has labels up to {args.num_classes - 1}: evaluate on data of the run's classes")
-    args.num_classes = saved
-    return build_network(args)
+def parse_args(argv=None):
+    """The flags of ``argv`` (default: the command line)."""
+    parser = Parser(description=__doc__)
+    add_common_args(parser)
+    parser.add_argument("--per_class", action="store_true", help="also per-class accuracy and the confusion matrix")
+    parser.add_argument("--weights", choices=WEIGHTS, default="raw",
+                        help="a training state's (or train-Cell checkpoint's) network: its raw weights, or their "
+                             "moving average (a run with --ema_decay); a model checkpoint holds one set")
+    return parse_flags(parser, argv)
 
 
 def say_which_weights(ckpt_path, weights):
@@ -52,37 +40,24 @@ def say_which_weights(ckpt_path, weights):
 
 
 def main():
-    parser = Parser(description=__doc__)
-    add_common_args(parser)
-    parser.add_argument("--per_class", action="store_true", help="also per-class accuracy and the confusion matrix")
-    parser.add_argument("--weights", choices=WEIGHTS, default="raw",
-                        help="a training state's (or train-Cell checkpoint's) network: its raw weights, or their "
-                             "moving average (a run with --ema_decay); a model checkpoint holds one set")
-    args = parse_flags(parser)
+    args = parse_args()
     setup_logging()
-    classes_given = args.num_classes is not None
-    resolve_model_args(args, train=False)
-
     setup_mindspore(args.device_target)
-    ckpt_path = file_or_newest(args.ckpt_path, refusal="--ckpt_path {path!r} is a directory with no {pattern} file: "
-                                                       "give a checkpoint file")
-    network = build_network(args)
-    if task_of(args.model) != "lm" and not classes_given:
-        network = _with_the_checkpoints_classes(args, network, ckpt_path)
-    network = load_network_checkpoint(network, ckpt_path, args.weights)
-    say_which_weights(ckpt_path, args.weights)
-    dataset = build_dataset(args, train=False, num_samples=args.num_samples, drop_remainder=False)
-    if task_of(args.model) == "lm":
-        if args.per_class:
-            raise ValueError(f"--per_class applies to classifiers, not the language model --model {args.model}: "
-                             f"drop --per_class")
+    config = resolve_eval(args)
+    if config.task == "lm" and config.per_class:
+        raise ValueError(f"--per_class applies to classifiers, not the language model --model {config.model}: "
+                         f"drop --per_class")
+    network = load_network_checkpoint(build_network(config), config.ckpt_path, config.weights)
+    say_which_weights(config.ckpt_path, config.weights)
+    dataset = build_dataset(config, train=False, num_samples=config.num_samples, drop_remainder=False)
+    if config.task == "lm":
         result = evaluate(network, dataset, lm=True)
         print(f"test loss: {result['Loss']:.6f} nats per byte over {result['Tokens']} held-out bytes, "
               f"{result['BitsPerByte']:.4f} bits per byte")
         print({"Loss": result["Loss"], "BitsPerByte": result["BitsPerByte"]})  # last line, as the classifiers'
         return
-    result = evaluate(network, dataset, args.num_classes if args.per_class else None)
-    if args.per_class:
+    result = evaluate(network, dataset, config.num_classes if config.per_class else None)
+    if config.per_class:
         matrix = result["ConfusionMatrix"]  # rows: true class, columns: predicted class
         print("class  samples  accuracy")
         for label, row in enumerate(matrix):

@@ -21,161 +21,127 @@ import signal
 from mindspore import Model, nn
 from mindspore.train import TimeMonitor
 
-from common import (
-    build_loss,
-    build_network,
-    build_optimizer,
-    parse_flags,
-    positive_int,
-    resolve_model_args,
-    run,
-    setup_logging,
-    setup_mindspore,
-    training_settings,
-)
+import training
+from build import build_loss, build_network, build_optimizer, learning_rate
+from flags import positive_int
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.core.engine import amp_network, default_loss_scaler
 from mindspore_accum.model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
 from mindspore_accum.model.guards import EpochSizeCheck, NetworkCheckpoint, ResumableLossMonitor, TrainCellCheckpoint
-from mindspore_accum.run.checkpoint import check_writable_directory, load_initial_weights
+from mindspore_accum.run.checkpoint import check_writable_directory
 from mindspore_accum.run.lock import own_outputs
 from mindspore_accum.run.signals import StopSignals
-from mindspore_accum.run.state import (
-    TRAIN_PREFIX,
-    find_train_cell_checkpoint,
-    load_train_cell_checkpoint,
-    read_train_cell_checkpoint,
-    settings_record,
-)
-from training import (
-    build_training_data,
-    check_training_flags,
-    epoch_evaluator,
-    exit_interrupted,
-    join_ranks,
-    learning_rate,
-    print_plan,
-    resolve_seed,
-    training_parser,
-)
+from mindspore_accum.run.state import TRAIN_PREFIX, load_train_cell_checkpoint, settings_record
+from report import exit_interrupted, run
 
 
-def parse_args(argv=None):
-    """The flags of ``argv`` (default: the command line): the shared core and the Model path's own."""
-    parser = training_parser(__doc__, "ckpt", "a directory, as in the model zoo: <model>-<epoch>_<step>.ckpt (the "
-                                              "network, for eval.py) and train/ (the train Cell, to resume from)",
-                             schedules=False)
+def add_own_flags(parser):
+    """Model.train's own flags (flags.ENGINE_FLAGS says why train.py has none of them)."""
     parser.add_argument("--save_steps", type=positive_int, default=None,
                         help="micro-steps between train-Cell checkpoints (default: one per epoch)")
     parser.add_argument("--dataset_sink_mode", action="store_true",
                         help="GPU/Ascend only (not run here): one sink per epoch, callbacks at its last micro-step")
-    args = parse_flags(parser, argv)
+
+
+def check_outputs(args):
+    """--ckpt_path is a directory, as in the model zoo: refused as a file name, checked writable now."""
     if args.ckpt_path.endswith(".ckpt"):
-        raise ValueError(f"--ckpt_path {args.ckpt_path!r} names a file, but train_model.py writes ModelCheckpoint's "
-                         f"directory of checkpoints: pass a directory, e.g. --ckpt_path "
+        raise ValueError(f"--ckpt_path {args.ckpt_path!r} names a file, but train_model.py writes a directory of "
+                         f"checkpoints: pass a directory, e.g. --ckpt_path "
                          f"{os.path.splitext(args.ckpt_path)[0] or 'ckpt'}")
-    return args
-
-
-def resume(cell, path, data, epochs, settings):
-    """Loads the train Cell's checkpoint if it fits; returns the global micro-step and the dataset positioned there."""
-    step = load_train_cell_checkpoint(cell, path, settings)
-    if step >= epochs * data.micro_batches:
-        raise ValueError(f"--resume {path!r} is already at micro-step {step}, the end of --epochs {epochs}: "
-                         f"pass a larger --epochs")
-    if data.windowed is not None:  # the plan starts at any micro-batch (a constant global batch: equal epochs)
-        return step, data.windowed.as_dataset(step // data.micro_batches + 1, step % data.micro_batches)
-    data.dataset.set_init_step(step)  # MindSpore's cursor: the pipeline restarts at that micro-batch, same shuffle
-    return step, data.dataset
-
-
-def main():
-    args = parse_args()
-    resolve_model_args(args, train=True)
-    check_training_flags(args)
-    saved_seed = None
-    if args.resume:
-        args.resume = find_train_cell_checkpoint(args.resume)
-        saved_seed = read_train_cell_checkpoint(args.resume)[2].get("--seed")
-    resolve_seed(args, saved_seed)
-    device = setup_mindspore(args.device_target, args.seed)  # every rank seeds alike: the same initial weights
-    rank, ranks, shards = join_ranks(args)
-    setup_logging(quiet=rank != 0)
-    if rank != 0:  # only rank 0 writes
-        return train(args, device, rank, ranks, shards)
     check_writable_directory(args.ckpt_path, "checkpoint directory")
-    with own_outputs(args.ckpt_path):  # one run per checkpoint directory, as the driver takes it for train.py
-        return train(args, device, rank, ranks, shards)
 
 
-def build_cell(args, data, all_reduce):
-    """The network (from --init_ckpt), AMP, the optimizer (rates over updates) and the train Cell."""
-    network = build_network(args)
-    if args.init_ckpt:  # before the Cell: the EMA starts from these weights
-        load_initial_weights(network, args.init_ckpt)
-    optimizer = build_optimizer(args, network.trainable_params(), learning_rate(args, data.total_updates))
-    windows_from_data = data.windowed is not None
-    cell = GradientAccumulationCell(nn.WithLossCell(amp_network(network, args.amp_level), build_loss(args)),
-                                    optimizer, args.mini_steps,
-                                    micro_batches_per_epoch=None if windows_from_data else data.micro_batches,
-                                    remainder=args.remainder, loss_scaler=default_loss_scaler(args.amp_level),
-                                    clip_grad_norm=args.clip_grad_norm, all_reduce=all_reduce,
-                                    weighting=args.weighting, ema_decay=args.ema_decay,
-                                    windows_from_data=windows_from_data)
-    return cell, network
+def train(run_):
+    """Rank 0 holds the run lock (the driver's own_outputs, for train.py) around training: only it writes."""
+    if run_.rank != 0:
+        return _train(run_)
+    with own_outputs(run_.config.ckpt_path):
+        return _train(run_)
 
 
-def train(args, device, rank, ranks, shards):
+def _train(run_):
     """Builds the Cell, resumes if asked, and runs Model.train with the zoo's callbacks and the guards."""
-    say = print if rank == 0 else _silent
-    data = build_training_data(args, rank, ranks, shards)
-    micro_batches = data.micro_batches
-    cell, network = build_cell(args, data, all_reduce=args.distribute)
-    settings = cell.settings(amp_level=args.amp_level, ranks=ranks).merged(training_settings(args))
-    start, dataset = resume(cell, args.resume, data, args.epochs, settings) if args.resume else \
+    config, data, say = run_.config, run_.data, run_.say
+    cell, network = build_cell(config, data)
+    settings = cell.settings(amp_level=config.amp_level, ranks=run_.ranks, seed=config.seed).with_flags(
+        config.settings)
+    start, dataset = resume(cell, config, data, settings) if config.resume else \
         (0, data.windowed.as_dataset() if data.windowed is not None else data.dataset)
-    print_plan(say, args, device, ranks, data)
-    say(f"checkpoints: {args.ckpt_path} (the network every epoch; the train Cell in {args.ckpt_path}/train every "
-        + (f"{args.save_steps} micro-steps" if args.save_steps else "epoch")
-        + f", newest {args.keep_checkpoints} kept)"
-        + (f"; resuming at micro-step {start} from {args.resume}" if args.resume else ""))
-    callbacks = [CountOnFrom(start, micro_batches), EpochSizeCheck(cell)]
+    say(f"checkpoints: {config.ckpt_path} (the network every epoch; the train Cell in {config.ckpt_path}/train every "
+        + (f"{config.save_steps} micro-steps" if config.save_steps else "epoch")
+        + f", newest {config.keep_checkpoints} kept)"
+        + (f"; resuming at micro-step {start} from {config.resume}" if config.resume else ""))
+    callbacks = [CountOnFrom(start, data.micro_batches), EpochSizeCheck(cell)]
     # Data parallel: a rank that stopped alone would leave the others in the all-reduce (as train.py).
-    with StopSignals(enabled=not args.distribute) as stop:
-        if rank == 0:
-            callbacks += build_callbacks(args, cell, network, data, settings_record(settings), stop, say)
+    with StopSignals(enabled=not config.distribute) as stop:
+        if run_.rank == 0:
+            callbacks += build_callbacks(run_, cell, network, settings_record(settings), stop)
         # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
-        Model(cell).train(args.epochs, dataset, callbacks=callbacks, dataset_sink_mode=args.dataset_sink_mode,
-                          sink_size=-1, initial_epoch=start // micro_batches)
+        Model(cell).train(config.epochs, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
+                          sink_size=-1, initial_epoch=start // data.micro_batches)
     if stop.signum is not None:
         saved = next(callback for callback in callbacks if isinstance(callback, TrainCellCheckpoint)).saved_path
         exit_interrupted(f"interrupted by {signal.Signals(stop.signum).name}; the train Cell is saved to {saved}",
                          saved, stop.signum)
 
 
-def build_callbacks(args, cell, network, data, record, stop, say):
+def build_cell(config, data):
+    """The network (from --init_ckpt), AMP, the optimizer (rates over updates) and the train Cell."""
+    network = build_network(config, config.init_ckpt)
+    optimizer = build_optimizer(config, network.trainable_params(), learning_rate(config, data.total_updates))
+    windows_from_data = data.windowed is not None
+    cell = GradientAccumulationCell(nn.WithLossCell(amp_network(network, config.amp_level), build_loss(config)),
+                                    optimizer, config.mini_steps,
+                                    micro_batches_per_epoch=None if windows_from_data else data.micro_batches,
+                                    remainder=config.remainder, loss_scaler=default_loss_scaler(config.amp_level),
+                                    clip_grad_norm=config.clip_grad_norm, all_reduce=config.distribute,
+                                    weighting=config.weighting, ema_decay=config.ema_decay,
+                                    windows_from_data=windows_from_data)
+    return cell, network
+
+
+def resume(cell, config, data, settings):
+    """Loads the train Cell's checkpoint if it fits; returns the global micro-step and the dataset positioned there."""
+    step = load_train_cell_checkpoint(cell, config.resume, settings)
+    if step >= config.epochs * data.micro_batches:
+        raise ValueError(f"--resume {config.resume!r} is already at micro-step {step}, the end of --epochs "
+                         f"{config.epochs}: pass a larger --epochs")
+    if data.windowed is not None:  # the plan starts at any micro-batch (a constant global batch: equal epochs)
+        return step, data.windowed.as_dataset(step // data.micro_batches + 1, step % data.micro_batches)
+    data.dataset.set_init_step(step)  # MindSpore's cursor: the pipeline restarts at that micro-batch, same shuffle
+    return step, data.dataset
+
+
+def build_callbacks(run_, cell, network, record, stop):
     """Rank 0's: progress, loss lines, time, the epoch's evaluation, the network's and the train Cell's checkpoints.
 
     The loss lines come every ``--log_every`` updates' worth of micro-steps (``log_every x mini_steps``); with
     a global batch, every ``--log_every`` windows where a window closes, whatever its micro-batches. The train
     Cell's checkpoint is last: taken after every other callback has seen the micro-step.
     """
-    # A line every --log_every windows, where a window closes: counted in windows when their sizes vary.
-    losses = ResumableLossMonitor(args.log_every, window_ends=data.windowed.window_ends) if data.windowed is not None \
-        else ResumableLossMonitor(per_print_times=args.log_every * args.mini_steps)
-    callbacks = [ModelProgressBar(args.batch_size, enabled=not args.no_progress), losses, TimeMonitor()]
-    evaluate_epoch = epoch_evaluator(args, network, cell.ema, say)
+    config, data = run_.config, run_.data
+    losses = ResumableLossMonitor(config.log_every, window_ends=data.windowed.window_ends) \
+        if data.windowed is not None else ResumableLossMonitor(per_print_times=config.log_every * config.mini_steps)
+    callbacks = [ModelProgressBar(config.batch_size, enabled=not config.no_progress), losses, TimeMonitor()]
+    evaluate_epoch = run_.evaluator(network, cell.ema)
     if evaluate_epoch is not None:
         callbacks.append(EvaluateEachEpoch(evaluate_epoch))
-    callbacks.append(NetworkCheckpoint(network, args.ckpt_path, args.model, cell.ema))
-    callbacks.append(TrainCellCheckpoint(os.path.join(args.ckpt_path, TRAIN_PREFIX), record, every=args.save_steps,
-                                         keep=args.keep_checkpoints, stop=stop))
+    callbacks.append(NetworkCheckpoint(network, config.ckpt_path, config.model, cell.ema))
+    callbacks.append(TrainCellCheckpoint(os.path.join(config.ckpt_path, TRAIN_PREFIX), record,
+                                         every=config.save_steps, keep=config.keep_checkpoints, stop=stop))
     return callbacks
 
 
-def _silent(*_args, **_kwargs):
-    pass
+ENGINE = training.Engine(__doc__, "ckpt", "a directory, as in the model zoo: <model>-<epoch>_<step>.ckpt (the "
+                         "network, for eval.py) and train/ (the train Cell, to resume from)", "train-Cell checkpoint",
+                         add_own_flags, check_outputs, train)
+
+
+def parse_args(argv=None):
+    """The flags of ``argv`` (default: the command line)."""
+    return training.parse_args(ENGINE, argv)
 
 
 if __name__ == "__main__":
-    run(main)
+    run(lambda: training.main(ENGINE))

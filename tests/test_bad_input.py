@@ -444,7 +444,7 @@ def test_a_second_sigterm_exits_143_as_the_first_and_a_second_sigint_130():
 
     from mindspore_accum.run.signals import AbortedBySignal, StopSignals
     sys.path.insert(0, SCRIPTS)
-    from common import run
+    from report import run
 
     for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         def main(signum=signum):

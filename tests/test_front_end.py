@@ -20,7 +20,7 @@ from cli import SCRIPTS, assert_refused, run_script
 
 from msrun import own_lines, run_msrun
 
-if SCRIPTS not in sys.path:  # scripts/training.py, the front end both scripts import
+if SCRIPTS not in sys.path:  # scripts/flags.py, the parser both scripts build
     sys.path.insert(0, SCRIPTS)
 
 TINY = ("--batch_size", 8, "--mini_steps", 3, "--epochs", 2, "--no_progress", "--log_every", 1)
@@ -35,17 +35,10 @@ def script_module(name):
 
 def training_flags(name):
     """``{flag: default}`` of a training script's parser."""
-    module = script_module(name)
-    parser = {}
-    original = module.parse_flags
-
-    def capture(p, argv=None):
-        parser["it"] = p
-        return original(p, argv)
-
-    module.parse_flags = capture
-    module.parse_args([])
-    return {action.option_strings[0]: action.default for action in parser["it"]._actions
+    from flags import training_parser
+    engine = script_module(name).ENGINE
+    parser = training_parser(engine.description, engine.ckpt_default, engine.ckpt_help, engine.add_own_flags)
+    return {action.option_strings[0]: action.default for action in parser._actions
             if action.option_strings and action.dest != "help"}
 
 
@@ -61,7 +54,7 @@ def parity_gaps(train, model, engine_flags):
 
 
 def test_every_training_flag_is_both_scripts_with_the_same_default_or_in_the_engine_table():
-    from training import ENGINE_FLAGS
+    from flags import ENGINE_FLAGS
 
     train, model = training_flags("train.py"), training_flags("train_model.py")
     assert parity_gaps(train, model, ENGINE_FLAGS) == []
@@ -77,7 +70,7 @@ def test_every_training_flag_is_both_scripts_with_the_same_default_or_in_the_eng
 
 
 def test_the_engine_table_is_printed_in_the_cli_page():
-    from training import ENGINE_FLAGS
+    from flags import ENGINE_FLAGS
 
     page = open(os.path.join(os.path.dirname(SCRIPTS), "docs", "cli.md"), encoding="utf-8").read()
     rows = dict(re.findall(r"^\| `(--[a-z_]+)` \| (train(?:_model)?\.py) \|", page, re.M))

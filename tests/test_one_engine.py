@@ -13,6 +13,7 @@
    train-Cell checkpoint.
 """
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -35,6 +36,8 @@ from mindspore_accum.run.lock import RunInUseError, run_lock
 from mindspore_accum.run.settings import RunSettings, data_fingerprint
 from model_zoo_adapters.lenet import LeNet5
 from nets import LOSS, MLP, micro_batches, params_of
+
+ROOT = os.path.dirname(SCRIPTS)
 
 
 def script(name):
@@ -71,11 +74,11 @@ def test_the_ema_starts_from_weights_loaded_after_the_driver_was_built(tmp_path)
 
 @pytest.mark.parametrize("name", ["train.py", "train_model.py"])
 def test_every_flag_but_the_run_flags_is_a_setting(name):
+    from resolve import resolve_training
     module = script(name)
-    args = module.parse_args(["--augment", "hflip"])
-    common = sys.modules["common"]
-    settings = RunSettings.of(common.training_settings(types.SimpleNamespace(**{**vars(args),
-                                                                                "data_path": "data/mnist"})))
+    args = module.parse_args(["--augment", "hflip", "--data_path", os.path.join(ROOT, "data", "mnist")])
+    engine = dataclasses.replace(module.ENGINE, check_outputs=lambda args: None)  # no directory made here
+    settings = RunSettings.of(resolve_training(args, engine, ranks=1).settings)
     for flag in ("augment", "gn_groups", "norm", "weight_decay", "optimizer", "lr", "mini_steps", "batch_size",
                  "seed", "ema_decay", "amp_level", "weighting", "seq_len", "bucket", "conv_impl"):
         assert f"--{flag}" in settings.values, f"--{flag} is no setting of {name}"
@@ -85,7 +88,7 @@ def test_every_flag_but_the_run_flags_is_a_setting(name):
     changed = RunSettings.of({**settings.values, "--gn_groups": 3})
     assert settings.differences(changed) == ["--gn_groups=None in the state vs 3 in this run"]
     assert settings.differences(RunSettings.of(settings.values)) == []
-    assert settings.values["data"] == data_fingerprint("data/mnist")
+    assert settings.values["data"] == data_fingerprint(os.path.join(ROOT, "data", "mnist"))
 
 
 def test_the_data_fingerprint_names_the_data_not_its_path(tmp_path, tiny_mnist):

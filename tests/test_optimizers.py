@@ -69,7 +69,7 @@ def by_hand(name, rates):
 
 
 def trained(name, lr):
-    from common import build_optimizer
+    from build import build_optimizer
 
     network = nn.Dense(4, 3)
     network.weight.set_data(Tensor(W0))

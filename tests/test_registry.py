@@ -46,20 +46,20 @@ def test_create_dataset_reads_as_the_adapter_does(tiny_mnist):
 
 def test_every_entry_resolves_through_the_front_end():
     """Each registered network gets its defaults from its entry; the control is a text network on images."""
-    from common import resolve_model_args
+    from resolve import resolve_model
 
     def args(**given):
         base = dict(model="lenet", dataset=None, data_path=None, image_size=None, num_classes=None, norm=None,
                     gn_groups=None, augment=(), seq_len=None, bucket=False, conv_impl="auto", weighting=None)
         return argparse.Namespace(**{**base, **given})
 
-    resolved = resolve_model_args(args(model="gpt_tiny"), train=True)
+    resolved = resolve_model(args(model="gpt_tiny"), train=True)
     assert (resolved.dataset, resolved.seq_len, resolved.weighting, resolved.data_path) == ("text", 64, "items",
                                                                                              "pydoc")
-    resolved = resolve_model_args(args(model="resnet152", dataset="mnist", data_path="x"), train=True)
+    resolved = resolve_model(args(model="resnet152", dataset="mnist", data_path="x"), train=True)
     assert (resolved.channels, resolved.image_size, resolved.norm, resolved.num_classes) == (1, 32, "batch", 10)
     with pytest.raises(ValueError, match="--model gpt_tiny takes --dataset text, not mnist"):
-        resolve_model_args(args(model="gpt_tiny", dataset="mnist"), train=True)
+        resolve_model(args(model="gpt_tiny", dataset="mnist"), train=True)
 
 
 def idx_images(path):

@@ -260,7 +260,8 @@ class GradientAccumulation:
                 resume; the driver itself draws no random numbers.
             settings: what else changes training, as ``{name: JSON value}``
                 (a front end's flags, a data fingerprint): recorded in every
-                state beside the driver's own (see :mod:`~mindspore_accum.run.settings`);
+                state beside the driver's own (a ``--flag`` the driver records
+                itself is not written twice: :meth:`~mindspore_accum.run.settings.RunSettings.with_flags`);
                 a resume that changes one is refused by name.
 
         Returns:
@@ -324,13 +325,13 @@ class GradientAccumulation:
         if isinstance(train_dataset, WindowedDataset):  # the data's plan is the window's settings
             recorded = self.engine.settings(model=type(self.network).__name__, seed=seed, amp_level=self.amp_level,
                                             ranks=self.ranks, **train_dataset.settings())
-            return TrainingState(settings=recorded.merged(settings or {}), progress=self.progress,
+            return TrainingState(settings=recorded.with_flags(settings or {}), progress=self.progress,
                                  run_id=uuid.uuid4().hex)
         recorded = self.engine.settings(
             model=type(self.network).__name__, mini_steps=schedule.mini_steps, remainder=schedule.remainder,
             batch_size=_fixed_batch_size(train_dataset),
             micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level, ranks=self.ranks)
-        return TrainingState(settings=recorded.merged(settings or {}), progress=self.progress,
+        return TrainingState(settings=recorded.with_flags(settings or {}), progress=self.progress,
                              run_id=uuid.uuid4().hex)
 
     def _warn_about(self, schedule, micro_batches, states, resume):

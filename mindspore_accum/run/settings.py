@@ -12,9 +12,10 @@ training state, :class:`~mindspore_accum.model.cell.GradientAccumulationCell`
 through :func:`~mindspore_accum.model.guards.settings_record` in every train
 checkpoint. Each engine contributes what it knows itself
 (:meth:`~mindspore_accum.core.engine.AccumulationEngine.settings`); a front end
-adds its own with :meth:`RunSettings.merged` (the scripts add every flag but
-those in their short list of run flags, so a flag added later is a setting
-without anyone touching a list).
+adds its own with :meth:`RunSettings.with_flags` (the scripts add every flag
+but those in their short list of run flags, so a flag added later is a setting
+without anyone touching a list; one the engine records itself is not written
+twice).
 
 A record saved before a setting existed does not name it: that setting is
 then not compared (and the log says so), so older states still resume.
@@ -65,6 +66,12 @@ class RunSettings:
     def merged(self, other: Mapping) -> "RunSettings":
         """These settings with ``other``'s added (``other`` wins on a shared name)."""
         return RunSettings.of({**self.values, **dict(other)})
+
+    def with_flags(self, flags: Mapping) -> "RunSettings":
+        """These settings with a front end's ``{"--flag": value}``, but for the flags these already hold under
+        their own name: one key per setting (a script's ``--seed`` is the engine's ``seed``)."""
+        return self.merged({name: value for name, value in dict(flags).items()
+                            if not (name.startswith("--") and name[2:] in self.values)})
 
     def without(self, names: Iterable[str]) -> "RunSettings":
         names = set(names)
