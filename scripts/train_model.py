@@ -26,6 +26,7 @@ from build import build_loss, build_network, build_optimizer, learning_rate
 from flags import positive_int
 from mindspore_accum import GradientAccumulationCell
 from mindspore_accum.core.engine import amp_network, default_loss_scaler
+from mindspore_accum.data.cursor import dataset_from
 from mindspore_accum.model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
 from mindspore_accum.model.guards import EpochSizeCheck, NetworkCheckpoint, ResumableLossMonitor, TrainCellCheckpoint
 from mindspore_accum.run.checkpoint import check_writable_directory
@@ -107,10 +108,7 @@ def resume(cell, config, data, settings):
     if step >= config.epochs * data.micro_batches:
         raise ValueError(f"--resume {config.resume!r} is already at micro-step {step}, the end of --epochs "
                          f"{config.epochs}: pass a larger --epochs")
-    if data.windowed is not None:  # the plan starts at any micro-batch (a constant global batch: equal epochs)
-        return step, data.windowed.as_dataset(step // data.micro_batches + 1, step % data.micro_batches)
-    data.dataset.set_init_step(step)  # MindSpore's cursor: the pipeline restarts at that micro-batch, same shuffle
-    return step, data.dataset
+    return step, dataset_from(data.dataset, step, data.micro_batches)  # a global batch: equal epochs
 
 
 def build_callbacks(run_, cell, network, record, stop):

@@ -26,6 +26,7 @@ import numpy as np
 from ..core.batch_size import BatchSchedule, micro_batch_sizes, rank_shares
 from ..core.schedule import REMAINDER_POLICIES
 from ..core.validation import check_choice, check_positive_int
+from .cursor import iterator_from
 
 __all__ = ["WindowedDataset", "EpochPlan", "WINDOW_COLUMN"]
 
@@ -183,15 +184,8 @@ class WindowedDataset:
         """The epoch's samples from ``row`` on, as tuples of arrays."""
         if not hasattr(self.samples, "create_tuple_iterator"):
             return iter(self.samples[row:])
-        # MindSpore's cursor at a sample (batches of one): the epoch's own shuffle, the rows before not read.
-        previous = self.samples.get_init_step()
-        self.samples.set_init_step((epoch - 1) * self.rows + row)
-        try:
-            # num_epochs reaches the cursor's epoch; one pass of the iterator stops at that epoch's end.
-            iterator = self.samples.create_tuple_iterator(num_epochs=epoch, output_numpy=True)
-        finally:
-            self.samples.set_init_step(previous)
-        return iter(iterator)
+        # The cursor at a sample (batches of one); one pass of the iterator stops at that epoch's end.
+        return iter(iterator_from(self.samples, epoch, row, num_epochs=epoch, output_numpy=True))
 
     def _stack(self, rows):
         columns = []

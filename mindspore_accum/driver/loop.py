@@ -22,6 +22,7 @@ from ..core.engine import (
 from ..core.optimizers import learning_rate_of
 from ..core.schedule import WindowSchedule, window_end
 from ..core.validation import check_choice, check_positive_int
+from ..data.cursor import iterator_from
 from ..data.windowed_data import WindowedDataset
 from ..nets.norm import warn_if_batchnorm
 from ..run.checkpoint import check_ckpt_path, save_network_checkpoint
@@ -283,8 +284,8 @@ class GradientAccumulation:
         with StopSignals(save.handle_signals) as run.stop, outputs:
             for batches in self._epochs(train_dataset, epoch, run.state, run.micro_batches):
                 self._train_epoch(run, batches)
-            if run.ckpt_path is not None:
-                save_network_checkpoint(self.network, run.ckpt_path, self.ema)
+            if run.ckpt_path is not None and not run.history and not run.epoch_records:
+                self._save_network(run)  # no epoch ran (a finished run resumed): from the state it loaded
         return run.history
 
     # Set-up and resume.
@@ -391,14 +392,7 @@ class GradientAccumulation:
                 remaining, first = remaining - 1, micro_batches
                 if not remaining:
                     return
-            # MindSpore's own resume cursor: the pipeline restarts at that global
-            # micro-batch with the same shuffle order, without reading what it skips.
-            previous = train_dataset.get_init_step()
-            train_dataset.set_init_step((start_epoch - 1) * micro_batches + first)
-            try:
-                iterator = train_dataset.create_tuple_iterator(num_epochs=epoch)
-            finally:
-                train_dataset.set_init_step(previous)
+            iterator = iterator_from(train_dataset, start_epoch, first, num_epochs=epoch)
             for _ in range(remaining):
                 yield iterator
         else:
@@ -469,6 +463,7 @@ class GradientAccumulation:
             callback.epoch_end(state.epoch, run.epoch_records)
         state.epoch_done = True
         self._save_state(run)
+        self._save_network(run)
         if run.stop.poll() is not None:
             self._interrupt(run)
 
@@ -542,6 +537,11 @@ class GradientAccumulation:
         state.epoch_records = [dataclasses.asdict(record) for record in run.epoch_records]
         run.saved_at = (state.epoch, state.micro_batch, state.epoch_done)
         run.states.save(self, state)
+
+    def _save_network(self, run):
+        """The model checkpoint, at each epoch's end as the Model path's NetworkCheckpoint writes it: one policy."""
+        if run.ckpt_path is not None:
+            save_network_checkpoint(self.network, run.ckpt_path, self.ema)
 
     def _interrupt(self, run):
         """Stops on the signal received: the state saved (unless it just was), then :class:`TrainingInterrupted`."""

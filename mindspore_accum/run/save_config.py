@@ -20,7 +20,8 @@ class SaveConfig:
     mini_steps=4)`` does.
 
     Args:
-        ckpt_path: where the bare network's checkpoint is written at the end,
+        ckpt_path: where the bare network's checkpoint (its moving average,
+            with EMA) is written at every epoch's end, after the epoch's state,
             atomically; None skips it. Only rank 0 writes when data parallel.
         state_dir: where training states are written (see
             :mod:`~mindspore_accum.run.state`): at the end of every
