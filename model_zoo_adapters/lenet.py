@@ -9,9 +9,11 @@ from mindspore.common.initializer import Normal
 
 from mindspore_accum.core.validation import check_positive_int
 
+from . import decoded
 from .augment import augmentations
 from .batching import batch_checked
 from .conv import make_conv2d
+from .decoded import DECODED_BUDGET, decoded_bytes
 from .mnist_files import prepare_mnist_split
 
 __all__ = ["LeNet5", "create_dataset", "MNIST_MEAN", "MNIST_STD"]
@@ -55,7 +57,7 @@ class LeNet5(nn.Cell):
 
 def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuffle=None,
                    drop_remainder=True, num_parallel_workers=1, num_shards=None, shard_id=None, num_classes=10,
-                   image_size=32, augment=(), mean_std=None):
+                   image_size=32, augment=(), mean_std=None, decode_once=None):
     """MNIST as 32x32 (or ``image_size``), normalised, CHW float32 images and int32 labels, in batches.
 
     Args:
@@ -77,6 +79,10 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
             :data:`~model_zoo_adapters.augment.AUGMENTATIONS`), after the resize.
         mean_std: the pixels' mean and standard deviation on the 0-1 scale, to normalise by; default MNIST's
             (another dataset in MNIST's files, Fashion-MNIST, has its own).
+        decode_once: decode the split's images once and look each batch's up
+            (:mod:`~model_zoo_adapters.decoded`: the same micro-batches in the same order), instead of every
+            epoch. Default: for a whole training split without augmentation whose decoded images fit
+            :data:`~model_zoo_adapters.decoded.DECODED_BUDGET`.
     """
     mean, std = mean_std or (MNIST_MEAN, MNIST_STD)
     batch_size = check_positive_int("batch_size", batch_size, example=32)
@@ -95,6 +101,15 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
     ]
     mnist = mnist.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
                       num_parallel_workers=num_parallel_workers)
+    description = f"the MNIST {split} split in {data_path}"
+    if decode_once is None:
+        decode_once = train and not augment and num_samples is None and \
+            decoded_bytes(mnist.get_dataset_size() * (num_shards or 1), 1, image_size) <= DECODED_BUDGET
+    if decode_once:
+        if augment:
+            raise ValueError(f"decode_once with augment={list(augment)}: random operations are no function of the "
+                             f"image alone; decode as it goes (decode_once=False)")
+        raw = batch_checked(mnist, batch_size, drop_remainder, description, num_shards, shard_id)
+        return decoded.decode_once(raw, ds.MnistDataset(directory, usage=split, shuffle=False), image_ops)
     mnist = mnist.map(operations=image_ops, input_columns="image", num_parallel_workers=num_parallel_workers)
-    return batch_checked(mnist, batch_size, drop_remainder, f"the MNIST {split} split in {data_path}",
-                         num_shards, shard_id)
+    return batch_checked(mnist, batch_size, drop_remainder, description, num_shards, shard_id)

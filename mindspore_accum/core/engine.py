@@ -19,6 +19,7 @@ import logging
 from typing import Optional
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, amp, nn, ops
 
 from ..run.settings import RunSettings
@@ -180,8 +181,10 @@ class AccumulationStep(nn.Cell):
             run on across epochs).
         clears: True (the train Cell): the graph clears the closed window and
             returns the window's loss; False (the driver): it leaves the
-            buffer for the driver's callbacks and returns ``(loss, applied)``,
-            the micro-batch's loss and whether an update was applied.
+            buffer for the driver's callbacks and returns ``(loss, figures)``:
+            the micro-batch's loss and, where the micro-step closed a window,
+            the float32 ``[applied, micro-batches, items, loss]`` of that window
+            (over all ranks), zeros elsewhere; one read-back gives them all.
         windows_from_data: the last input of every call is its window's number
             of micro-batches (an int32 scalar, as
             :class:`~mindspore_accum.data.windowed_data.WindowedDataset` yields): the
@@ -215,7 +218,7 @@ class AccumulationStep(nn.Cell):
         self._clears = bool(clears)
         self._skips_overflow = engine.skips_overflow
         self._nan = Tensor(float("nan"), ms.float32)
-        self._not_applied = Tensor(False, ms.bool_)
+        self._no_figures = Tensor(np.zeros(4, np.float32))
 
     def construct(self, *inputs):
         if self._windows_from_data:
@@ -245,22 +248,28 @@ class AccumulationStep(nn.Cell):
     def _open(self, loss):
         if self._clears:
             return self._window_loss()
-        return loss, self._not_applied
+        return loss, self._no_figures
 
     def _drop(self, loss):
         if self._clears:
             return ops.depend(self._window_loss(), self.clear())
-        return loss, self._not_applied
+        return loss, self._no_figures
 
     def _update(self, loss):
         applied = self.optim()
         if not self._clears:
-            return loss, applied
+            return loss, self._figures(applied)
         window_loss = self._window_loss()  # after TrainOptim: over all ranks, with all_reduce
         if not self._skips_overflow:  # loud divergence: LossMonitor stops on NaN; a window without items is none
             window_loss = ops.select(applied | (ops.depend(self.buffer.window_items, applied) <= 0), window_loss,
                                      self._nan)
         return ops.depend(window_loss, self.clear())
+
+    def _figures(self, applied):
+        """``[applied, micro-batches, items, loss]`` of the window, read after the update stage has reduced them."""
+        counts = (self.window_micro_steps, self.buffer.window_items, self.window_loss)
+        return ops.stack([ops.cast(applied, ms.float32)] + [ops.cast(ops.depend(count, applied), ms.float32)
+                                                           for count in counts])
 
 
 def _check_arguments(network_with_loss, optimizer, loss_scaler, weighting, ignore_index, loss_fn):

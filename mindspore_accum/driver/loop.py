@@ -8,6 +8,7 @@ import uuid
 from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, amp, nn
 
 from ..core.distributed import data_parallel_rank
@@ -418,7 +419,7 @@ class GradientAccumulation:
 
     def _train_micro_batch(self, run, inputs):
         """One micro-step; where it closed a window (full, or the epoch's end), the window's record and clear."""
-        loss, applied = run.step(*inputs)  # one graph; nothing is read back unless the window closed
+        loss, figures = run.step(*inputs)  # one graph; nothing is read back unless the window closed
         run.stop.rearm()  # every graph run takes SIGINT over; take it back
         samples = _batch_size(inputs)
         state = run.state
@@ -435,7 +436,7 @@ class GradientAccumulation:
         else:
             update, epoch_end = run.schedule.window_end(run.window, state.micro_batch, run.micro_batches)
         if update:
-            record = self._close_window(run, applied)
+            record = self._close_window(run, figures.asnumpy())  # the window's one read-back
             if run.save_every is not None and not record.skipped and self.total_updates % run.save_every == 0:
                 self._save_state(run)
         elif epoch_end:
@@ -448,7 +449,8 @@ class GradientAccumulation:
         state = run.state
         if run.window:  # only a stream of unknown size: the step Cell closes every other epoch's last window
             if run.schedule.flush:
-                self._close_window(run, self.train_optim())
+                applied = self.train_optim()
+                self._close_window(run, np.array([applied.asnumpy(), *self._window_figures()], np.float32))
             else:
                 self._drop_window(run)
         if state.micro_batch == 0:
@@ -475,16 +477,18 @@ class GradientAccumulation:
         self.train_clear()
         run.window, run.state.window_samples = 0, 0
 
-    def _close_window(self, run, applied):
-        """The record of a window whose update stage has run (``applied``: its device flag), then an empty window.
+    def _close_window(self, run, figures):
+        """The record of a window whose update stage has run, then an empty window.
+
+        ``figures``: the window's ``[applied, micro-batches, items, loss]``, read back at once.
 
         Callbacks see the update between the two, while ``grad_mean`` still
         holds the window's gradient.
         """
-        applied = bool(applied.asnumpy())
+        applied, micro_batches, items, loss = bool(figures[0]), int(figures[1]), int(round(float(figures[2]))), \
+            float(figures[3])
         state = run.state
         lr = current_learning_rate(self.optimizer, just_applied=applied)
-        micro_batches, items, loss = self._window_figures()
         flushed = run.windowed is None and micro_batches < run.schedule.mini_steps
         # Samples weighting counts rows, so the buffer's count (over all ranks, once reduced) is the window's samples.
         samples = items if self.weighting == "samples" else state.window_samples * self.ranks
@@ -523,7 +527,7 @@ class GradientAccumulation:
         return record
 
     def _window_figures(self):
-        """The closed window's micro-batches, items and loss, from the buffer (over all ranks when data parallel)."""
+        """The closed window's micro-batches, items and loss, from the buffer: an unsized stream's flushed window."""
         micro_batches = int(self.buffer.window_micro_steps.asnumpy())
         items = int(round(float(self.buffer.window_items.asnumpy())))
         return micro_batches, items, float(self.buffer.window_loss.asnumpy())
