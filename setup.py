@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="mindspore-accum",
-    version="0.4.0",
+    version="0.5.0",
     description="Gradient accumulation for MindSpore in graph mode: a large effective batch at the memory "
                 "of one micro-batch",
     long_description=open("README.md", encoding="utf-8").read(),

@@ -36,7 +36,7 @@ from .run.state import (
     settings_record,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 #: The public API, in one place (docs/api.md lists it, and a test keeps the two in step). The names the
 #: modules export beyond these are for the project's own scripts and may change.

@@ -11,5 +11,5 @@ __all__ = [
     "create_model", "create_dataset", "register_model", "register_dataset", "registry",
     # The modules behind it.
     "lenet", "resnet", "transformer", "text", "mindcv_models", "conv", "mnist_files", "image_files", "augment",
-    "batching", "labels",
+    "batching", "labels", "decoded",
 ]

@@ -227,3 +227,15 @@ def test_the_bad_input_table_and_its_tests_are_one_to_one():
     unlisted = sorted(functions_in("test_bad_input.py") - listed)
     assert unlisted == [], "tests/test_bad_input.py has tests no row of cli.md's bad-input table names"
     assert "test_made_up" not in functions_in("test_bad_input.py")  # the check can fail
+
+
+def test_the_changelog_leads_with_the_version_setup_and_the_package_give():
+    """The version in one place each reader looks: setup.py, mindspore_accum.__version__, the CHANGELOG's first
+    entry (control: a made-up version is not the CHANGELOG's)."""
+    import mindspore_accum
+
+    setup = open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read()
+    changelog = open(os.path.join(ROOT, "CHANGELOG.md"), encoding="utf-8").read()
+    first = re.search(r"^## (\S+)", changelog, re.MULTILINE).group(1)
+    assert re.search(r'version="([^"]+)"', setup).group(1) == mindspore_accum.__version__ == first
+    assert first != "0.0.0"

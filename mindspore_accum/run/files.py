@@ -183,7 +183,7 @@ def read_checkpoint(path, what="checkpoint", hint="pass the file written by trai
 def _quiet_mindspore():
     """Mutes MindSpore's own ``[ERROR]`` line about an unreadable file: the CheckpointError says it, by name."""
     from mindspore import log
-    mindspore_logger = log._get_logger()  # MindSpore 2.10's logger (pinned); GLOG_v sets its level
+    mindspore_logger = log._get_logger()  # private: docs/design.md says why; GLOG_v sets its level
     level = mindspore_logger.level
     mindspore_logger.setLevel(logging.CRITICAL + 1)
     try:
