@@ -33,16 +33,16 @@ class Task:
 
     name: str
     words: str  # what its data is, for messages: "images", "text"
-    loss: Callable  # () -> the loss Cell
+    loss: Callable  # (label_smoothing=0.0) -> the loss Cell; None where the loss has no smoothing
     weighting: str
 
 
-def _cross_entropy():
+def _cross_entropy(label_smoothing=0.0):
     # nn.CrossEntropyLoss computes through log-softmax: a true class's logit 88 or more below the top one costs
     # its finite loss. On the CPU, nn.SoftmaxCrossEntropyWithLogits returns inf there, with a finite gradient,
     # and the run would stop as diverged with finite weights (mindcv's BatchNorm EfficientNet did).
     from mindspore import nn
-    return nn.CrossEntropyLoss(reduction="mean")
+    return nn.CrossEntropyLoss(reduction="mean", label_smoothing=label_smoothing)
 
 
 def _token_cross_entropy():

@@ -58,8 +58,10 @@ def build_network(config, init_ckpt=None):
 
 
 def build_loss(config):
-    """The loss of ``config.model``'s task: cross-entropy over classes, or over every valid token of an LM."""
-    return registry.TASKS[config.task].loss()
+    """The loss of ``config.model``'s task: cross-entropy over classes (with ``--label_smoothing``), or over
+    every valid token of an LM."""
+    loss = registry.TASKS[config.task].loss
+    return loss(label_smoothing=config.label_smoothing) if config.label_smoothing else loss()
 
 
 def build_optimizer(config, params, lr):

@@ -71,6 +71,7 @@ positive_float = _float_in(0, float("inf"), True, "a finite number > 0")
 #: A momentum, a weight decay.
 non_negative_float = _float_in(0, float("inf"), False, "a finite number >= 0")
 ema_decay = _float_in(0, 1, False, "a number in [0, 1), e.g. 0.999")
+label_smoothing = _float_in(0, 1, False, "a number in [0, 1), e.g. 0.1")
 
 
 def model_name(text):
@@ -259,6 +260,9 @@ def training_parser(description, ckpt_default, ckpt_help, add_own_flags):
     parser.add_argument("--momentum", type=non_negative_float, default=None,
                         help="--optimizer momentum only (default 0.9)")
     parser.add_argument("--weight_decay", type=non_negative_float, default=0.0)
+    parser.add_argument("--label_smoothing", type=label_smoothing, default=0.0,
+                        help="classifiers: the cross-entropy's target is this much uniform over the classes "
+                             "(nn.CrossEntropyLoss's label_smoothing; timm's --smoothing)")
     parser.add_argument("--ema_decay", type=ema_decay, default=None,
                         help="keep a moving average of the weights, updated once per optimizer update; the model "
                              "checkpoint then holds it (e.g. 0.999)")

@@ -48,6 +48,9 @@ def resolve_training(args, engine, ranks):
     engine.check_outputs(args)
     resolve_model(args, train=True)
     _resolve_optimizer(args)
+    if args.label_smoothing and args.task == "lm":
+        raise ValueError(f"--label_smoothing applies to the classifiers, not the language model --model {args.model}"
+                         f": drop --label_smoothing")
     if args.init_ckpt and args.resume:
         raise ValueError("--init_ckpt and --resume together: a resume restores everything, the weights included; "
                          "drop --init_ckpt")

@@ -754,3 +754,26 @@ def test_each_engines_saved_state_given_to_the_other_is_refused_naming_the_engin
     started = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--ckpt_path", "c4", "--init_ckpt",
                          state, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
+
+
+def test_label_smoothing_reaches_the_classifiers_loss_and_a_language_model_refuses_it(tmp_path):
+    """Issue 38's new setting, counted on a real addition. Reference: the smoothed cross-entropy by NumPy,
+    (1 - e) * -log p_y + e * mean_k -log p_k over a micro-batch; control: without smoothing it differs."""
+    import sys
+    import types
+
+    from cli import SCRIPTS
+    from mindspore import Tensor
+    sys.path.insert(0, SCRIPTS)
+    from build import build_loss
+
+    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], np.float32)
+    labels = np.array([0, 1], np.int32)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = np.mean(0.9 * -log_p[np.arange(2), labels] + 0.1 * -log_p.mean(axis=1))
+    for smoothing, reference in ((0.1, expected), (0.0, np.mean(-log_p[np.arange(2), labels]))):
+        loss = build_loss(types.SimpleNamespace(task="image", label_smoothing=smoothing))
+        np.testing.assert_allclose(float(loss(Tensor(logits), Tensor(labels)).asnumpy()), reference, rtol=1e-6)
+    assert abs(expected - np.mean(-log_p[np.arange(2), labels])) > 1e-2  # the two references differ
+    assert_refused(run_script("train.py", "--model", "gpt_tiny", "--label_smoothing", 0.1, cwd=tmp_path),
+                   "--label_smoothing applies to the classifiers, not the language model --model gpt_tiny")

@@ -97,6 +97,7 @@ def baseline(tmp_path_factory, tiny_mnist):
     ("--remainder", "drop"),
     ("--ema_decay", 0.5),
     ("--amp_level", "O2"),
+    ("--label_smoothing", 0.1),
 ], ids=lambda flags: flags[0])
 def test_each_flag_gives_the_same_checkpoint_on_both_scripts(tmp_path, tiny_mnist, baseline, flags):
     driver = run_script("train.py", "--data_path", tiny_mnist, *TINY, *flags, cwd=tmp_path)
