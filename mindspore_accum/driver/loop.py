@@ -235,7 +235,7 @@ class GradientAccumulation:
                       save: Optional[SaveConfig] = None, log_every: Optional[int] = 1,
                       callbacks: Iterable[DriverCallback] = (), seed: Optional[int] = None,
                       settings: Optional[Mapping] = None) -> List[UpdateRecord]:
-        """Trains until ``epoch`` epochs are done and saves the checkpoint.
+        """Trains until ``epoch`` epochs are done, saving the checkpoint at each epoch's end.
 
         Args:
             epoch: the number of passes over ``train_dataset`` - in all, counting
@@ -250,7 +250,7 @@ class GradientAccumulation:
                 epoch with its true weighting; ``"drop"`` discards it.
             save: a :class:`~mindspore_accum.run.save_config.SaveConfig`: the model
                 checkpoint, the training states, resuming and signals. The
-                default writes ``gradient_accumulation.ckpt`` at the end. On a
+                default writes ``gradient_accumulation.ckpt`` at each epoch's end. On a
                 resume, a MindSpore dataset is positioned with
                 ``set_init_step``, so the micro-batches already consumed are
                 skipped, not re-read.
