@@ -22,6 +22,8 @@ from .driver.loop import GradientAccumulation
 from .model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
 from .model.cell import GradientAccumulationCell
 from .model.guards import EpochSizeCheck, NetworkCheckpoint, ResumableLossMonitor, TrainCellCheckpoint
+from .nets.grad_flow import plot_grad_flow
+from .nets.metrics import MeanCrossEntropy
 from .nets.norm import convert_bn_to_gn
 from .run.checkpoint import load_initial_weights, load_network_checkpoint, save_network_checkpoint
 from .run.files import CheckpointError, newest_file, prune, read_checkpoint, write_checkpoint_atomically
