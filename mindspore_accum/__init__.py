@@ -17,7 +17,8 @@ from .core.optimizers import RatePerUpdate, create_optimizer
 from .core.schedule import WindowSchedule, window_end
 from .data.windowed_data import WindowedDataset
 from .driver.callbacks import DriverCallback, GradFlowSaver, MetricsLog, ProgressBar
-from .driver.loop import GradientAccumulation, UpdateRecord
+from .driver.epochs import UpdateRecord
+from .driver.loop import GradientAccumulation
 from .model.callbacks import CountOnFrom, EvaluateEachEpoch, ModelProgressBar
 from .model.cell import GradientAccumulationCell
 from .model.guards import EpochSizeCheck, NetworkCheckpoint, ResumableLossMonitor, TrainCellCheckpoint

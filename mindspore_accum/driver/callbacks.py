@@ -41,14 +41,14 @@ class DriverCallback:
         ``loss`` is the micro-batch's loss as a device Tensor, not read back:
         ``float(loss)`` waits for the device, which the driver itself does
         only once per window. The window's losses as floats are in the
-        :class:`~mindspore_accum.driver.loop.UpdateRecord` that ``update`` gets.
+        :class:`~mindspore_accum.driver.epochs.UpdateRecord` that ``update`` gets.
         """
 
     def update(self, record, driver):
         """After each optimizer update, before the buffer is cleared."""
 
     def epoch_end(self, epoch, records):
-        """With the epoch's :class:`~mindspore_accum.driver.loop.UpdateRecord` list."""
+        """With the epoch's :class:`~mindspore_accum.driver.epochs.UpdateRecord` list."""
 
 
 

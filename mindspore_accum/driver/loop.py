@@ -1,14 +1,10 @@
 """The ``GradientAccumulation`` driver: runs the three Cells over a dataset."""
 
-import dataclasses
-import itertools
 import logging
-import math
 import uuid
 from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import mindspore as ms
-import numpy as np
 from mindspore import Parameter, amp, nn
 
 from ..core.distributed import data_parallel_rank
@@ -20,16 +16,14 @@ from ..core.engine import (
     default_loss_scaler,
     warn_if_longer_than_epoch,
 )
-from ..core.optimizers import learning_rate_of
-from ..core.schedule import WindowSchedule, window_end
+from ..core.schedule import WindowSchedule
 from ..core.validation import check_choice, check_positive_int
-from ..data.cursor import iterator_from
 from ..data.windowed_data import WindowedDataset
 from ..nets.norm import warn_if_batchnorm
-from ..run.checkpoint import check_ckpt_path, save_network_checkpoint
+from ..run.checkpoint import check_ckpt_path
 from ..run.lock import own_outputs
 from ..run.save_config import SaveConfig
-from ..run.signals import NonFiniteError, StopSignals, TrainingInterrupted
+from ..run.signals import StopSignals
 from ..run.state import (
     Progress,
     StateDirectory,
@@ -39,66 +33,11 @@ from ..run.state import (
     restore_training_state,
 )
 from .callbacks import DriverCallback
+from .epochs import EpochLoop, UpdateRecord
 
-__all__ = ["GradientAccumulation", "UpdateRecord", "NonFiniteError", "current_learning_rate", "AMP_LEVELS"]
+__all__ = ["GradientAccumulation", "AMP_LEVELS"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class UpdateRecord:
-    """What one optimizer update consumed.
-
-    Attributes:
-        epoch: 1-based epoch of the update.
-        update: 1-based count of updates within the epoch.
-        micro_batches: micro-batches in the window (``mini_steps``, or fewer
-            for a flushed partial window).
-        samples: samples in the window (over all ranks, when data parallel;
-            with ``weighting="items"`` this rank's times the ranks, exact when
-            every rank's micro-batches have the same rows, as a sharded
-            dataset's do).
-        loss: the window's loss, a mean over its samples (its items, with
-            ``weighting="items"``) - the loss of one step on the concatenated
-            window (of all ranks, when data parallel).
-        lr: the learning rate this update used, or None if it cannot be read.
-        total_updates: updates applied by the driver so far, this one included.
-        samples_seen: samples consumed by the driver so far, this window included
-            (times the ranks when data parallel: every rank's shard is the same size).
-        skipped: True if the window's gradient overflowed and no update was
-            applied (dynamic loss scaling); ``update`` still counts it.
-        loss_scale: the loss scale after this window's adjustment, or None
-            without loss scaling.
-        items: what the window was weighted by: its samples, or with
-            ``weighting="items"`` its items (over all ranks, when data
-            parallel). A window of 0 items applies no update (``skipped``).
-    """
-
-    epoch: int
-    update: int
-    micro_batches: int
-    samples: int
-    loss: float
-    lr: float = None
-    total_updates: int = 0
-    samples_seen: int = 0
-    skipped: bool = False
-    loss_scale: float = None
-    items: int = None
-
-
-def current_learning_rate(optimizer, just_applied=False):
-    """The learning rate the optimizer's next update uses, as a float; None for a ``LearningRateSchedule`` Cell.
-
-    A list of rates is read at the optimizer's step count, which counts applied updates. With
-    ``just_applied``, the rate of the update just applied: one step back. (See
-    :func:`~mindspore_accum.core.optimizers.learning_rate_of`.)
-    """
-    return learning_rate_of(optimizer, just_applied)
-
-
-def _batch_size(inputs):
-    return int(inputs[0].shape[0])
 
 
 def _fixed_batch_size(dataset):
@@ -108,11 +47,6 @@ def _fixed_batch_size(dataset):
     if not hasattr(dataset, "get_batch_size") or isinstance(dataset, bucketed):
         return None
     return dataset.get_batch_size()
-
-
-def _as_tensors(micro_batches):
-    for columns in micro_batches:
-        yield tuple(ms.Tensor(column) for column in columns)
 
 
 def _micro_batches_of(train_dataset):
@@ -283,16 +217,12 @@ class GradientAccumulation:
                           seed, settings)
         outputs = own_outputs(run.ckpt_path, run.states and run.states.directory)
         with StopSignals(save.handle_signals) as run.stop, outputs:
-            for batches in self._epochs(train_dataset, epoch, run.state, run.micro_batches):
-                self._train_epoch(run, batches)
-            if run.ckpt_path is not None and not run.history and not run.epoch_records:
-                self._save_network(run)  # no epoch ran (a finished run resumed): from the state it loaded
-        return run.history
+            return run.run(train_dataset, epoch)
 
     # Set-up and resume.
 
     def _begin(self, epoch, train_dataset, schedule, save, log_every, callbacks, seed, settings):
-        """Checks the arguments and the outputs, resumes or starts afresh; returns the call's :class:`_Run`."""
+        """Checks the arguments and the outputs, resumes or starts afresh; returns the call's :class:`EpochLoop`."""
         epoch = check_positive_int("epoch", epoch, example=10)
         if log_every is not None:
             log_every = check_positive_int("log_every", log_every)
@@ -303,7 +233,7 @@ class GradientAccumulation:
             states = StateDirectory(save.state_dir, save.keep_checkpoints)
         micro_batches = _micro_batches_of(train_dataset)
         windowed = train_dataset if isinstance(train_dataset, WindowedDataset) else None
-        run = _Run(schedule, self._new_state(schedule, train_dataset, micro_batches, seed, settings), states,
+        run = EpochLoop(self, schedule, self._new_state(schedule, train_dataset, micro_batches, seed, settings), states,
                    ckpt_path, micro_batches, tuple(callbacks), log_every, save.save_every,
                    self._step(schedule, micro_batches, windowed is not None), windowed=windowed)
         self._warn_about(schedule, micro_batches, run.states, save.resume)
@@ -372,224 +302,3 @@ class GradientAccumulation:
             self._steps[key] = AccumulationStep(self.engine, schedule, micro_batches, clears=False,
                                                 windows_from_data=windows_from_data)
         return self._steps[key]
-
-    # The epoch loop.
-
-    @staticmethod
-    def _epochs(train_dataset, epoch, state, micro_batches):
-        """The micro-batch iterables of epochs ``state.epoch .. epoch``, the first one skipping what was consumed."""
-        # The position when the run starts: ``state`` moves on while this generator is paused.
-        start_epoch, first = state.epoch, state.micro_batch
-        remaining = epoch - start_epoch + 1
-        if remaining <= 0:
-            return
-        if isinstance(train_dataset, WindowedDataset):  # the plan positions itself, at any micro-batch
-            for number in range(start_epoch, epoch + 1):
-                yield _as_tensors(train_dataset.iterate(number, first if number == start_epoch else 0))
-            return
-        if hasattr(train_dataset, "create_tuple_iterator"):
-            if first >= micro_batches:  # stopped after the epoch's last micro-batch, before its end ran
-                yield ()
-                remaining, first = remaining - 1, micro_batches
-                if not remaining:
-                    return
-            iterator = iterator_from(train_dataset, start_epoch, first, num_epochs=epoch)
-            for _ in range(remaining):
-                yield iterator
-        else:
-            yield itertools.islice(train_dataset, first, None)
-            for _ in range(remaining - 1):
-                yield train_dataset
-
-    def _train_epoch(self, run, batches):
-        state = run.state
-        if run.windowed is not None:  # a schedule's epochs differ in length
-            run.micro_batches = run.windowed.micro_batches_in(state.epoch)
-        run.epoch_records = [UpdateRecord(**fields) for fields in state.epoch_records]
-        restored = len(run.epoch_records)  # made by the run that saved the state, not by this call
-        # Every epoch: an evaluation callback may have switched the network to eval mode.
-        self.network_with_loss.set_train(True)
-        for callback in run.callbacks:
-            callback.epoch_begin(state.epoch, run.micro_batches, run.schedule, start=state.micro_batch)
-        for inputs in batches:
-            self._train_micro_batch(run, inputs)
-        self._end_epoch(run)
-        run.history.extend(run.epoch_records[restored:])
-        state.next_epoch()
-
-    def _train_micro_batch(self, run, inputs):
-        """One micro-step; where it closed a window (full, or the epoch's end), the window's record and clear."""
-        loss, figures = run.step(*inputs)  # one graph; nothing is read back unless the window closed
-        run.stop.rearm()  # every graph run takes SIGINT over; take it back
-        samples = _batch_size(inputs)
-        state = run.state
-        state.micro_batch += 1
-        self.progress.total_micro_steps += 1
-        self.progress.total_samples += samples
-        run.window += 1
-        state.window_samples += samples
-        for callback in run.callbacks:
-            callback.micro_step(state.epoch, state.micro_batch, loss, samples)
-        # The rule the step Cell has just applied on the device, on the host's counts: no read-back to learn it.
-        if run.windowed is not None:  # the window's micro-batches come with the data (a host tensor)
-            update, epoch_end = window_end(run.window, 0, int(inputs[-1].asnumpy()), None, True)
-        else:
-            update, epoch_end = run.schedule.window_end(run.window, state.micro_batch, run.micro_batches)
-        if update:
-            record = self._close_window(run, figures.asnumpy())  # the window's one read-back
-            if run.save_every is not None and not record.skipped and self.total_updates % run.save_every == 0:
-                self._save_state(run)
-        elif epoch_end:
-            self._drop_window(run)
-        if run.stop.poll() is not None:
-            self._interrupt(run)
-
-    def _end_epoch(self, run):
-        """The epoch's callbacks and its training state (and an unsized stream's partial window)."""
-        state = run.state
-        if run.window:  # only a stream of unknown size: the step Cell closes every other epoch's last window
-            if run.schedule.flush:
-                applied = self.train_optim()
-                self._close_window(run, np.array([applied.asnumpy(), *self._window_figures()], np.float32))
-            else:
-                self._drop_window(run)
-        if state.micro_batch == 0:
-            raise ValueError(f"train_dataset gave no micro-batches in epoch {state.epoch}: pass a "
-                             f"mindspore dataset or a re-iterable such as a list, not an empty or "
-                             f"one-shot iterator")
-        if not run.epoch_records:
-            logger.warning("epoch: %d made no optimizer update: its %d micro-batches are fewer than "
-                           "mini_steps=%d and remainder='drop'", state.epoch, state.micro_batch,
-                           run.schedule.mini_steps)
-        for callback in run.callbacks:
-            callback.epoch_end(state.epoch, run.epoch_records)
-        state.epoch_done = True
-        self._save_state(run)
-        self._save_network(run)
-        if run.stop.poll() is not None:
-            self._interrupt(run)
-
-    # The end of a window.
-
-    def _drop_window(self, run):
-        logger.info("epoch: %d dropped a partial window of %d micro-batches (remainder='drop')", run.state.epoch,
-                    run.window)
-        self.train_clear()
-        run.window, run.state.window_samples = 0, 0
-
-    def _close_window(self, run, figures):
-        """The record of a window whose update stage has run, then an empty window.
-
-        ``figures``: the window's ``[applied, micro-batches, items, loss]``, read back at once.
-
-        Callbacks see the update between the two, while ``grad_mean`` still
-        holds the window's gradient.
-        """
-        applied, micro_batches, items, loss = bool(figures[0]), int(figures[1]), int(round(float(figures[2]))), \
-            float(figures[3])
-        state = run.state
-        lr = current_learning_rate(self.optimizer, just_applied=applied)
-        flushed = run.windowed is None and micro_batches < run.schedule.mini_steps
-        # Samples weighting counts rows, so the buffer's count (over all ranks, once reduced) is the window's samples.
-        samples = items if self.weighting == "samples" else state.window_samples * self.ranks
-        samples_seen = self.total_samples * self.ranks
-        if run.windowed is not None:  # the plan knows the window's true total, and the samples before it
-            samples = run.windowed.window_samples(state.epoch, state.micro_batch)
-            samples_seen = run.windowed.plan(state.epoch).consumed_before + samples + \
-                sum(record.samples for record in run.epoch_records)
-        empty = not applied and items == 0  # weighting="items", every label ignored: nothing to apply
-        if not applied and not empty and not self.engine.skips_overflow:
-            ranks = ", over all ranks," if self.distributed else ""
-            self._diverged(run, f"the window's loss{ranks} is {loss}" if not math.isfinite(loss) else
-                           f"the window's accumulated gradient{ranks} is not finite (NaN or inf)", micro_batches)
-        if applied:
-            self.progress.total_updates += 1
-        elif not empty:
-            self.progress.skipped_updates += 1
-        record = UpdateRecord(state.epoch, len(run.epoch_records) + 1, micro_batches, samples, loss, lr,
-                              self.total_updates, samples_seen, not applied,
-                              self.engine.loss_scale(), items)
-        run.epoch_records.append(record)
-        if empty:
-            logger.warning("epoch: %d step: %d the window has no items (every label is ignore_index=%d): no update",
-                           state.epoch, record.update, self.ignore_index)
-        elif not applied:
-            logger.warning("epoch: %d step: %d gradient overflow: update skipped, loss scale lowered to %g "
-                           "(%d skipped so far)", state.epoch, record.update, record.loss_scale, self.skipped_updates)
-        for callback in run.callbacks:
-            callback.update(record, self)
-        self.train_clear()
-        run.window, state.window_samples = 0, 0
-        if applied and run.log_every is not None and (flushed or record.update % run.log_every == 0):
-            scale = "" if record.loss_scale is None else \
-                f" (loss scale {record.loss_scale:g}, {self.skipped_updates} skipped)"
-            logger.info("epoch: %d step: %d loss is %.6f%s", state.epoch, record.update, record.loss, scale)
-        return record
-
-    def _window_figures(self):
-        """The closed window's micro-batches, items and loss, from the buffer: an unsized stream's flushed window."""
-        micro_batches = int(self.buffer.window_micro_steps.asnumpy())
-        items = int(round(float(self.buffer.window_items.asnumpy())))
-        return micro_batches, items, float(self.buffer.window_loss.asnumpy())
-
-    # Saving and stopping.
-
-    def _save_state(self, run):
-        if run.states is None:
-            return
-        state = run.state
-        state.epoch_records = [dataclasses.asdict(record) for record in run.epoch_records]
-        run.saved_at = (state.epoch, state.micro_batch, state.epoch_done)
-        run.states.save(self, state)
-
-    def _save_network(self, run):
-        """The model checkpoint, at each epoch's end as the Model path's NetworkCheckpoint writes it: one policy."""
-        if run.ckpt_path is not None:
-            save_network_checkpoint(self.network, run.ckpt_path, self.ema)
-
-    def _interrupt(self, run):
-        """Stops on the signal received: the state saved (unless it just was), then :class:`TrainingInterrupted`."""
-        state = run.state
-        if run.states is not None and run.saved_at != (state.epoch, state.micro_batch, state.epoch_done):
-            self._save_state(run)
-        raise TrainingInterrupted(run.stop.signum, run.states.last_path if run.states is not None else None,
-                                  state.where())
-
-    def _diverged(self, run, what, window):
-        kept = run.states.last_path if run.states is not None else None
-        state = run.state
-        first = state.micro_batch - window + 1
-        raise NonFiniteError(f"{what} at epoch {state.epoch}, micro-batch {state.micro_batch} (in update "
-                             f"{len(run.epoch_records) + 1} of the epoch, micro-batches {first}-{state.micro_batch}): "
-                             f"training stopped, nothing saved; "
-                             + (f"the last good training state, {kept}, is kept" if kept else
-                                "no training state was saved before it")
-                             + "; lower the learning rate or check the data")
-
-
-@dataclasses.dataclass(eq=False)
-class _Run:
-    """One ``train_process`` call: what it was asked, where it is, and what it has made."""
-
-    schedule: WindowSchedule
-    state: TrainingState
-    #: None when this process writes no training state (no ``state_dir``, or not rank 0).
-    states: Optional[StateDirectory]
-    #: None when this process writes no model checkpoint.
-    ckpt_path: Optional[str]
-    micro_batches: Optional[int]
-    callbacks: tuple
-    log_every: Optional[int]
-    save_every: Optional[int]
-    step: nn.Cell
-    stop: StopSignals = None
-    #: Micro-batches in the open window: the host's count, for window_end.
-    window: int = 0
-    #: The dataset when it plans the windows (a WindowedDataset), else None.
-    windowed: Optional[WindowedDataset] = None
-    #: The epoch's records, those of a resumed state included.
-    epoch_records: list = dataclasses.field(default_factory=list)
-    #: The records this call made, returned at the end.
-    history: list = dataclasses.field(default_factory=list)
-    #: The position of the last state written, so that an interrupt does not write it twice.
-    saved_at: tuple = None

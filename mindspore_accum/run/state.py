@@ -100,7 +100,7 @@ class TrainingState:
         window_samples: the rows of the open window's micro-batches (its
             items, micro-batches and loss are in the buffer); 0 between windows.
         epoch_records: the epoch's updates so far, as dicts of
-            :class:`~mindspore_accum.driver.loop.UpdateRecord` fields.
+            :class:`~mindspore_accum.driver.epochs.UpdateRecord` fields.
         run_id: drawn when a run starts afresh and kept across its resumes;
             the metrics file's lines carry it, so that a resume keeps only its
             own run's lines.
