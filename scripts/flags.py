@@ -18,6 +18,8 @@ __all__ = ["EXIT_BAD_INPUT", "INT32_MAX", "SEED_MAX", "Parser", "positive_int", 
 
 #: The exit status of bad input, argparse's own.
 EXIT_BAD_INPUT = 2
+#: The micro-batch when no flag gives it, and ``mini_steps`` when neither it nor a global batch does.
+MICRO_BATCH, MINI_STEPS = 32, 4
 
 
 class Parser(argparse.ArgumentParser):
@@ -200,7 +202,7 @@ def add_common_args(parser, ckpt_help="model checkpoint file"):
     parser.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS,
                         help="convolutions: auto (im2col where faster on the CPU, native on GPU/Ascend), "
                              "native (nn.Conv2d) or im2col; checkpoints are the same either way")
-    parser.add_argument("--batch_size", type=positive_int, default=32, help="samples per micro-batch")
+    parser.add_argument("--batch_size", type=positive_int, default=MICRO_BATCH, help="samples per micro-batch")
     parser.add_argument("--model", type=model_name, default="lenet",
                         help=f"{', '.join(registry.model_names())}, or mindcv:<name> for any network of mindcv (an "
                              f"optional extra)")
@@ -247,11 +249,12 @@ def training_parser(description, ckpt_default, ckpt_help, add_own_flags):
     add_common_args(parser, ckpt_help)
     parser.set_defaults(ckpt_path=ckpt_default, batch_size=None)
     parser.add_argument("--mini_steps", type=positive_int, default=None,
-                        help="micro-batches per optimizer update (default 4, or derived from --global_batch_size)")
+                        help=f"micro-batches per optimizer update (default {MINI_STEPS}, or derived from "
+                             f"--global_batch_size)")
     parser.add_argument("--global_batch_size", type=positive_int, default=None, metavar="N",
-                        help="samples per update over all ranks, any size: with --batch_size (the micro-batch, "
-                             "default 32) it gives --mini_steps; a window is cut at exactly N (see "
-                             "docs/batch_size.md)")
+                        help=f"samples per update over all ranks, any size: with --batch_size (the micro-batch, "
+                             f"default {MICRO_BATCH}) it gives --mini_steps; a window is cut at exactly N (see "
+                             f"docs/batch_size.md)")
     parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs in all; a resumed run counts the epochs before the interruption")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",

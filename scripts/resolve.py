@@ -8,6 +8,7 @@ After it nothing reads the Namespace, and a Config cannot be changed.
 
 import math
 
+from flags import MICRO_BATCH, MINI_STEPS
 from model_zoo_adapters import registry, text
 
 __all__ = ["Config", "resolve_training", "resolve_eval", "resolve_model", "check_memory", "BATCH_FLAGS"]
@@ -197,17 +198,17 @@ def _resolve_batch(args, ranks):
         for flag in ("global_batch_size", "mini_steps", "batch_rampup"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--accumulation_schedule gives every epoch's mini_steps: drop --{flag}")
-        args.batch_size = args.batch_size or 32
+        args.batch_size = args.batch_size or MICRO_BATCH
         args.mini_steps = by_epoch[1]
         return BatchSchedule.from_mini_steps(by_epoch, args.batch_size, ranks)
     if args.global_batch_size is None:
-        args.batch_size, args.mini_steps = args.batch_size or 32, args.mini_steps or 4
+        args.batch_size, args.mini_steps = args.batch_size or MICRO_BATCH, args.mini_steps or MINI_STEPS
         return None
     if args.bucket:
         raise ValueError("--bucket with --global_batch_size: bucketing groups sequences by length, which would move "
                          "samples between windows; drop --bucket")
     if args.batch_size is None and args.mini_steps is None:
-        args.batch_size = 32
+        args.batch_size = MICRO_BATCH
     sizes = resolve_batch_sizes(args.global_batch_size, args.batch_size, args.mini_steps, ranks, names=BATCH_FLAGS)
     args.batch_size, args.mini_steps = sizes.micro_batch_size, sizes.mini_steps
     try:
