@@ -38,10 +38,6 @@ class Config:
     def __setattr__(self, name, value):
         raise AttributeError(f"the configuration is resolved once, in scripts/resolve.py: {name} cannot change")
 
-    def replaced(self, **changes):
-        """A copy with ``changes``: for tests and tools, never for the scripts' own steps."""
-        return Config({**self._values, **changes})
-
 
 def resolve_training(args, engine, ranks):
     """The training scripts' :class:`Config`: ``engine`` (train.py's or train_model.py's) for its outputs and its
