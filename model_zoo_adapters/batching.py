@@ -1,11 +1,18 @@
-"""The last step every adapter's pipeline shares: batching, refusing a batch larger than the data."""
+"""The last step every image adapter's pipeline shares: batching, refusing a batch larger than the data, and the
+labels' int32."""
+
+import mindspore as ms
+import mindspore.dataset.transforms as transforms
 
 __all__ = ["batch_checked"]
 
 
 def batch_checked(dataset, batch_size, drop_remainder, description, num_shards=None, shard_id=None):
-    """``dataset.batch(batch_size, drop_remainder)``, refusing a batch that would leave no batch at all.
+    """``dataset.batch(batch_size, drop_remainder)`` with its ``label`` column cast to int32, refusing a batch
+    that would leave no batch at all.
 
+    The cast runs once per micro-batch, after the batch, not once per sample: the same labels for a fraction of
+    the pipeline's work (LeNet5's MNIST pipeline went from 0.79 to 0.52 ms a micro-batch, docs/performance.md).
     ``description`` names the data in the message; a sharded dataset's shard is named too.
     """
     if num_shards:
@@ -14,4 +21,5 @@ def batch_checked(dataset, batch_size, drop_remainder, description, num_shards=N
     if drop_remainder and size < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than the {size} samples of {description}: "
                          f"use a batch_size of at most {size}")
-    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+    batched = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return batched.map(operations=transforms.TypeCast(ms.int32), input_columns="label")

@@ -1,8 +1,6 @@
 """LeNet5 and its MNIST dataset, shaped like MindSpore's model-zoo LeNet."""
 
-import mindspore as ms
 import mindspore.dataset as ds
-import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 from mindspore import nn
 from mindspore.common.initializer import Normal
@@ -99,8 +97,6 @@ def create_dataset(data_path, batch_size=32, train=True, num_samples=None, shuff
         vision.Rescale(1.0 / std, -mean / std),
         vision.HWC2CHW(),
     ]
-    mnist = mnist.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
-                      num_parallel_workers=num_parallel_workers)
     description = f"the MNIST {split} split in {data_path}"
     if decode_once is None:
         decode_once = train and not augment and num_samples is None and \

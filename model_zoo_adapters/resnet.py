@@ -15,9 +15,7 @@ Nothing is downloaded: the weights start from MindSpore's initialisers.
 
 import os
 
-import mindspore as ms
 import mindspore.dataset as ds
-import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 from mindspore import nn, ops
 
@@ -249,7 +247,5 @@ def create_dataset(data_path, batch_size=32, train=True, image_size=224, dataset
                             vision.Normalize(IMAGENET_MEAN, IMAGENET_STD),
                             vision.HWC2CHW()]
         description = f"the image folder {directory}"
-    data = data.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
-                    num_parallel_workers=num_parallel_workers)
     data = data.map(operations=image_ops, input_columns="image", num_parallel_workers=num_parallel_workers)
     return batch_checked(data, batch_size, drop_remainder, description, num_shards, shard_id)
