@@ -15,6 +15,7 @@
 
 import dataclasses
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -216,16 +217,20 @@ def test_the_ema_checkpoint_is_written_at_an_epochs_end_only(tmp_path):
     assert os.listdir(tmp_path) == ["mlp-1_12.ckpt"]
 
 
-def printed_steps(monitor, steps, capsys):
-    monitor.on_train_begin(run_context(steps[0] - 1))
-    for step in steps:
-        monitor.step_end(run_context(step, per_epoch=100))
-    return [int(line.split("step: ")[1].split(",")[0]) for line in capsys.readouterr().out.splitlines()]
+def printed_steps(monitor, steps, capsys, caplog):
+    """The micro-steps of the loss lines: LossMonitor prints them, ResumableLossMonitor logs them."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mindspore_accum"):
+        monitor.on_train_begin(run_context(steps[0] - 1))
+        for step in steps:
+            monitor.step_end(run_context(step, per_epoch=100))
+    lines = capsys.readouterr().out.splitlines() + [record.getMessage() for record in caplog.records]
+    return [int(line.split("step: ")[1].split(",")[0]) for line in lines if "loss is" in line]
 
 
-def test_loss_lines_after_a_resume_fall_where_the_uninterrupted_runs_do(capsys):
-    uninterrupted = printed_steps(LossMonitor(3), list(range(1, 16)), capsys)
+def test_loss_lines_after_a_resume_fall_where_the_uninterrupted_runs_do(capsys, caplog):
+    uninterrupted = printed_steps(LossMonitor(3), list(range(1, 16)), capsys, caplog)
     assert uninterrupted == [3, 6, 9, 12, 15]
-    resumed = printed_steps(ResumableLossMonitor(3), list(range(11, 16)), capsys)  # resumed at micro-step 10
+    resumed = printed_steps(ResumableLossMonitor(3), list(range(11, 16)), capsys, caplog)  # resumed at micro-step 10
     assert resumed == [s for s in uninterrupted if s > 10]
-    assert printed_steps(LossMonitor(3), list(range(11, 16)), capsys) != resumed  # the control: MindSpore's own
+    assert printed_steps(LossMonitor(3), list(range(11, 16)), capsys, caplog) != resumed  # the control: MindSpore's

@@ -130,7 +130,8 @@ class EpochSizeCheck(Callback):
 
 
 class ResumableLossMonitor(LossMonitor):
-    """``LossMonitor``'s lines, at the micro-steps of the uninterrupted run's after a resume too.
+    """``LossMonitor``'s lines, at the micro-steps of the uninterrupted run's after a resume too, logged (the
+    scripts log to stdout, where ``LossMonitor`` prints).
 
     ``LossMonitor`` counts ``per_print_times`` from its own start, so a run
     resumed at micro-step 10 printed at 13, 16, ... instead of 12, 15, ....
@@ -161,4 +162,4 @@ class ResumableLossMonitor(LossMonitor):
             ends = self._window_ends(epoch)
             due = step in ends and (ends.index(step) + 1) % self.every == 0
         if due:
-            print(f"epoch: {epoch} step: {step}, loss is {loss}", flush=True)
+            logger.info("epoch: %d step: %d, loss is %s", epoch, step, loss)
