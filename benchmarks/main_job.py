@@ -8,10 +8,16 @@ Each part is timed on its own, in rotated rounds of one run, LeNet5 at micro-bat
 * all-in: the driver on the MNIST pipeline train.py uses, which decodes the split once
   (``create_dataset(decode_once=True)``: model_zoo_adapters/decoded.py);
 * all-in decoding: the driver on the pipeline that decodes, resizes and normalises every image every epoch;
-* pipeline, pipeline decoding: each pipeline iterated with no training.
+* pipeline, pipeline decoding: each pipeline iterated with no training;
+* all-in batch source, pipeline batch source: the same decoded micro-batches from a ``GeneratorDataset`` whose
+  source hands over a whole micro-batch at a time, in its own order. Not an alternative (train.py's order is
+  ``MnistDataset``'s sampler's, sample by sample), but the bound: what the pipeline would cost without
+  MindSpore's per-sample reader.
 
 Derived: host work = driver - step; the pipeline's cost inside training = all-in - driver (on a CPU the
-pipeline's threads share the cores with the kernels). Once each: decoding the split into the table, the
+pipeline's threads share the cores with the kernels). Beside each part's wall time, its CPU time (all the
+process's threads), which the machine's noise moves less: the step's shows how many cores its kernels keep busy,
+the pipeline's what it takes from them. Once each: decoding the split into the table, the
 compile (the first micro-step's extra time) and eval.py's evaluation of the test split.
 
     python benchmarks/main_job.py [--rounds 3] [--num_samples 16000]
@@ -62,11 +68,42 @@ def build(args, workdir):
         for inputs in preloaded:
             out = step(*inputs)
         out.asnumpy()
+    batches = batch_source(preloaded)
     return {"step": step_run, "driver": driver_on(preloaded), "all-in": driver_on(dataset),
-            "all-in decoding": driver_on(decoding),
+            "all-in decoding": driver_on(decoding), "all-in batch source": driver_on(batches),
             "pipeline": lambda: [None for _ in dataset.create_tuple_iterator(num_epochs=1)],
-            "pipeline decoding": lambda: [None for _ in decoding.create_tuple_iterator(num_epochs=1)]}, \
+            "pipeline decoding": lambda: [None for _ in decoding.create_tuple_iterator(num_epochs=1)],
+            "pipeline batch source": lambda: [None for _ in batches.create_tuple_iterator(num_epochs=1)]}, \
         len(preloaded)
+
+
+class _MicroBatches:
+    """A random-access source of whole micro-batches: one Python call hands over one micro-batch."""
+
+    def __init__(self, preloaded):
+        self.images = np.stack([images.asnumpy() for images, _ in preloaded])
+        self.labels = np.stack([labels.asnumpy() for _, labels in preloaded])
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+    def __len__(self):
+        return len(self.images)
+
+
+def batch_source(preloaded):
+    import mindspore.dataset as ds
+    return ds.GeneratorDataset(_MicroBatches(preloaded), ["image", "label"], shuffle=True,
+                               python_multiprocessing=False)
+
+
+def with_cpu_time(run, into, micro_batches):
+    """``run``, appending its CPU time (every thread of the process) per micro-batch, in ms, to ``into``."""
+    def timed():
+        start = time.process_time()
+        run()
+        into.append((time.process_time() - start) * 1000 / micro_batches)
+    return timed
 
 
 def compile_seconds(args):
@@ -100,15 +137,20 @@ def main():
     set_up_cpu_graph_mode()
     with tempfile.TemporaryDirectory() as workdir:
         runs, micro_batches = build(args, workdir)
-        times = time_rotated(runs, args.rounds, micro_batches)
+        cpu = {part: [] for part in runs}
+        times = time_rotated({part: with_cpu_time(run, cpu[part], micro_batches) for part, run in runs.items()},
+                             args.rounds, micro_batches)
     median = {part: statistics.median(values) for part, values in times.items()}
+    cpu = {part: statistics.median(values[1:]) for part, values in cpu.items()}  # [1:]: not the warm-up
     print(f"LeNet5, micro-batch {args.batch_size}, mini_steps {args.mini_steps}, {micro_batches} micro-batches a "
-          f"round, {args.rounds} rounds; ms per micro-step (medians)")
+          f"round, {args.rounds} rounds; ms per micro-step (medians): wall, CPU")
     for part, value in median.items():
-        print(f"{part:>17}: {value:.2f}")
-    print(f"host work (driver - step): {median['driver'] - median['step']:.2f}")
-    for kind in ("", " decoding"):
-        print(f"pipeline{kind}: inside training (all-in - driver) {median['all-in' + kind] - median['driver']:.2f}; "
+        print(f"{part:>21}: {value:.2f}, {cpu[part]:.2f}")
+    print(f"host work (driver - step): {median['driver'] - median['step']:.2f}, CPU "
+          f"{cpu['driver'] - cpu['step']:.2f}; the step keeps {cpu['step'] / median['step']:.2f} cores busy")
+    for kind in ("", " decoding", " batch source"):
+        print(f"pipeline{kind}: inside training (all-in - driver) {median['all-in' + kind] - median['driver']:.2f}, "
+              f"CPU {cpu['all-in' + kind] - cpu['driver']:.2f} (alone {cpu['pipeline' + kind]:.2f}); "
               f"alone {1000 / median['pipeline' + kind]:.0f} micro-batches/s, "
               f"{median['step'] / median['pipeline' + kind]:.1f}x the step's {1000 / median['step']:.0f}; "
               f"all-in / step: {median['all-in' + kind] / median['step']:.3f}")

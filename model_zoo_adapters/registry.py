@@ -11,7 +11,7 @@ that adding a network or a dataset is one entry here and its line in docs/cli.md
     dataset = create_dataset("mnist", "data/mnist", batch_size=32)
 
 ``mindcv:<name>`` resolves any of mindcv's networks (an optional extra) without an entry.
-The scripts (``scripts/common.py``) build from these entries alone.
+The scripts (``scripts/build.py``) build from these entries alone.
 """
 
 import dataclasses
@@ -201,7 +201,7 @@ def create_dataset(name, data_path=None, batch_size=32, train=True, **kwargs):
 
     ``kwargs`` go to the dataset's own ``create_*`` function; those it does not take (``seq_len`` for images,
     ``augment`` for text) are left out, so that a front end can pass one set for every dataset. Which of them
-    apply is the front end's check (``scripts/common.py`` refuses ``--bucket`` on images, for instance).
+    apply is the front end's check (``scripts/resolve.py`` refuses ``--bucket`` on images, for instance).
     """
     entry = dataset_entry(name)
     data_path = data_path or entry.default_path
