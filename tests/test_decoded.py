@@ -37,6 +37,7 @@ def assert_same(cached, uncached):
         assert images.dtype == images_ref.dtype and images.shape == images_ref.shape
         np.testing.assert_array_equal(images, images_ref)
         np.testing.assert_array_equal(labels, labels_ref)
+        assert labels.dtype == labels_ref.dtype == np.int32
 
 
 def test_the_cached_pipeline_yields_the_uncached_micro_batches_in_their_order(tiny_mnist):

@@ -2,6 +2,7 @@
 
 import os
 
+import mindspore.dataset as ds
 import numpy as np
 import pytest
 from idx import digits, idx_bytes, write_split
@@ -36,6 +37,9 @@ def test_layouts_and_gzip_load_the_same_images(tmp_path, layout, gz):
     data, label = first_batch(create_dataset(tmp_path, batch_size=12, train=True, shuffle=False))
     assert data.shape == (12, 1, 32, 32) and data.dtype == np.float32
     np.testing.assert_array_equal(label, labels.astype(np.int32))
+    assert label.dtype == np.int32  # cast once per micro-batch; the control: MnistDataset's own are uint32
+    own = ds.MnistDataset(prepare_mnist_split(tmp_path, "train", 10), usage="train")
+    assert next(own.create_tuple_iterator(num_epochs=1, output_numpy=True))[1].dtype == np.uint32
     white, black = (255 / 255 - MNIST_MEAN) / MNIST_STD, (0 - MNIST_MEAN) / MNIST_STD
     for index, image in enumerate(data[:, 0]):
         # The resize to 32x32 maps each 7x7 cell onto 8x8; the 2x2 at a cell's centre is the block's inside.

@@ -122,7 +122,7 @@ def test_cifar10_eval_pipeline_is_the_normalised_record(tiny_cifar10):
     pixels = raw[:, 1:].reshape(5, 3, 32, 32).astype(np.float32) / 255.0
     mean, std = (np.array(v, np.float32).reshape(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
     np.testing.assert_array_equal(labels, raw[:, 0].astype(np.int32))
-    assert images.dtype == np.float32 and images.shape == (5, 3, 32, 32)
+    assert labels.dtype == np.int32 and images.dtype == np.float32 and images.shape == (5, 3, 32, 32)
     np.testing.assert_allclose(images, (pixels - mean) / std, rtol=0, atol=1e-5)
 
 
