@@ -12,6 +12,8 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers in tests/nets.py
+# The scripts' modules (flags, resolve, build, ...) as the scripts import them, so that any test file runs alone.
+sys.path.insert(1, str(REPO / "scripts"))
 
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)

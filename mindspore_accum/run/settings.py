@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Iterable, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
 __all__ = ["RunSettings", "data_fingerprint"]
 
@@ -72,10 +72,6 @@ class RunSettings:
         their own name: one key per setting (a script's ``--seed`` is the engine's ``seed``)."""
         return self.merged({name: value for name, value in dict(flags).items()
                             if not (name.startswith("--") and name[2:] in self.values)})
-
-    def without(self, names: Iterable[str]) -> "RunSettings":
-        names = set(names)
-        return RunSettings.of({name: value for name, value in self.items if name not in names})
 
     def to_json(self) -> str:
         return json.dumps(self.values, sort_keys=True)
