@@ -16,8 +16,6 @@ def parse_in_process(name, *args):
     For argparse's own refusals, which never reach MindSpore: a subprocess
     per flag cost seconds each.
     """
-    if SCRIPTS not in sys.path:
-        sys.path.insert(0, SCRIPTS)
     spec = importlib.util.spec_from_file_location(f"script_{name[:-3]}", os.path.join(SCRIPTS, name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

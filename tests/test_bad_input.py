@@ -438,12 +438,8 @@ def test_a_second_sigterm_exits_143_as_the_first_and_a_second_sigint_130():
     The real handler (StopSignals) takes two signals; the scripts' run() turns the abort into the shell's status.
     """
     import signal
-    import sys
-
-    from cli import SCRIPTS
 
     from mindspore_accum.run.signals import AbortedBySignal, StopSignals
-    sys.path.insert(0, SCRIPTS)
     from report import run
 
     for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
@@ -759,12 +755,10 @@ def test_each_engines_saved_state_given_to_the_other_is_refused_naming_the_engin
 def test_label_smoothing_reaches_the_classifiers_loss_and_a_language_model_refuses_it(tmp_path):
     """Issue 38's new setting, counted on a real addition. Reference: the smoothed cross-entropy by NumPy,
     (1 - e) * -log p_y + e * mean_k -log p_k over a micro-batch; control: without smoothing it differs."""
-    import sys
     import types
 
-    from cli import SCRIPTS
     from mindspore import Tensor
-    sys.path.insert(0, SCRIPTS)
+
     from build import build_loss
 
     logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], np.float32)

@@ -199,8 +199,6 @@ def test_resuming_another_runs_state_restarts_the_metrics_file_instead_of_splici
 
 def test_the_printed_resume_command_of_a_fine_tuning_run_leaves_out_init_ckpt():
     """--init_ckpt with --resume is refused (test_cli.py), so the command printed on a signal must not carry it."""
-    if SCRIPTS not in sys.path:
-        sys.path.insert(0, SCRIPTS)
     from report import resume_command
     argv = ["scripts/train.py", "--init_ckpt", "base.ckpt", "--lr", "0.1", "--init_ckpt=other.ckpt",
             "--resume", "old_state", "--num_classes", "12"]

@@ -11,7 +11,6 @@ in tests/test_text_cli.py.
 import importlib.util
 import os
 import re
-import sys
 
 import mindspore as ms
 import numpy as np
@@ -19,9 +18,6 @@ import pytest
 from cli import SCRIPTS, assert_refused, run_script
 
 from msrun import own_lines, run_msrun
-
-if SCRIPTS not in sys.path:  # scripts/flags.py, the parser both scripts build
-    sys.path.insert(0, SCRIPTS)
 
 TINY = ("--batch_size", 8, "--mini_steps", 3, "--epochs", 2, "--no_progress", "--log_every", 1)
 

@@ -7,7 +7,6 @@ same gradient summed in another order. Control: windows cut at the micro-batch (
 """
 
 import os
-import sys
 
 import mindspore as ms
 import numpy as np
@@ -24,8 +23,6 @@ FLAGS = ("--batch_size", 8, "--epochs", 2, "--no_progress", "--conv_impl", "nati
 
 def load_script(name):
     import importlib.util
-    if SCRIPTS not in sys.path:  # the modules a script imports: flags.py, ...
-        sys.path.insert(0, SCRIPTS)
     spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(SCRIPTS, name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -43,8 +43,6 @@ ROOT = os.path.dirname(SCRIPTS)
 
 def script(name):
     """``scripts/<name>`` as a module, for its parser (no MindSpore run)."""
-    if SCRIPTS not in sys.path:
-        sys.path.insert(0, SCRIPTS)
     spec = importlib.util.spec_from_file_location(f"engine_test_{name[:-3]}", os.path.join(SCRIPTS, name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

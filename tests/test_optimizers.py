@@ -8,18 +8,13 @@ uncorrected AdamWeightDecay, against the torch AdamW formula, must differ.
 """
 
 import argparse
-import sys
 
 import mindspore as ms
 import numpy as np
 import pytest
-from cli import SCRIPTS
 from mindspore import Tensor, nn
 
 from mindspore_accum import GradientAccumulationCell
-
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
 
 LR, DECAY, UPDATES = 0.1, 0.1, 3
 RNG = np.random.default_rng(0)

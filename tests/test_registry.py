@@ -8,18 +8,14 @@ normalisation of the raw IDX pixels for Fashion-MNIST's statistics.
 import argparse
 import gzip
 import os
-import sys
 
 import numpy as np
 import pytest
-from cli import SCRIPTS, run_script
+from cli import run_script
 
 from model_zoo_adapters import lenet, registry
 from model_zoo_adapters.lenet import LeNet5
 from model_zoo_adapters.resnet import resnet18
-
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
 
 
 def shapes(network):
