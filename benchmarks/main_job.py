@@ -31,6 +31,7 @@ import time
 
 os.environ.setdefault("GLOG_v", "3")
 
+import mindspore.dataset as ds  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
@@ -92,7 +93,6 @@ class _MicroBatches:
 
 
 def batch_source(preloaded):
-    import mindspore.dataset as ds
     return ds.GeneratorDataset(_MicroBatches(preloaded), ["image", "label"], shuffle=True,
                                python_multiprocessing=False)
 
