@@ -24,7 +24,7 @@ from .files import (
 __all__ = ["DEFAULT_CKPT_PATH", "kind_of", "not_resumable", "STEP_KEY", "CheckpointError", "check_ckpt_path",
            "check_writable_directory", "save_network_checkpoint", "WEIGHTS", "holds_average", "head_classes",
            "load_network_checkpoint", "load_initial_weights", "write_checkpoint_atomically", "read_checkpoint",
-           "mismatches", "summarise_names"]
+           "mismatches", "summarise_names", "load_strictly"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +156,17 @@ def load_network_checkpoint(network: ms.nn.Cell, path: PathLike, weights: str = 
                           {name: value.shape for name, value in saved.items()})
     if problems:
         raise CheckpointError(f"checkpoint {path!r} does not fit {type(network).__name__}: " + "; ".join(problems))
-    not_loaded, _ = ms.load_param_into_net(network, saved, strict_load=True)
-    if not_loaded:
-        raise CheckpointError(f"checkpoint {path!r}: parameters not loaded: {', '.join(not_loaded)}")
+    load_strictly(network, saved, f"checkpoint {path!r}")
     logger.info("loaded checkpoint %s", path)
     return network
+
+
+def load_strictly(network, tensors, source, left=()):
+    """``load_param_into_net``, strictly: a parameter it did not load, other than those ``left``, is refused."""
+    not_loaded, _ = ms.load_param_into_net(network, tensors, strict_load=True)
+    not_loaded = [name for name in not_loaded if name not in left]
+    if not_loaded:
+        raise CheckpointError(f"{source}: parameters not loaded: {summarise_names(not_loaded)}")
 
 
 def _network_tensors(saved, network, weights, path):
@@ -227,9 +233,8 @@ def load_initial_weights(network: ms.nn.Cell, path: PathLike) -> List[str]:
     """
     path = file_or_newest(path, refusal="--init_ckpt {path!r} is a directory with no {pattern} file: give a "
                                         "checkpoint")
-    saved = read_checkpoint(path, "initial checkpoint", "pass a model checkpoint or a training state")
-    if TRAINING_STATE_KEY in saved:
-        saved = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items() if name.startswith(NETWORK_PREFIX)}
+    saved = _network_tensors(read_checkpoint(path, "initial checkpoint", "pass a model checkpoint or a training "
+                                             "state"), network, "raw", path)
     head = _head_parameters(network)
     params = {param.name: param for param in network.get_parameters()}
     fresh = [name for name in head if name in saved and tuple(saved[name].shape) != tuple(params[name].shape)]
@@ -239,11 +244,8 @@ def load_initial_weights(network: ms.nn.Cell, path: PathLike) -> List[str]:
     if problems:
         raise CheckpointError(f"--init_ckpt {path!r} does not fit {type(network).__name__}: " + "; ".join(problems)
                               + " (only the head, the last Dense layer, may differ: it is then re-initialised)")
-    loading = {name: saved[name] for name in params if name not in fresh}
-    not_loaded, _ = ms.load_param_into_net(network, loading, strict_load=True)
-    not_loaded = [name for name in not_loaded if name not in fresh]  # the head keeps its own initialisation
-    if not_loaded:
-        raise CheckpointError(f"--init_ckpt {path!r}: parameters not loaded: {', '.join(not_loaded)}")
+    # The head keeps its own initialisation.
+    load_strictly(network, {name: saved[name] for name in params if name not in fresh}, f"--init_ckpt {path!r}", fresh)
     if fresh:
         logger.info("initialised from %s; re-initialised the head, whose shape differs: %s", path,
                     ", ".join(f"{name} {tuple(saved[name].shape)} -> {tuple(params[name].shape)}" for name in fresh))

@@ -20,7 +20,7 @@ import mindspore as ms
 import numpy as np
 
 from ..core.validation import PathLike, check_positive_int
-from .checkpoint import STEP_KEY, TRAINING_STATE_KEY, kind_of, mismatches, not_resumable
+from .checkpoint import STEP_KEY, TRAINING_STATE_KEY, kind_of, load_strictly, mismatches, not_resumable
 from .files import (
     CheckpointError,
     check_writable_directory,
@@ -409,7 +409,5 @@ def load_train_cell_checkpoint(cell, path, settings):
     if differences or problems:
         raise CheckpointError(f"cannot resume from {path!r}: it does not fit this run: "
                               + "; ".join(differences + problems))
-    not_loaded, _ = ms.load_param_into_net(cell, params, strict_load=True)
-    if not_loaded:
-        raise CheckpointError(f"cannot resume from {path!r}: parameters not loaded: {', '.join(not_loaded[:5])}")
+    load_strictly(cell, params, f"cannot resume from {path!r}")
     return step
