@@ -31,7 +31,7 @@ import numpy as np
 from mindspore.train import Callback, LossMonitor
 
 from ..run.checkpoint import STEP_KEY, save_network_checkpoint
-from ..run.files import position_name, prune, write_checkpoint_atomically
+from ..run.files import position_name, position_pattern, prune, write_checkpoint_atomically
 from ..run.signals import NonFiniteError
 from ..run.state import TRAIN_PREFIX
 
@@ -86,7 +86,7 @@ class TrainCellCheckpoint(Callback):
         os.makedirs(self.directory, exist_ok=True)
         write_checkpoint_atomically(params.train_network, path,
                                     append_dict={"epoch_num": epoch, STEP_KEY: params.cur_step_num, **self.record})
-        prune(self.directory, TRAIN_PREFIX + "-*.ckpt", self.keep, kept=path)
+        prune(self.directory, position_pattern(TRAIN_PREFIX), self.keep, kept=path)
         return path
 
 
@@ -108,7 +108,7 @@ class NetworkCheckpoint(Callback):
             return  # a stop mid-epoch (a signal) also ends the epoch: its weights are no epoch's end
         path = os.path.join(self.directory, position_name(self.prefix, *_position(params)))
         save_network_checkpoint(self.network, path, self.ema)
-        prune(self.directory, self.prefix + "-*.ckpt", 1, kept=path)
+        prune(self.directory, position_pattern(self.prefix), 1, kept=path)
 
 
 class EpochSizeCheck(Callback):

@@ -30,7 +30,7 @@ import tempfile
 import mindspore as ms
 
 __all__ = ["CheckpointError", "check_writable_directory", "replacing", "write_checkpoint_atomically",
-           "read_checkpoint", "position_name", "files_in", "newest_file", "file_or_newest", "prune",
+           "read_checkpoint", "position_name", "position_pattern", "files_in", "newest_file", "file_or_newest", "prune",
            "remove_partial_files"]
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,11 @@ _POSITION = re.compile(r"-(\d+)_(\d+)\.ckpt$")
 def position_name(prefix, epoch, n):
     """``<prefix>-<epoch>_<n>.ckpt``, ``n`` counting micro-batches of the epoch (as ``ModelCheckpoint`` names)."""
     return f"{prefix}-{epoch}_{n}.ckpt"
+
+
+def position_pattern(prefix):
+    """``<prefix>-*.ckpt``: the glob of :func:`position_name`'s files of ``prefix``."""
+    return f"{prefix}-*.ckpt"
 
 
 def files_in(directory, pattern="*.ckpt"):

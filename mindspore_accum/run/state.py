@@ -27,6 +27,7 @@ from .files import (
     files_in,
     newest_file,
     position_name,
+    position_pattern,
     prune,
     read_checkpoint,
     write_checkpoint_atomically,
@@ -44,11 +45,11 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = 2
 #: Training-state files are ``state-<epoch>_<micro-batch>.ckpt`` (:func:`~mindspore_accum.run.files.position_name`).
 STATE_PREFIX = "state"
-STATE_PATTERN = STATE_PREFIX + "-*.ckpt"
+STATE_PATTERN = position_pattern(STATE_PREFIX)
 #: Train-Cell checkpoints (the Model path's) are ``train-<epoch>_<micro-step of the epoch>.ckpt``, in
 #: ``<ckpt_path>/train/``.
 TRAIN_PREFIX = "train"
-_PATTERNS = {"training state": STATE_PATTERN, "train-Cell checkpoint": TRAIN_PREFIX + "-*.ckpt"}
+_PATTERNS = {"training state": STATE_PATTERN, "train-Cell checkpoint": position_pattern(TRAIN_PREFIX)}
 
 #: Optimizer tensors that are settings, not state: restoring them would silently
 #: replace the values this run was given (--lr, --momentum, the schedule), so
