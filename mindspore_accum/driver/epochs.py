@@ -19,6 +19,7 @@ from mindspore import nn
 from ..core.optimizers import learning_rate_of
 from ..core.schedule import WindowSchedule, window_end
 from ..data.cursor import iterator_from
+from ..data.fetch import in_chunks
 from ..data.windowed_data import WindowedDataset
 from ..run.checkpoint import save_network_checkpoint
 from ..run.signals import NonFiniteError, StopSignals, TrainingInterrupted
@@ -124,10 +125,12 @@ class EpochLoop:
     history: list = dataclasses.field(default_factory=list)
     #: The position of the last state written, so that an interrupt does not write it twice.
     saved_at: tuple = None
+    #: Micro-batches fetched at a time (:func:`~mindspore_accum.data.fetch.chunk_for`): 1 streams.
+    fetch: int = 1
 
     def run(self, train_dataset, epoch):
         """Every epoch from the state's position to ``epoch``; returns the records this call made."""
-        for batches in _epochs(train_dataset, epoch, self.state, self.micro_batches):
+        for batches in _epochs(train_dataset, epoch, self.state, self.micro_batches, self.fetch):
             self._train_epoch(batches)
         if not self.history and not self.epoch_records:
             self._save_network()  # no epoch ran (a finished run resumed): from the state it loaded
@@ -300,8 +303,13 @@ class EpochLoop:
                              + "; lower the learning rate or check the data")
 
 
-def _epochs(train_dataset, epoch, state, micro_batches):
-    """The micro-batch iterables of epochs ``state.epoch .. epoch``, the first one skipping what was consumed."""
+def _epochs(train_dataset, epoch, state, micro_batches, fetch):
+    """The micro-batch iterables of epochs ``state.epoch .. epoch``, the first one skipping what was consumed.
+
+    A MindSpore pipeline's (a WindowedDataset's too) are fetched ``fetch`` micro-batches at a time
+    (:func:`~mindspore_accum.data.fetch.in_chunks`); any other iterable's as it gives them, since its items may
+    be made as training goes.
+    """
     # The position when the run starts: ``state`` moves on while this generator is paused.
     start_epoch, first = state.epoch, state.micro_batch
     remaining = epoch - start_epoch + 1
@@ -309,7 +317,7 @@ def _epochs(train_dataset, epoch, state, micro_batches):
         return
     if isinstance(train_dataset, WindowedDataset):  # the plan positions itself, at any micro-batch
         for number in range(start_epoch, epoch + 1):
-            yield _as_tensors(train_dataset.iterate(number, first if number == start_epoch else 0))
+            yield in_chunks(_as_tensors(train_dataset.iterate(number, first if number == start_epoch else 0)), fetch)
         return
     if hasattr(train_dataset, "create_tuple_iterator"):
         if first >= micro_batches:  # stopped after the epoch's last micro-batch, before its end ran
@@ -319,7 +327,7 @@ def _epochs(train_dataset, epoch, state, micro_batches):
                 return
         iterator = iterator_from(train_dataset, start_epoch, first, num_epochs=epoch)
         for _ in range(remaining):
-            yield iterator
+            yield in_chunks(iterator, fetch)
     else:
         yield itertools.islice(train_dataset, first, None)
         for _ in range(remaining - 1):

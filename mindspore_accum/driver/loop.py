@@ -18,6 +18,7 @@ from ..core.engine import (
 )
 from ..core.schedule import WindowSchedule
 from ..core.validation import check_choice, check_positive_int
+from ..data.fetch import chunk_for
 from ..data.windowed_data import WindowedDataset
 from ..nets.norm import warn_if_batchnorm
 from ..run.checkpoint import check_ckpt_path
@@ -235,7 +236,8 @@ class GradientAccumulation:
         windowed = train_dataset if isinstance(train_dataset, WindowedDataset) else None
         run = EpochLoop(self, schedule, self._new_state(schedule, train_dataset, micro_batches, seed, settings), states,
                    ckpt_path, micro_batches, tuple(callbacks), log_every, save.save_every,
-                   self._step(schedule, micro_batches, windowed is not None), windowed=windowed)
+                   self._step(schedule, micro_batches, windowed is not None), windowed=windowed,
+                   fetch=chunk_for(ms.get_context("device_target")))
         self._warn_about(schedule, micro_batches, run.states, save.resume)
         if save.resume is not None:
             run.state = self._resume(save.resume, epoch, run.state)
