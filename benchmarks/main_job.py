@@ -7,6 +7,8 @@ Each part is timed on its own, in rotated rounds of one run, LeNet5 at micro-bat
   (metrics file, no progress bar): the step plus accumulation plus the driver's host work;
 * all-in: the driver on the MNIST pipeline train.py uses, which decodes the split once
   (``create_dataset(decode_once=True)``: model_zoo_adapters/decoded.py);
+* all-in streamed: all-in with the driver fetching one micro-batch at a time, as on a GPU, not a chunk at a
+  time as on the CPU (mindspore_accum/data/fetch.py);
 * all-in decoding: the driver on the pipeline that decodes, resizes and normalises every image every epoch;
 * pipeline, pipeline decoding: each pipeline iterated with no training;
 * all-in batch source, pipeline batch source: the same decoded micro-batches from a ``GeneratorDataset`` whose
@@ -40,6 +42,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from mindspore_accum import GradientAccumulation, MetricsLog, SaveConfig  # noqa: E402
+from mindspore_accum.driver import loop  # noqa: E402
 from model_zoo_adapters.lenet import LeNet5, create_dataset  # noqa: E402
 from rounds import lenet_parser, set_up_cpu_graph_mode, time_rotated  # noqa: E402
 
@@ -71,6 +74,7 @@ def build(args, workdir):
         out.asnumpy()
     batches = batch_source(preloaded)
     return {"step": step_run, "driver": driver_on(preloaded), "all-in": driver_on(dataset),
+            "all-in streamed": streamed(driver_on(dataset)),
             "all-in decoding": driver_on(decoding), "all-in batch source": driver_on(batches),
             "pipeline": lambda: [None for _ in dataset.create_tuple_iterator(num_epochs=1)],
             "pipeline decoding": lambda: [None for _ in decoding.create_tuple_iterator(num_epochs=1)],
@@ -90,6 +94,19 @@ class _MicroBatches:
 
     def __len__(self):
         return len(self.images)
+
+
+def streamed(run):
+    """``run`` with the driver fetching one micro-batch at a time, as it does on a GPU: the chunks' gain, in one run
+    (mindspore_accum/data/fetch.py)."""
+    def run_streamed():
+        chosen = loop.chunk_for
+        loop.chunk_for = lambda device_target: 1
+        try:
+            run()
+        finally:
+            loop.chunk_for = chosen
+    return run_streamed
 
 
 def batch_source(preloaded):
@@ -154,6 +171,9 @@ def main():
               f"alone {1000 / median['pipeline' + kind]:.0f} micro-batches/s, "
               f"{median['step'] / median['pipeline' + kind]:.1f}x the step's {1000 / median['step']:.0f}; "
               f"all-in / step: {median['all-in' + kind] / median['step']:.3f}")
+    print(f"fetching in chunks: all-in {median['all-in']:.2f}, streamed {median['all-in streamed']:.2f} "
+          f"(CPU {cpu['all-in']:.2f}, {cpu['all-in streamed']:.2f}); all-in streamed / step: "
+          f"{median['all-in streamed'] / median['step']:.3f}")
     print(f"compile: {compile_seconds(args):.2f} s; eval of the test split: {eval_seconds(args):.2f} s")
 
 
