@@ -257,14 +257,12 @@ class GradientAccumulation:
     def _new_state(self, schedule, train_dataset, micro_batches, seed, settings):
         """This call's settings, at the start, with the driver's counters."""
         if isinstance(train_dataset, WindowedDataset):  # the data's plan is the window's settings
-            recorded = self.engine.settings(model=type(self.network).__name__, seed=seed, amp_level=self.amp_level,
-                                            ranks=self.ranks, **train_dataset.settings())
-            return TrainingState(settings=recorded.with_flags(settings or {}), progress=self.progress,
-                                 run_id=uuid.uuid4().hex)
-        recorded = self.engine.settings(
-            model=type(self.network).__name__, mini_steps=schedule.mini_steps, remainder=schedule.remainder,
-            batch_size=_fixed_batch_size(train_dataset),
-            micro_batches_per_epoch=micro_batches, seed=seed, amp_level=self.amp_level, ranks=self.ranks)
+            windows = train_dataset.settings()
+        else:
+            windows = dict(mini_steps=schedule.mini_steps, remainder=schedule.remainder,
+                           batch_size=_fixed_batch_size(train_dataset), micro_batches_per_epoch=micro_batches)
+        recorded = self.engine.settings(model=type(self.network).__name__, seed=seed, amp_level=self.amp_level,
+                                        ranks=self.ranks, **windows)
         return TrainingState(settings=recorded.with_flags(settings or {}), progress=self.progress,
                              run_id=uuid.uuid4().hex)
 

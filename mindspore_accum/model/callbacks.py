@@ -18,7 +18,12 @@ from mindspore.train import Callback
 
 from ..driver.callbacks import ProgressBar
 
-__all__ = ["CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar"]
+__all__ = ["CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar", "ran_to_epoch_end"]
+
+
+def ran_to_epoch_end(params):
+    """True at an epoch's real end; False where a stop mid-epoch (a signal) ended ``Model.train``'s epoch early."""
+    return params.cur_step_num % params.batch_num == 0
 
 
 class CountOnFrom(Callback):
@@ -51,9 +56,8 @@ class EvaluateEachEpoch(Callback):
 
     def on_train_epoch_end(self, run_context):
         params = run_context.original_args()
-        if params.cur_step_num % params.batch_num:
-            return  # a signal's stop mid-epoch also ends the epoch: no epoch's end to score
-        self.results[params.cur_epoch_num] = self.evaluate(params.cur_epoch_num)
+        if ran_to_epoch_end(params):
+            self.results[params.cur_epoch_num] = self.evaluate(params.cur_epoch_num)
 
 
 class ModelProgressBar(Callback):

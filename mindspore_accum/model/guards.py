@@ -34,6 +34,7 @@ from ..run.checkpoint import STEP_KEY, save_network_checkpoint
 from ..run.files import position_name, position_pattern, prune, write_checkpoint_atomically
 from ..run.signals import NonFiniteError
 from ..run.state import TRAIN_PREFIX
+from .callbacks import ran_to_epoch_end
 
 __all__ = ["TrainCellCheckpoint", "NetworkCheckpoint", "EpochSizeCheck", "ResumableLossMonitor"]
 
@@ -104,8 +105,8 @@ class NetworkCheckpoint(Callback):
 
     def on_train_epoch_end(self, run_context):
         params = run_context.original_args()
-        if params.cur_step_num % params.batch_num:
-            return  # a stop mid-epoch (a signal) also ends the epoch: its weights are no epoch's end
+        if not ran_to_epoch_end(params):
+            return
         path = os.path.join(self.directory, position_name(self.prefix, *_position(params)))
         save_network_checkpoint(self.network, path, self.ema)
         prune(self.directory, position_pattern(self.prefix), 1, kept=path)
