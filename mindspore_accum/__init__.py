@@ -31,13 +31,7 @@ from .run.lock import RunInUseError, run_lock
 from .run.save_config import SaveConfig
 from .run.settings import RunSettings, data_fingerprint
 from .run.signals import NonFiniteError, StopSignals, TrainingInterrupted
-from .run.state import (
-    TrainingState,
-    find_train_cell_checkpoint,
-    load_train_cell_checkpoint,
-    read_training_state,
-    settings_record,
-)
+from .run.state import TrainingState, find_resume_file, read_training_state, restore_training_state
 
 __version__ = "0.5.0"
 
@@ -57,10 +51,9 @@ __all__ = [
     # The train Cell for mindspore.train.Model, and the mindspore.train callbacks that guard it.
     "GradientAccumulationCell", "CountOnFrom", "EvaluateEachEpoch", "ModelProgressBar", "TrainCellCheckpoint",
     "NetworkCheckpoint", "EpochSizeCheck", "ResumableLossMonitor",
-    # What a run keeps, on either engine: the train Cell's checkpoint and the driver's training state.
-    "load_train_cell_checkpoint", "find_train_cell_checkpoint", "settings_record",
-    # What a run records, and what a resume must match.
-    "RunSettings", "data_fingerprint", "TrainingState", "read_training_state",
+    # What a run keeps to resume, on either engine, and what a resume must match.
+    "TrainingState", "find_resume_file", "read_training_state", "restore_training_state", "RunSettings",
+    "data_fingerprint",
     # Files: the atomic write, the CRC read, newest and pruning; the run lock.
     "write_checkpoint_atomically", "read_checkpoint", "newest_file", "prune", "run_lock", "RunInUseError",
     "save_network_checkpoint", "load_network_checkpoint", "load_initial_weights",

@@ -22,7 +22,7 @@ class Config:
     """A run's every flag, resolved and checked, read-only: ``config.lr``, ``config.settings`` ...
 
     Beside the flags: ``channels`` (an image model's input), ``classes_from_data``, ``batch_schedule`` (a global
-    batch or a schedule, else None), ``resumed`` (the training state resumed from, train.py's), and ``settings``,
+    batch or a schedule, else None), ``resumed`` (the training state resumed from), and ``settings``,
     the ``{"--flag": value}`` record of every flag that is a setting, with ``data``, the data's fingerprint.
     """
 
@@ -86,13 +86,11 @@ def resolve_eval(args):
 
 
 def _read_resume(path, kind):
-    """``(file, training state or None, its settings)`` of ``--resume``, the engine's ``kind`` of file."""
-    from mindspore_accum.run.state import find_resume_file, read_train_cell_checkpoint, read_training_state
+    """``(file, training state, its settings)`` of ``--resume``, the engine's ``kind`` of training state."""
+    from mindspore_accum.run.state import find_resume_file, read_training_state
     path = find_resume_file(path, kind)
-    if kind == "training state":
-        state, _ = read_training_state(path)
-        return path, state, state.settings
-    return path, None, read_train_cell_checkpoint(path)[2]
+    state, _ = read_training_state(path, kind)
+    return path, state, state.settings
 
 
 def resolve_model(args, train):

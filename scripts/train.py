@@ -30,7 +30,7 @@ from mindspore_accum import (
     SaveConfig,
     TrainingInterrupted,
 )
-from mindspore_accum.run.checkpoint import check_ckpt_path, check_writable_directory
+from mindspore_accum.run.checkpoint import DRIVER, check_ckpt_path, check_writable_directory
 from report import exit_interrupted, run
 
 #: train.py's --ckpt_path names a file; a directory (no .ckpt suffix) gets this file inside it.
@@ -118,7 +118,7 @@ def build_callbacks(run_, driver):
 
 
 ENGINE = training.Engine(__doc__, CHECKPOINT_NAME, "the model checkpoint (eval.py reads it), its states and metrics "
-                         f"beside it; or a directory for them all ({CHECKPOINT_NAME} inside)", "training state",
+                         f"beside it; or a directory for them all ({CHECKPOINT_NAME} inside)", DRIVER,
                          add_own_flags, check_outputs, train)
 
 

@@ -32,7 +32,7 @@ from mindspore_accum.model.guards import EpochSizeCheck, NetworkCheckpoint, Resu
 from mindspore_accum.run.checkpoint import check_writable_directory
 from mindspore_accum.run.lock import own_outputs
 from mindspore_accum.run.signals import StopSignals
-from mindspore_accum.run.state import TRAIN_PREFIX, load_train_cell_checkpoint, settings_record
+from mindspore_accum.run.state import TRAIN_CELL, TRAIN_PREFIX, TrainingState, restore_training_state
 from report import exit_interrupted, run
 
 
@@ -77,7 +77,7 @@ def _train(run_):
     # Data parallel: a rank that stopped alone would leave the others in the all-reduce (as train.py).
     with StopSignals(enabled=not config.distribute) as stop:
         if run_.rank == 0:
-            callbacks += build_callbacks(run_, cell, network, settings_record(settings), stop)
+            callbacks += build_callbacks(run_, cell, network, settings, stop)
         # sink_size -1: a sink is an epoch, and callbacks see its last micro-step, which closes a window.
         Model(cell).train(config.epochs, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
                           sink_size=-1, initial_epoch=start // data.micro_batches)
@@ -103,15 +103,17 @@ def build_cell(config, data):
 
 
 def resume(cell, config, data, settings):
-    """Loads the train Cell's checkpoint if it fits; returns the global micro-step and the dataset positioned there."""
-    step = load_train_cell_checkpoint(cell, config.resume, settings)
+    """Loads the train Cell's training state if it fits; returns the global micro-step and the dataset positioned
+    there."""
+    step = restore_training_state(cell, config.resume, TrainingState(settings=settings, kind=TRAIN_CELL)) \
+        .progress.total_micro_steps
     if step >= config.epochs * data.micro_batches:
         raise ValueError(f"--resume {config.resume!r} is already at micro-step {step}, the end of --epochs "
                          f"{config.epochs}: pass a larger --epochs")
     return step, dataset_from(data.dataset, step, data.micro_batches)  # a global batch: equal epochs
 
 
-def build_callbacks(run_, cell, network, record, stop):
+def build_callbacks(run_, cell, network, settings, stop):
     """Rank 0's: progress, loss lines, time, the epoch's evaluation, the network's and the train Cell's checkpoints.
 
     The loss lines come every ``--log_every`` updates' worth of micro-steps (``log_every x mini_steps``); with
@@ -126,13 +128,13 @@ def build_callbacks(run_, cell, network, record, stop):
     if evaluate_epoch is not None:
         callbacks.append(EvaluateEachEpoch(evaluate_epoch))
     callbacks.append(NetworkCheckpoint(network, config.ckpt_path, config.model, cell.ema))
-    callbacks.append(TrainCellCheckpoint(os.path.join(config.ckpt_path, TRAIN_PREFIX), record,
+    callbacks.append(TrainCellCheckpoint(os.path.join(config.ckpt_path, TRAIN_PREFIX), settings,
                                          every=config.save_steps, keep=config.keep_checkpoints, stop=stop))
     return callbacks
 
 
 ENGINE = training.Engine(__doc__, "ckpt", "a directory, as in the model zoo: <model>-<epoch>_<step>.ckpt (the "
-                         "network, for eval.py) and train/ (the train Cell, to resume from)", "train-Cell checkpoint",
+                         "network, for eval.py) and train/ (the train Cell, to resume from)", TRAIN_CELL,
                          add_own_flags, check_outputs, train)
 
 

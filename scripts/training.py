@@ -26,7 +26,7 @@ class Engine:
     description: str
     ckpt_default: str
     ckpt_help: str
-    #: ``"training state"`` or ``"train-Cell checkpoint"``: what its --resume reads.
+    #: The kind of training state its --resume reads (``mindspore_accum.run.checkpoint.RESUMED_BY``).
     resume_kind: str
     #: ``callable(parser)``: the script's own flags of flags.ENGINE_FLAGS.
     add_own_flags: Callable[[argparse.ArgumentParser], None]

@@ -722,16 +722,19 @@ def test_each_engines_saved_state_given_to_the_other_is_refused_naming_the_engin
                                                                                                   tiny_mnist):
     """Issue 38: a driver state given to train_model.py, and a train-Cell checkpoint (or its directory) to
     train.py, were refused as "not a train-Cell checkpoint" and "not a training state (a model checkpoint?)".
-    Reference: the kind each file is, read with MindSpore's own load_checkpoint. Controls: each engine resumes its
-    own, and the other's file starts a run as --init_ckpt."""
+    Both are one format since; its record's kind says which engine wrote it. Reference: the kind each file is,
+    read with MindSpore's own load_checkpoint and json. Controls: each engine resumes its own, and the other's
+    file starts a run as --init_ckpt."""
+    import json
+
     import mindspore as ms
     for script, out in (("train.py", "m.ckpt"), ("train_model.py", "ck")):
         done = run_script(script, "--data_path", tiny_mnist, *QUICK, "--ckpt_path", out, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     state, cell = tmp_path / "m_state" / "state-1_8.ckpt", tmp_path / "ck" / "train" / "train-1_8.ckpt"
-    assert "mindspore_accum_training_state" in ms.load_checkpoint(str(state))
-    assert "step_num" in ms.load_checkpoint(str(cell)) and "mindspore_accum_training_state" not in \
-        ms.load_checkpoint(str(cell))
+    kinds = [json.loads(ms.load_checkpoint(str(file))["mindspore_accum_training_state"]).get("kind")
+             for file in (state, cell)]
+    assert kinds == ["training state", "train-Cell checkpoint"], kinds
     refused = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "c2",
                          "--resume", state, cwd=tmp_path)
     assert_refused(refused, "state-1_8.ckpt' is a training state, which train.py (the driver) writes and resumes; "
@@ -749,6 +752,29 @@ def test_each_engines_saved_state_given_to_the_other_is_refused_naming_the_engin
         assert resumed.returncode == 0, resumed.stderr
     started = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--ckpt_path", "c4", "--init_ckpt",
                          state, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+
+
+def test_a_train_cell_checkpoint_of_0_4_is_refused_by_name_and_its_weights_still_start_a_run(tmp_path, tiny_mnist):
+    """0.4's train-Cell checkpoint was the Cell's Parameters under their own names, with ``step_num``: 0.5 does
+    not resume it, and says what to do. Built here as 0.4 wrote it: the network's, an optimizer moment and the
+    counter. Control: --init_ckpt starts a run from its network's weights."""
+    import mindspore as ms
+    done = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--ckpt_path", "m.ckpt", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    network = ms.load_checkpoint(str(tmp_path / "m.ckpt"))
+    old = tmp_path / "old" / "train-1_8.ckpt"
+    old.parent.mkdir()
+    ms.save_checkpoint([{"name": name, "data": value} for name, value in network.items()]
+                       + [{"name": "moments." + name, "data": value} for name, value in network.items()],
+                       str(old), append_dict={"epoch_num": 1, "step_num": 8})
+    refused = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "c",
+                         "--resume", old, cwd=tmp_path)
+    assert_refused(refused, "train-1_8.ckpt' is a train-Cell checkpoint of mindspore-accum 0.4, whose format 0.5 "
+                            "does not resume: finish that run with mindspore-accum 0.4, or start afresh from its "
+                            "weights with --init_ckpt")
+    started = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--ckpt_path", "c2", "--init_ckpt",
+                         old, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
 
 

@@ -18,7 +18,14 @@ import types
 import pytest
 from mindspore import amp, nn
 
-from mindspore_accum import DriverCallback, GradientAccumulation, MetricsLog, SaveConfig, UpdateRecord
+from mindspore_accum import (
+    DriverCallback,
+    GradientAccumulation,
+    GradientAccumulationCell,
+    MetricsLog,
+    SaveConfig,
+    UpdateRecord,
+)
 from mindspore_accum.run.state import Progress, TrainingState
 from nets import LOSS, MLP
 
@@ -89,6 +96,8 @@ def test_every_training_state_field_and_tensor_group_is_in_the_resuming_page():
     trainer = GradientAccumulation(network, LOSS, nn.Momentum(network.trainable_params(), 0.1, 0.9),
                                    loss_scaler=amp.DynamicLossScaler(1024, 2, 100))
     check([f"{group}/<name>" for group in trainer.state_parameters()], text)
+    cell = GradientAccumulationCell(nn.WithLossCell(network, LOSS), trainer.optimizer, ema_decay=0.9)
+    check([f"{group}/<name>" for group in cell.state_parameters()], text)
 
 
 def test_every_metrics_key_is_in_the_cli_page(tmp_path):

@@ -153,4 +153,4 @@ def test_train_model_py_resumes_a_global_batch_mid_window_bit_exact(tmp_path, ti
         np.testing.assert_array_equal(actual[name].asnumpy(), value.asnumpy(), err_msg=name)
     # Control: the checkpoint it resumed from is behind the end.
     start = ms.load_checkpoint(str(tmp_path / "ckpt" / "train" / "train-2_5.ckpt"))
-    assert not np.array_equal(start["conv1.weight"].asnumpy(), expected["conv1.weight"].asnumpy())
+    assert not np.array_equal(start["network/conv1.weight"].asnumpy(), expected["conv1.weight"].asnumpy())

@@ -133,7 +133,7 @@ def test_a_model_path_resume_that_changes_weight_decay_is_refused(tmp_path, tiny
     train_ckpt = tmp_path / "ckpt" / "train" / "train-1_8.ckpt"
     refused = run_script("train_model.py", *flags, "--epochs", 2, "--weight_decay", 0.01, "--ckpt_path", "again",
                          "--resume", train_ckpt, cwd=tmp_path)
-    assert_refused(refused, "--weight_decay=0.0 in the checkpoint vs 0.01 in this run")
+    assert_refused(refused, "--weight_decay=0.0 in the state vs 0.01 in this run")
     # eval.py's loader on the train-Cell checkpoint: the network's weights, those of the bare checkpoint.
     from_train = params_of(load_network_checkpoint(LeNet5(), train_ckpt))
     from_bare = params_of(load_network_checkpoint(LeNet5(), tmp_path / "ckpt" / "lenet-1_8.ckpt"))

@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 from cli import assert_refused, run_script
 
-from mindspore_accum import load_network_checkpoint, save_network_checkpoint
+from mindspore_accum import load_network_checkpoint, read_training_state, save_network_checkpoint
 from model_zoo_adapters.lenet import LeNet5
 
 # tiny_mnist: 64 images; batch 8 gives 8 micro-batches an epoch, mini_steps 3: windows of 3, 3 and a flushed 2.
@@ -63,7 +63,8 @@ def test_resume_mid_window_from_the_train_cell_checkpoint_equals_the_uninterrupt
     lines = lambda out: re.findall(r"^epoch: (\d) step: (\d+), loss is (\S+)$", out, re.MULTILINE)  # noqa: E731
     after = [line for line in lines(whole.stdout) if (int(line[0]), int(line[1])) > (2, 2)]
     assert lines(resumed.stdout) == after and after, (resumed.stdout, whole.stdout)
-    assert int(ms.load_checkpoint(str(tmp_path / "again" / "train" / "train-2_8.ckpt"))["step_num"].asnumpy()) == 16
+    state, _ = read_training_state(tmp_path / "again" / "train" / "train-2_8.ckpt", "train-Cell checkpoint")
+    assert (state.epoch, state.micro_batch, state.progress.total_micro_steps) == (2, 8, 16)
 
 
 def test_resume_from_a_bare_checkpoint_is_refused(tmp_path, tiny_mnist):

@@ -158,6 +158,14 @@ class AccumulationEngine:
         return {name: getattr(self.loss_scaler, name) for name in ("scale_value", "counter")
                 if isinstance(getattr(self.loss_scaler, name, None), Parameter)}
 
+    def state_parameters(self, network):
+        """What a training state saves and a resume restores, in groups named as in the file (:mod:`..run.state`)."""
+        groups = {"network": list(network.get_parameters()), "optimizer": list(self.optimizer.get_parameters()),
+                  "buffer": list(self.buffer.parameters()), "scaler": list(self.scaler_parameters().values())}
+        if self.ema is not None:
+            groups["ema"] = self.ema.parameters()
+        return groups
+
     def loss_scale(self):
         """The current loss scale as a float, or None without a scaler (one read-back)."""
         return float(self.loss_scaler.scale_value.asnumpy()) if self.loss_scaler is not None else None

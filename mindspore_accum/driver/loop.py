@@ -159,12 +159,8 @@ class GradientAccumulation:
                                doc="Windows skipped because their gradient overflowed (dynamic loss scaling).")
 
     def state_parameters(self) -> Dict[str, List[Parameter]]:
-        """What a training state saves and a resume restores, in named groups (see :mod:`.training_state`)."""
-        groups = {"network": list(self.network.get_parameters()), "optimizer": list(self.optimizer.get_parameters()),
-                  "buffer": list(self.buffer.parameters()), "scaler": list(self.engine.scaler_parameters().values())}
-        if self.ema is not None:
-            groups["ema"] = self.ema.parameters()
-        return groups
+        """What a training state saves and a resume restores, in named groups (see :mod:`..run.state`)."""
+        return self.engine.state_parameters(self.network)
 
     def train_process(self, epoch: int, train_dataset: Iterable, mini_steps: int = 4, *, remainder: str = "flush",
                       save: Optional[SaveConfig] = None, log_every: Optional[int] = 1,

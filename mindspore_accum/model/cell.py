@@ -95,7 +95,8 @@ class GradientAccumulationCell(AccumulationStep):
     Everything a resume needs is a Parameter of this Cell - the network, the
     optimizer's state, the buffer and its counters, ``epoch_micro_batch`` and the
     loss scaler's state - so ``ModelCheckpoint`` of the train network, loaded
-    into a fresh Cell with ``load_param_into_net``, continues mid-window exactly.
+    into a fresh Cell with ``load_param_into_net``, continues mid-window exactly;
+    :meth:`state_parameters` groups them as the driver's training state does.
     """
 
     def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, mini_steps: int = 4, *,
@@ -127,6 +128,10 @@ class GradientAccumulationCell(AccumulationStep):
         for name, param in engine.scaler_parameters().items():
             setattr(self, "loss_scaler_" + name, param)
         warn_if_batchnorm(network_with_loss, self.mini_steps)
+
+    def state_parameters(self):
+        """The engine's groups of a training state (:mod:`~mindspore_accum.run.state`), and the epoch's position."""
+        return {**self.engine.state_parameters(self.forward_backward.network), "step": [self.epoch_micro_batch]}
 
     def settings(self, **more):
         """The engine's settings and the window's, with ``more`` (a front end's): what a resume must match."""

@@ -2,13 +2,12 @@
 
 ``GradientAccumulationCell`` under ``Model.train`` gets what the driver
 promises from these ``mindspore.train`` callbacks (``scripts/train_model.py``
-uses all of them); the resume itself is
-:func:`~mindspore_accum.run.state.load_train_cell_checkpoint`:
+uses all of them); the resume itself is the driver's,
+:func:`~mindspore_accum.run.state.restore_training_state`:
 
-* :class:`TrainCellCheckpoint` writes the train Cell every so many
-  micro-steps, and at the micro-step in flight when a signal comes (then
-  stops ``Model.train``), through the run's one file policy, with the
-  settings record a resume checks.
+* :class:`TrainCellCheckpoint` writes the train Cell's training state every so
+  many micro-steps, and at the micro-step in flight when a signal comes (then
+  stops ``Model.train``), with the settings a resume checks.
 * :class:`NetworkCheckpoint` writes the bare network (its moving average,
   with EMA) at each epoch's end, for eval.py and the model zoo.
 * :class:`EpochSizeCheck` refuses, at ``on_train_begin``, a Cell whose
@@ -30,10 +29,10 @@ import os
 import numpy as np
 from mindspore.train import Callback, LossMonitor
 
-from ..run.checkpoint import STEP_KEY, save_network_checkpoint
-from ..run.files import position_name, position_pattern, prune, write_checkpoint_atomically
+from ..run.checkpoint import save_network_checkpoint
+from ..run.files import position_name, position_pattern, prune
 from ..run.signals import NonFiniteError
-from ..run.state import TRAIN_PREFIX
+from ..run.state import TRAIN_CELL, TRAIN_PREFIX, Progress, TrainingState, save_training_state
 from .callbacks import ran_to_epoch_end
 
 __all__ = ["TrainCellCheckpoint", "NetworkCheckpoint", "EpochSizeCheck", "ResumableLossMonitor"]
@@ -49,21 +48,22 @@ def _position(params):
 
 
 class TrainCellCheckpoint(Callback):
-    """The train Cell's checkpoint, ``<directory>/train-<epoch>_<micro-step of the epoch>.ckpt``, the newest ``keep``.
+    """The train Cell's training state, ``<directory>/train-<epoch>_<micro-step of the epoch>.ckpt``, the newest
+    ``keep``.
 
     Written every ``every`` global micro-steps (None: at each epoch's end),
     counted from 0 as in the uninterrupted run after a resume too, and, given
     ``stop`` (a :class:`~mindspore_accum.run.signals.StopSignals` the caller
     holds around ``Model.train``), at the micro-step in flight when a signal
     comes; then ``Model.train`` is asked to stop, and :attr:`saved_path` is the
-    file. Each holds the global micro-step (``step_num``) and ``record`` (the
-    settings, :func:`~mindspore_accum.run.state.settings_record`). Put it last:
+    file. Each records ``settings`` (this run's
+    :class:`~mindspore_accum.run.settings.RunSettings`) and the global micro-step. Put it last:
     the checkpoint is taken after every other callback has seen the micro-step.
     """
 
-    def __init__(self, directory, record, every=None, keep=5, stop=None):
+    def __init__(self, directory, settings, every=None, keep=5, stop=None):
         super().__init__()
-        self.directory, self.record, self.every, self.keep = os.fspath(directory), dict(record), every, keep
+        self.directory, self.settings, self.every, self.keep = os.fspath(directory), settings, every, keep
         self.stop, self.saved_path = stop, None
         self._last = 0
 
@@ -85,8 +85,9 @@ class TrainCellCheckpoint(Callback):
         epoch, step = _position(params)
         path = os.path.join(self.directory, position_name(TRAIN_PREFIX, epoch, step))
         os.makedirs(self.directory, exist_ok=True)
-        write_checkpoint_atomically(params.train_network, path,
-                                    append_dict={"epoch_num": epoch, STEP_KEY: params.cur_step_num, **self.record})
+        save_training_state(params.train_network, TrainingState(
+            settings=self.settings, epoch=epoch, micro_batch=step, kind=TRAIN_CELL,
+            progress=Progress(total_micro_steps=params.cur_step_num)), path)
         prune(self.directory, position_pattern(TRAIN_PREFIX), self.keep, kept=path)
         return path
 

@@ -5,6 +5,7 @@ of the training machinery: no ``grad_mean``, no optimizer moments, no wrapper
 prefixes. (The tutorial's checkpoint carried its accumulation buffers.)
 """
 
+import json
 import logging
 import os
 from typing import List
@@ -21,10 +22,10 @@ from .files import (
     write_checkpoint_atomically,
 )
 
-__all__ = ["DEFAULT_CKPT_PATH", "kind_of", "not_resumable", "STEP_KEY", "CheckpointError", "check_ckpt_path",
-           "check_writable_directory", "save_network_checkpoint", "WEIGHTS", "holds_average", "head_classes",
-           "load_network_checkpoint", "load_initial_weights", "write_checkpoint_atomically", "read_checkpoint",
-           "mismatches", "summarise_names", "load_strictly"]
+__all__ = ["DEFAULT_CKPT_PATH", "kind_of", "not_resumable", "DRIVER", "TRAIN_CELL", "CheckpointError",
+           "check_ckpt_path", "check_writable_directory", "save_network_checkpoint", "WEIGHTS", "holds_average",
+           "head_classes", "load_network_checkpoint", "load_initial_weights", "write_checkpoint_atomically",
+           "read_checkpoint", "mismatches", "summarise_names", "load_strictly"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +33,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_CKPT_PATH = "gradient_accumulation.ckpt"
 #: The entry of a training-state checkpoint that holds its JSON record (see :mod:`.training_state`).
 TRAINING_STATE_KEY = "mindspore_accum_training_state"
-#: The entry of a train-Cell checkpoint that holds its global micro-step (``ModelCheckpoint``'s name for it).
+#: The entry of 0.4's train-Cell checkpoint that held its global micro-step; 0.5 writes a training state instead.
 STEP_KEY = "step_num"
-#: The files a run writes, by kind: what writes each, and so which engine resumes it.
-RESUMED_BY = {"training state": "train.py (the driver)", "train-Cell checkpoint": "train_model.py (Model.train)"}
+#: The two kinds of training state, by the engine that writes one and so resumes it (its record's ``kind``).
+DRIVER, TRAIN_CELL = "training state", "train-Cell checkpoint"
+RESUMED_BY = {DRIVER: "train.py (the driver)", TRAIN_CELL: "train_model.py (Model.train)"}
 #: The prefix of the network's tensors in a training-state checkpoint.
 NETWORK_PREFIX = "network/"
-#: The prefixes of the weights' moving average: in a training state, and in a train-Cell checkpoint.
-AVERAGE_PREFIXES = ("ema/ema.", "ema.")
-#: Which weights a training state's (or train-Cell checkpoint's) network is loaded with: the raw ones, or
+#: The prefix of the weights' moving average in a training state.
+AVERAGE_PREFIX = "ema/ema."
+#: Which weights a training state's network is loaded with: the raw ones, or
 #: their moving average (``--ema_decay``). A bare model checkpoint holds one set, the averages if the run had them.
 WEIGHTS = ("raw", "ema")
 #: A refusal names this many tensors of a kind, and counts the rest.
@@ -96,10 +98,18 @@ def save_network_checkpoint(network: ms.nn.Cell, path: PathLike, ema=None) -> st
 
 
 def kind_of(saved):
-    """``"training state"``, ``"train-Cell checkpoint"`` or ``"model checkpoint"``: what a read checkpoint is."""
+    """What a read checkpoint is: a kind of training state (its record's), 0.4's train Cell, or a model checkpoint."""
     if TRAINING_STATE_KEY in saved:
-        return "training state"
-    return "train-Cell checkpoint" if STEP_KEY in saved else "model checkpoint"
+        try:
+            kind = json.loads(saved[TRAINING_STATE_KEY]).get("kind", DRIVER)
+        except (ValueError, TypeError, AttributeError):  # read_training_state names what is wrong with it
+            return DRIVER
+        return kind if kind in RESUMED_BY else DRIVER
+    return OLD_TRAIN_CELL if STEP_KEY in saved else "model checkpoint"
+
+
+#: 0.4's train-Cell checkpoint: the Cell's Parameters under their own names, with ``step_num``.
+OLD_TRAIN_CELL = "train-Cell checkpoint of mindspore-accum 0.4"
 
 
 def not_resumable(path, kind, wanted):
@@ -109,6 +119,9 @@ def not_resumable(path, kind, wanted):
     Cell's checkpoint its micro-step and counters; neither holds the other's.
     """
     weights = f"or start afresh from its weights with --init_ckpt {path}"
+    if kind == OLD_TRAIN_CELL:
+        return CheckpointError(f"--resume {path!r} is a {kind}, whose format 0.5 does not resume: finish that run "
+                               f"with mindspore-accum 0.4, {weights}")
     if kind in RESUMED_BY:
         return CheckpointError(f"--resume {path!r} is a {kind}, which {RESUMED_BY[kind]} writes and resumes; this "
                                f"engine resumes a {wanted}: resume it with {RESUMED_BY[kind].split()[0]}, {weights}")
@@ -139,8 +152,8 @@ def load_network_checkpoint(network: ms.nn.Cell, path: PathLike, weights: str = 
 
     Names and shapes are compared before anything is loaded, so a checkpoint of
     another model is refused with the mismatched parameters named and the
-    network left untouched. A training state (``state-*.ckpt``) or a train-Cell
-    checkpoint (``train/train-*.ckpt``) is accepted too: its network's tensors
+    network left untouched. A training state (``state-*.ckpt`` or ``train/train-*.ckpt``)
+    is accepted too: its network's tensors
     are loaded - its raw weights, or with ``weights="ema"`` their moving
     average (the trainable weights; BatchNorm's statistics are the network's).
 
@@ -170,39 +183,37 @@ def load_strictly(network, tensors, source, left=()):
 
 
 def _network_tensors(saved, network, weights, path):
-    """The network's tensors of a read checkpoint: a bare one's, or a state's or train Cell's raw or averaged."""
-    if TRAINING_STATE_KEY in saved:
+    """The network's tensors of a read checkpoint: a bare one's, or a state's raw or averaged."""
+    kind = kind_of(saved)
+    if kind in RESUMED_BY:
         raw = {name[len(NETWORK_PREFIX):]: value for name, value in saved.items() if name.startswith(NETWORK_PREFIX)}
-        kind = "a training state"
-    elif STEP_KEY in saved:  # a train-Cell checkpoint: the network's tensors beside the optimizer's and the buffer's
+    elif kind == OLD_TRAIN_CELL:  # the network's tensors beside the optimizer's and the buffer's, under their names
+        if weights == "ema":
+            raise CheckpointError(f"{path!r} is a {kind}: with --weights ema, load the model checkpoint beside it, "
+                                  f"which holds the averages")
         names = {param.name for param in network.get_parameters()}
         raw = {name: value for name, value in saved.items() if name in names}
-        kind = "a train-Cell checkpoint"
     else:
         if weights == "ema":
             raise CheckpointError(f"{path!r} is a model checkpoint: it holds one set of weights (the averages, if "
                                   f"the run had --ema_decay); drop --weights ema")
         return saved
     if weights == "raw":
-        logger.info("%s is %s: loading the network it holds (its raw weights)", path, kind)
+        logger.info("%s is a %s: loading the network it holds (its raw weights)", path, kind)
         return raw
     average = _averages(saved)
     if not average:
         raise CheckpointError(f"{path!r} holds no moving average (its run had no --ema_decay): drop --weights ema")
-    logger.info("%s is %s: loading the moving average of its weights", path, kind)
+    logger.info("%s is a %s: loading the moving average of its weights", path, kind)
     return {**raw, **average}
 
 
 def _averages(saved):
-    for prefix in AVERAGE_PREFIXES:
-        found = {name[len(prefix):]: value for name, value in saved.items() if name.startswith(prefix)}
-        if found:
-            return found
-    return {}
+    return {name[len(AVERAGE_PREFIX):]: value for name, value in saved.items() if name.startswith(AVERAGE_PREFIX)}
 
 
 def holds_average(path: PathLike) -> bool:
-    """True when ``path`` is a training state or train-Cell checkpoint that holds a moving average of its weights."""
+    """True when ``path`` is a training state that holds a moving average of its weights."""
     saved = read_checkpoint(os.fspath(path))
     return kind_of(saved) != "model checkpoint" and bool(_averages(saved))
 
@@ -218,8 +229,8 @@ def head_classes(network: ms.nn.Cell, path: PathLike):
 def load_initial_weights(network: ms.nn.Cell, path: PathLike) -> List[str]:
     """Starts ``network`` from a checkpoint's weights, for fine-tuning; returns the names left to their own init.
 
-    Accepted: a bare checkpoint (this project's, the model zoo's, mindcv's), a
-    train-Cell checkpoint, or a training state (its network); a directory
+    Accepted: a bare checkpoint (this project's, the model zoo's, mindcv's), or
+    a training state of either engine (its network); a directory
     stands for its newest ``.ckpt`` file. Every parameter
     of ``network`` must be in the file with its shape - except the head, the
     last ``nn.Dense``, which keeps its own fresh initialisation when its shape

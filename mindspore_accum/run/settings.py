@@ -7,10 +7,8 @@ fingerprint of the data itself, precision, clipping, the schedule, EMA and the
 ranks. A resume that changes one would not continue the run "exactly", so it
 is refused, and every such refusal comes from :meth:`RunSettings.differences`.
 
-Both engines record the same :class:`RunSettings`: the driver in every
-training state, :class:`~mindspore_accum.model.cell.GradientAccumulationCell`
-through :func:`~mindspore_accum.model.guards.settings_record` in every train
-checkpoint. Each engine contributes what it knows itself
+Both engines record the same :class:`RunSettings` in every training state
+(:mod:`~mindspore_accum.run.state`). Each engine contributes what it knows itself
 (:meth:`~mindspore_accum.core.engine.AccumulationEngine.settings`); a front end
 adds its own with :meth:`RunSettings.with_flags` (the scripts add every flag
 but those in their short list of run flags, so a flag added later is a setting

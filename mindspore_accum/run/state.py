@@ -1,13 +1,13 @@
-"""The training state: everything needed to continue a run exactly where it stopped.
+"""The training state: everything needed to continue a run exactly where it stopped, for both engines.
 
 The model checkpoint (:mod:`.checkpoint`) holds the bare network for eval.py.
 A training-state checkpoint holds, beside it, the trainer's
 ``state_parameters()`` in groups (``network/``, ``optimizer/``, ``buffer/``,
-``scaler/`` and, with EMA, ``ema/``) and a JSON record, :class:`TrainingState`,
+``scaler/``, with EMA ``ema/``, and the train Cell's ``step/``) and a JSON record, :class:`TrainingState`,
 whose ``settings`` are the run's :class:`~mindspore_accum.run.settings.RunSettings`. It is an ordinary
-MindSpore checkpoint, written atomically with a CRC. The layout, field by
-field, is in docs/resuming.md, which tests/test_docs.py checks against this
-module.
+MindSpore checkpoint, written atomically with a CRC. The driver writes it as ``state-*.ckpt``, the
+Model path's train Cell as ``train/train-*.ckpt``; its ``kind`` says which, and so which engine resumes it.
+The layout, field by field, is in docs/resuming.md, which tests/test_docs.py checks against this module.
 """
 
 import dataclasses
@@ -20,7 +20,7 @@ import mindspore as ms
 import numpy as np
 
 from ..core.validation import PathLike, check_positive_int
-from .checkpoint import STEP_KEY, TRAINING_STATE_KEY, kind_of, load_strictly, mismatches, not_resumable
+from .checkpoint import DRIVER, TRAIN_CELL, TRAINING_STATE_KEY, kind_of, mismatches, not_resumable
 from .files import (
     CheckpointError,
     check_writable_directory,
@@ -36,8 +36,7 @@ from .settings import RunSettings
 
 __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state", "read_training_state",
            "restore_training_state", "find_training_state", "find_resume_file", "STATE_PREFIX", "TRAIN_PREFIX",
-           "SETTINGS_KEY", "settings_record", "find_train_cell_checkpoint", "read_train_cell_checkpoint",
-           "load_train_cell_checkpoint"]
+           "DRIVER", "TRAIN_CELL"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ STATE_PATTERN = position_pattern(STATE_PREFIX)
 #: Train-Cell checkpoints (the Model path's) are ``train-<epoch>_<micro-step of the epoch>.ckpt``, in
 #: ``<ckpt_path>/train/``.
 TRAIN_PREFIX = "train"
-_PATTERNS = {"training state": STATE_PATTERN, "train-Cell checkpoint": position_pattern(TRAIN_PREFIX)}
+_PATTERNS = {DRIVER: STATE_PATTERN, TRAIN_CELL: position_pattern(TRAIN_PREFIX)}
 
 #: Optimizer tensors that are settings, not state: restoring them would silently
 #: replace the values this run was given (--lr, --momentum, the schedule), so
@@ -93,6 +92,10 @@ class TrainingState:
             the data's fingerprint.
 
     Position:
+        kind: who wrote it, and so who resumes it: ``"training state"`` (the
+            driver) or ``"train-Cell checkpoint"`` (the Model path's train Cell,
+            whose position is ``epoch``, ``micro_batch`` and
+            ``progress.total_micro_steps`` alone).
         epoch: the 1-based epoch in progress (or just finished, with ``epoch_done``).
         micro_batch: micro-batches of that epoch consumed.
         epoch_done: True once the epoch's end (flush, callbacks) has run.
@@ -115,10 +118,13 @@ class TrainingState:
     window_samples: int = 0
     epoch_records: list = dataclasses.field(default_factory=list)
     run_id: str = None
+    kind: str = DRIVER
     format: int = STATE_FORMAT
 
     def where(self):
         """The position in words, for messages."""
+        if self.kind == TRAIN_CELL:
+            return f"epoch {self.epoch}, micro-step {self.micro_batch}"
         return (f"epoch {self.epoch}, micro-batch {self.micro_batch}"
                 + (" (end of epoch)" if self.epoch_done else "")
                 + f", after {self.progress.total_updates} updates")
@@ -200,24 +206,24 @@ def save_training_state(trainer, state, path):
     return path
 
 
-def read_training_state(path: PathLike) -> Tuple["TrainingState", Dict[str, ms.Tensor]]:
-    """Reads a training-state file: ``(TrainingState, {name: tensor})``; all of it or an error.
+def read_training_state(path: PathLike, kind: str = DRIVER) -> Tuple["TrainingState", Dict[str, ms.Tensor]]:
+    """Reads a training-state file of ``kind``: ``(TrainingState, {name: tensor})``; all of it or an error.
 
     Raises:
         CheckpointError: the file is missing, unreadable, truncated, or is not
-            a training state (for example a model checkpoint).
+            a training state of ``kind`` (for example a model checkpoint).
     """
-    path = find_training_state(path)
+    path = find_resume_file(path, kind)
     try:
-        saved = read_checkpoint(path, "training state", "pass a state file or its directory to resume")
+        saved = read_checkpoint(path, kind, "pass a state file or its directory to resume")
     except CheckpointError as error:
         intact = _newest_intact_beside(path)
         if intact is None:
             raise
         raise CheckpointError(f"{error}; the newest intact state beside it is {intact}: resume with --resume "
                               f"{intact}") from None
-    if kind_of(saved) != "training state":
-        raise not_resumable(path, kind_of(saved), "training state")
+    if kind_of(saved) != kind:
+        raise not_resumable(path, kind_of(saved), kind)
     record = saved.pop(TRAINING_STATE_KEY)
     try:
         state = TrainingState.from_json(record)
@@ -228,7 +234,8 @@ def read_training_state(path: PathLike) -> Tuple["TrainingState", Dict[str, ms.T
 
 def _newest_intact_beside(path):
     """The newest other state file in ``path``'s directory that reads whole, or None."""
-    for other in reversed(StateDirectory.files_in(os.path.dirname(os.path.abspath(path)))):
+    pattern = _PATTERNS[TRAIN_CELL] if os.path.basename(path).startswith(TRAIN_PREFIX) else STATE_PATTERN
+    for other in reversed(files_in(os.path.dirname(os.path.abspath(path)), pattern)):
         if os.path.abspath(other) == os.path.abspath(path):
             continue
         try:
@@ -243,7 +250,7 @@ def restore_training_state(trainer, path, expected, loaded=None):
     """Loads the state at ``path`` into ``trainer.state_parameters()`` if it fits; returns its :class:`TrainingState`.
 
     ``expected`` is this run's :class:`TrainingState` (its settings are
-    compared). Everything is checked - settings, names, shapes, dtypes - before
+    compared, and its ``kind`` is the one to read). Everything is checked - settings, names, shapes, dtypes - before
     any tensor is touched, so a refused state leaves the trainer as it was.
     ``loaded`` is what :func:`read_training_state` already returned for
     ``path``, to spare reading the file again.
@@ -251,8 +258,8 @@ def restore_training_state(trainer, path, expected, loaded=None):
     Raises:
         CheckpointError: unreadable, or it does not fit, with the differences named.
     """
-    path = find_training_state(path)
-    state, saved = loaded if loaded is not None else read_training_state(path)
+    path = find_resume_file(path, expected.kind)
+    state, saved = loaded if loaded is not None else read_training_state(path, expected.kind)
     problems = state.differences(expected)
     tensors = _state_tensors(trainer)
     problems += _optimizer_setting_differences(tensors, saved)
@@ -291,7 +298,7 @@ def _describe(values):
 
 def find_training_state(path):
     """``path`` itself if it is a file; for a directory, its state file of the furthest position."""
-    return find_resume_file(path, "training state")
+    return find_resume_file(path, DRIVER)
 
 
 def find_resume_file(path, kind):
@@ -352,63 +359,3 @@ class StateDirectory:
         self.last_path = path
         prune(self.directory, STATE_PATTERN, self.keep, kept=path)
         return path
-
-
-# The train Cell's checkpoint: the Model path's resumable state.
-
-#: The entry of a train-Cell checkpoint that holds the run's settings, as JSON.
-SETTINGS_KEY = "mindspore_accum_settings"
-
-
-def settings_record(settings):
-    """``{SETTINGS_KEY: json}`` of a :class:`~mindspore_accum.run.settings.RunSettings` (or a dict), for
-    ``CheckpointConfig(append_info=[...])`` and :class:`SaveOnSignal`."""
-    return {SETTINGS_KEY: _as_settings(settings).to_json()}
-
-
-def _as_settings(settings):
-    return settings if isinstance(settings, RunSettings) else RunSettings.of(settings)
-
-
-def find_train_cell_checkpoint(path):
-    """``--resume``'s file: ``path`` itself, or the newest ``train-*.ckpt`` in the directory or its ``train/``."""
-    return find_resume_file(path, "train-Cell checkpoint")
-
-
-def read_train_cell_checkpoint(path):
-    """``(params, step, settings)`` of a train-Cell checkpoint: its tensors, its global micro-step, what it records.
-
-    Raises:
-        CheckpointError: a damaged file (CRC), or no train-Cell checkpoint.
-    """
-    path = os.fspath(path)
-    params = read_checkpoint(path, "train-Cell checkpoint", "pass a file from <ckpt_path>/train/")
-    if kind_of(params) != "train-Cell checkpoint":
-        raise not_resumable(path, kind_of(params), "train-Cell checkpoint")
-    step = int(params.pop(STEP_KEY).asnumpy())
-    params.pop("epoch_num", None)
-    recorded = params.pop(SETTINGS_KEY, None)
-    return params, step, RunSettings.from_json(recorded) if isinstance(recorded, str) else RunSettings()
-
-
-def load_train_cell_checkpoint(cell, path, settings):
-    """Loads a train-Cell checkpoint into ``cell`` if it fits this run; returns the global micro-step it was taken at.
-
-    Everything is checked before anything is loaded: the file's CRC, its
-    ``step_num``, the settings it records against ``settings`` (this run's
-    :class:`~mindspore_accum.run.settings.RunSettings`, or a dict), and every tensor's name and shape
-    against ``cell``'s.
-
-    Raises:
-        CheckpointError: naming the file and what does not fit.
-    """
-    path = os.fspath(path)
-    params, step, saved = read_train_cell_checkpoint(path)
-    differences = saved.differences(_as_settings(settings), saved_in="the checkpoint")
-    problems = mismatches({p.name: p.shape for p in cell.get_parameters()},
-                          {name: value.shape for name, value in params.items() if hasattr(value, "shape")})
-    if differences or problems:
-        raise CheckpointError(f"cannot resume from {path!r}: it does not fit this run: "
-                              + "; ".join(differences + problems))
-    load_strictly(cell, params, f"cannot resume from {path!r}")
-    return step
