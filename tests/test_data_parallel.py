@@ -58,14 +58,19 @@ def one_node(tmp_path_factory):
     done = {}
 
     def run(engine):
-        if engine not in done:
+        for attempt in range(2) if engine not in done else ():
             out = tmp_path_factory.mktemp(f"one_node_{engine}")
             # The model and accumulator engines' IR is read for their AllReduce count.
             with mock.patch.dict(os.environ, {"MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": str(out / "ir")}):
                 status, logs = run_msrun(os.path.join(HERE, "dp_worker.py"), "--out", out, *DP_ARGS, "--engine",
                                          engine, log_dir=out / "logs", cwd=out)
+            # Once in CI, msrun's scheduler timed a worker out after both had written their results, and msrun
+            # exited 1: that teardown, and only it, is run again. Any other failure fails at once.
+            if status != 0 and attempt == 0 and all((out / f"final{rank}.npz").is_file() for rank in range(2)):
+                continue
             assert status == 0, "\n".join(own_lines(logs[0])[-20:] + own_lines(logs[1])[-20:])
             done[engine] = out
+            break
         return done[engine]
     return run
 
