@@ -299,7 +299,7 @@ def training_parser(description, ckpt_default, ckpt_help, add_own_flags):
                              "training state); a head of another shape is re-initialised")
     parser.add_argument("--resume", default=None, metavar="PATH",
                         help="continue from a run's file, or the newest in its directory: a training state "
-                             "(train.py), a train/train-*.ckpt (train_model.py)")
+                             "(train.py), a train/train-*.ckpt (train_model.py, which resumes train.py's too)")
     parser.add_argument("--distribute", action="store_true",
                         help="data parallel over the ranks msrun started: each reads its shard, one all-reduce "
                              "per update; only rank 0 writes")

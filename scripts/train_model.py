@@ -11,8 +11,8 @@ resume from, exactly, even mid-window:
 
     python scripts/train_model.py --data_path data/mnist --mini_steps 4 --resume ckpt/train/train-2_1875.ckpt
 
-(--resume ckpt takes the newest.) Every training flag is train.py's too (scripts/training.py); only
---save_steps and --dataset_sink_mode are this engine's own.
+(--resume ckpt takes the newest; train.py's training states resume here too.) Every training flag is
+train.py's too (scripts/training.py); only --save_steps and --dataset_sink_mode are this engine's own.
 """
 
 import os
@@ -103,10 +103,10 @@ def build_cell(config, data):
 
 
 def resume(cell, config, data, settings):
-    """Loads the train Cell's training state if it fits; returns the global micro-step and the dataset positioned
-    there."""
-    step = restore_training_state(cell, config.resume, TrainingState(settings=settings, kind=TRAIN_CELL)) \
-        .progress.total_micro_steps
+    """Loads a training state (the train Cell's, or the driver's) if it fits; returns the global micro-step and the
+    dataset positioned there."""
+    state = restore_training_state(cell, config.resume, TrainingState(settings=settings, kind=TRAIN_CELL))
+    step = cell.resume_at(state, data.micro_batches)
     if step >= config.epochs * data.micro_batches:
         raise ValueError(f"--resume {config.resume!r} is already at micro-step {step}, the end of --epochs "
                          f"{config.epochs}: pass a larger --epochs")

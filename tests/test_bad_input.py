@@ -718,41 +718,47 @@ def test_train_model_prints_loss_lines_where_windows_close_with_a_global_batch(t
     assert lines == ["epoch: 1 step: 3", "epoch: 1 step: 5", "epoch: 2 step: 3", "epoch: 2 step: 5"], result.stdout
 
 
-def test_each_engines_saved_state_given_to_the_other_is_refused_naming_the_engine_that_resumes_it(tmp_path,
-                                                                                                  tiny_mnist):
-    """Issue 38: a driver state given to train_model.py, and a train-Cell checkpoint (or its directory) to
-    train.py, were refused as "not a train-Cell checkpoint" and "not a training state (a model checkpoint?)".
-    Both are one format since; its record's kind says which engine wrote it. Reference: the kind each file is,
-    read with MindSpore's own load_checkpoint and json. Controls: each engine resumes its own, and the other's
-    file starts a run as --init_ckpt."""
+def test_a_driver_state_resumes_under_the_model_path_and_a_train_cell_checkpoint_is_refused_by_train_py(tmp_path,
+                                                                                                      tiny_mnist):
+    """Issue 38: one state format. train_model.py resumes train.py's state, mid-epoch, to the bit of train.py's
+    uninterrupted run (the reference: the other engine, never interrupted). The reverse is refused by name,
+    saying why: the train Cell keeps no update counts or records for the driver's to continue. Both kinds are
+    read with MindSpore's own load_checkpoint and json. Controls: the Model path started from the state's
+    weights alone (--init_ckpt) misses; each engine resumes its own; a model checkpoint is refused."""
     import json
 
     import mindspore as ms
-    for script, out in (("train.py", "m.ckpt"), ("train_model.py", "ck")):
-        done = run_script(script, "--data_path", tiny_mnist, *QUICK, "--ckpt_path", out, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-    state, cell = tmp_path / "m_state" / "state-1_8.ckpt", tmp_path / "ck" / "train" / "train-1_8.ckpt"
+    flags = ("--data_path", tiny_mnist, *QUICK, "--mini_steps", 3, "--epochs", 2)
+    whole = run_script("train.py", *flags, "--save_every", 1, "--ckpt_path", "m.ckpt", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    made = run_script("train_model.py", *flags, "--epochs", 1, "--ckpt_path", "ck", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    state, cell = tmp_path / "m_state" / "state-2_3.ckpt", tmp_path / "ck" / "train" / "train-1_8.ckpt"
     kinds = [json.loads(ms.load_checkpoint(str(file))["mindspore_accum_training_state"]).get("kind")
              for file in (state, cell)]
     assert kinds == ["training state", "train-Cell checkpoint"], kinds
-    refused = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "c2",
-                         "--resume", state, cwd=tmp_path)
-    assert_refused(refused, "state-1_8.ckpt' is a training state, which train.py (the driver) writes and resumes; "
-                            "this engine resumes a train-Cell checkpoint: resume it with train.py, or start afresh "
-                            "from its weights with --init_ckpt")
+    expected = ms.load_checkpoint(str(tmp_path / "m.ckpt"))
+    for how, out in (("--resume", "r"), ("--init_ckpt", "i")):
+        other = run_script("train_model.py", *flags, "--ckpt_path", out, how, state, cwd=tmp_path)
+        assert other.returncode == 0, other.stderr
+        actual = ms.load_checkpoint(str(tmp_path / out / "lenet-2_8.ckpt"))
+        same = [np.array_equal(actual[name].asnumpy(), value.asnumpy()) for name, value in expected.items()]
+        assert all(same) if how == "--resume" else not any(same), (how, same)
+    # The state directory's newest is the run's end, epoch 2's done: micro-step 16 of 16.
+    assert_refused(run_script("train_model.py", *flags, "--ckpt_path", "r2", "--resume", state.parent, cwd=tmp_path),
+                   "state-2_8.ckpt' is already at micro-step 16, the end of --epochs 2")
     for given in (cell, tmp_path / "ck"):  # the file, and the directory train_model.py wrote
-        refused = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "m2.ckpt",
-                             "--resume", given, cwd=tmp_path)
+        refused = run_script("train.py", *flags, "--ckpt_path", "m2.ckpt", "--resume", given, cwd=tmp_path)
         assert_refused(refused, "train-1_8.ckpt' is a train-Cell checkpoint, which train_model.py (Model.train) "
-                                "writes and resumes; this engine resumes a training state: resume it with "
-                                "train_model.py, or start afresh from its weights with --init_ckpt")
+                                "writes and resumes; this engine resumes a training state, whose update counts and "
+                                "records a train-Cell checkpoint does not keep: resume it with train_model.py, or "
+                                "start afresh from its weights with --init_ckpt")
     for script, own, out in (("train.py", state, "m3.ckpt"), ("train_model.py", cell, "c3")):  # the controls
-        resumed = run_script(script, "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", out,
-                             "--resume", own, cwd=tmp_path)
+        resumed = run_script(script, *flags, "--ckpt_path", out, "--resume", own, cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stderr
-    started = run_script("train_model.py", "--data_path", tiny_mnist, *QUICK, "--ckpt_path", "c4", "--init_ckpt",
-                         state, cwd=tmp_path)
-    assert started.returncode == 0, started.stderr
+    refused = run_script("train_model.py", *flags, "--ckpt_path", "c4", "--resume", tmp_path / "m.ckpt",
+                         cwd=tmp_path)
+    assert_refused(refused, "m.ckpt' is a model checkpoint (the network alone")
 
 
 def test_a_train_cell_checkpoint_of_0_4_is_refused_by_name_and_its_weights_still_start_a_run(tmp_path, tiny_mnist):

@@ -20,7 +20,8 @@ bit for bit; this module only adds *when*.
 import logging
 from typing import Optional
 
-from mindspore import amp, nn
+import mindspore as ms
+from mindspore import Tensor, amp, nn
 
 from ..core.engine import AccumulationEngine, AccumulationStep, warn_if_longer_than_epoch
 from ..core.schedule import WindowSchedule
@@ -95,8 +96,9 @@ class GradientAccumulationCell(AccumulationStep):
     Everything a resume needs is a Parameter of this Cell - the network, the
     optimizer's state, the buffer and its counters, ``epoch_micro_batch`` and the
     loss scaler's state - so ``ModelCheckpoint`` of the train network, loaded
-    into a fresh Cell with ``load_param_into_net``, continues mid-window exactly;
-    :meth:`state_parameters` groups them as the driver's training state does.
+    into a fresh Cell with ``load_param_into_net``, continues mid-window exactly.
+    :meth:`state_parameters` are the driver's, so a training state of either engine resumes it
+    (:meth:`resume_at` then places ``epoch_micro_batch``).
     """
 
     def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, mini_steps: int = 4, *,
@@ -130,8 +132,15 @@ class GradientAccumulationCell(AccumulationStep):
         warn_if_batchnorm(network_with_loss, self.mini_steps)
 
     def state_parameters(self):
-        """The engine's groups of a training state (:mod:`~mindspore_accum.run.state`), and the epoch's position."""
-        return {**self.engine.state_parameters(self.forward_backward.network), "step": [self.epoch_micro_batch]}
+        """What a training state saves and a resume restores, in the driver's groups (:mod:`..run.state`)."""
+        return self.engine.state_parameters(self.forward_backward.network)
+
+    def resume_at(self, state, micro_batches_per_epoch):
+        """Places the epoch's position at a restored :class:`~mindspore_accum.run.state.TrainingState`'s; returns
+        the global micro-step, where the data resumes."""
+        micro_batch = micro_batches_per_epoch if state.epoch_done else state.micro_batch
+        self.epoch_micro_batch.set_data(Tensor(micro_batch % micro_batches_per_epoch, ms.int32))
+        return (state.epoch - 1) * micro_batches_per_epoch + micro_batch
 
     def settings(self, **more):
         """The engine's settings and the window's, with ``more`` (a front end's): what a resume must match."""

@@ -113,10 +113,10 @@ OLD_TRAIN_CELL = "train-Cell checkpoint of mindspore-accum 0.4"
 
 
 def not_resumable(path, kind, wanted):
-    """The refusal of ``--resume path`` (a ``kind``) by the engine that resumes a ``wanted``: what to do instead.
+    """The refusal of ``--resume path`` (a ``kind``) by the engine that resumes a ``wanted``: why, and what to do.
 
-    Each engine resumes its own kind: the driver's training state holds its position and records, the train
-    Cell's checkpoint its micro-step and counters; neither holds the other's.
+    The train Cell resumes the driver's state too; the driver does not resume the train Cell's, which keeps no
+    update counts or records for the driver's to continue.
     """
     weights = f"or start afresh from its weights with --init_ckpt {path}"
     if kind == OLD_TRAIN_CELL:
@@ -124,7 +124,8 @@ def not_resumable(path, kind, wanted):
                                f"with mindspore-accum 0.4, {weights}")
     if kind in RESUMED_BY:
         return CheckpointError(f"--resume {path!r} is a {kind}, which {RESUMED_BY[kind]} writes and resumes; this "
-                               f"engine resumes a {wanted}: resume it with {RESUMED_BY[kind].split()[0]}, {weights}")
+                               f"engine resumes a {wanted}, whose update counts and records a {kind} does not keep: "
+                               f"resume it with {RESUMED_BY[kind].split()[0]}, {weights}")
     return CheckpointError(f"--resume {path!r} is a model checkpoint (the network alone, with no optimizer state "
                            f"or position): resume from a {wanted}, {weights}")
 

@@ -45,6 +45,10 @@ STATE_FORMAT = 2
 #: Training-state files are ``state-<epoch>_<micro-batch>.ckpt`` (:func:`~mindspore_accum.run.files.position_name`).
 STATE_PREFIX = "state"
 STATE_PATTERN = position_pattern(STATE_PREFIX)
+#: The kinds of training state each engine resumes, its own first. The train Cell resumes the driver's too: it
+#: holds the same tensors and a position. The driver does not resume the train Cell's, which keeps no update
+#: counts, samples or records for the driver's to continue.
+RESUMES = {DRIVER: (DRIVER,), TRAIN_CELL: (TRAIN_CELL, DRIVER)}
 #: Train-Cell checkpoints (the Model path's) are ``train-<epoch>_<micro-step of the epoch>.ckpt``, in
 #: ``<ckpt_path>/train/``.
 TRAIN_PREFIX = "train"
@@ -222,7 +226,7 @@ def read_training_state(path: PathLike, kind: str = DRIVER) -> Tuple["TrainingSt
             raise
         raise CheckpointError(f"{error}; the newest intact state beside it is {intact}: resume with --resume "
                               f"{intact}") from None
-    if kind_of(saved) != kind:
+    if kind_of(saved) not in RESUMES[kind]:
         raise not_resumable(path, kind_of(saved), kind)
     record = saved.pop(TRAINING_STATE_KEY)
     try:
@@ -302,10 +306,11 @@ def find_training_state(path):
 
 
 def find_resume_file(path, kind):
-    """``path`` itself if it is no directory; else its (or its ``train/``'s) newest file of ``kind``.
+    """``path`` itself if it is no directory; else its (or its ``train/``'s) newest state that ``kind``'s engine
+    resumes (:data:`RESUMES`), its own kind first.
 
     ``kind`` is ``"training state"`` or ``"train-Cell checkpoint"``. A directory
-    that holds only the other engine's kind is refused, saying which engine resumes it.
+    that holds only a kind the engine does not resume is refused, saying which engine resumes it.
 
     Raises:
         CheckpointError: a directory with no file of either kind, or only of the other.
@@ -317,9 +322,9 @@ def find_resume_file(path, kind):
     def newest(pattern):
         found = (newest_file(directory, pattern) for directory in (path, os.path.join(path, TRAIN_PREFIX)))
         return next((file for file in found if file is not None), None)
-    mine = newest(_PATTERNS[kind])
-    if mine is not None:
-        return mine
+    for resumed in RESUMES[kind]:
+        if newest(_PATTERNS[resumed]) is not None:
+            return newest(_PATTERNS[resumed])
     for other, pattern in _PATTERNS.items():
         if newest(pattern) is not None:
             raise not_resumable(newest(pattern), other, kind)
