@@ -51,7 +51,7 @@ RECORD = {
     "epoch": 2, "micro_batch": 6, "epoch_done": False, "window_samples": 8,
     "epoch_records": [{"epoch": 2, "update": 1, "micro_batches": 4, "samples": 16, "loss": 2.5, "lr": 0.1,
                        "total_updates": 4, "samples_seen": 56, "skipped": False, "loss_scale": None, "items": 16}],
-    "run_id": "0123", "format": 2,
+    "run_id": "0123", "kind": "training state", "format": 2,
     "total_updates": 4, "total_micro_steps": 16, "total_samples": 64, "skipped_updates": 0,
 }
 
@@ -62,6 +62,9 @@ def test_a_record_reads_back_with_its_counters_settings_and_records_and_writes_a
     assert (state.epoch, state.micro_batch, state.window_samples, state.run_id) == (2, 6, 8, "0123")
     assert state.settings.values == RECORD["settings"]
     assert json.loads(state.to_json()) == RECORD
+    # A record written before the Model path wrote training states has no kind: it is the driver's.
+    assert TrainingState.from_json(json.dumps({k: v for k, v in RECORD.items() if k != "kind"})).kind == \
+        "training state"
 
 
 @pytest.mark.parametrize("found, words", [
