@@ -249,6 +249,18 @@ class AccumulationStep(nn.Cell):
             return self._update(loss)
         return self._drop(loss) if epoch_end else self._open(loss)
 
+    def settings(self, **more) -> RunSettings:
+        """The engine's settings and the window's (unless the data's plan gives it), with ``more``: what a resume
+        must match."""
+        window = {} if self._windows_from_data else dict(
+            mini_steps=self.mini_steps, remainder=self.remainder, micro_batches_per_epoch=self.micro_batches_per_epoch)
+        return self.engine.settings(**window, **more)
+
+    def place_in_epoch(self, micro_batch):
+        """Sets ``epoch_micro_batch``: ``micro_batch`` micro-batches of the epoch consumed (0 at its end)."""
+        per_epoch = self.micro_batches_per_epoch
+        self.epoch_micro_batch.set_data(Tensor(micro_batch if per_epoch and micro_batch < per_epoch else 0, ms.int32))
+
     def _window_loss(self):
         # A copy, not the Parameter: TrainClear zeroes the Parameter afterwards.
         return ops.identity(self.window_loss)

@@ -230,10 +230,10 @@ class GradientAccumulation:
             states = StateDirectory(save.state_dir, save.keep_checkpoints)
         micro_batches = _micro_batches_of(train_dataset)
         windowed = train_dataset if isinstance(train_dataset, WindowedDataset) else None
-        run = EpochLoop(self, schedule, self._new_state(schedule, train_dataset, micro_batches, seed, settings), states,
-                   ckpt_path, micro_batches, tuple(callbacks), log_every, save.save_every,
-                   self._step(schedule, micro_batches, windowed is not None), windowed=windowed,
-                   fetch=chunk_for(ms.get_context("device_target")))
+        step = self._step(schedule, micro_batches, windowed is not None)
+        run = EpochLoop(self, schedule, self._new_state(step, train_dataset, seed, settings), states, ckpt_path,
+                        micro_batches, tuple(callbacks), log_every, save.save_every, step, windowed=windowed,
+                        fetch=chunk_for(ms.get_context("device_target")))
         self._warn_about(schedule, micro_batches, run.states, save.resume)
         if save.resume is not None:
             run.state = self._resume(save.resume, epoch, run.state)
@@ -243,22 +243,17 @@ class GradientAccumulation:
             self.train_clear()  # a window left by an interrupted earlier call must not leak in
             if self.ema is not None:
                 self.ema.reset()  # from the weights training starts from: loaded ones too (--init_ckpt)
-        position = run.state.micro_batch
-        run.step.epoch_micro_batch.set_data(ms.Tensor(position if micro_batches and position < micro_batches else 0,
-                                                      ms.int32))
+        step.place_in_epoch(run.state.micro_batch)
         #: The run's identity: new for a fresh run, the resumed state's for a resumed one (see TrainingState).
         self.run_id = run.state.run_id
         return run
 
-    def _new_state(self, schedule, train_dataset, micro_batches, seed, settings):
+    def _new_state(self, step, train_dataset, seed, settings):
         """This call's settings, at the start, with the driver's counters."""
-        if isinstance(train_dataset, WindowedDataset):  # the data's plan is the window's settings
-            windows = train_dataset.settings()
-        else:
-            windows = dict(mini_steps=schedule.mini_steps, remainder=schedule.remainder,
-                           batch_size=_fixed_batch_size(train_dataset), micro_batches_per_epoch=micro_batches)
-        recorded = self.engine.settings(model=type(self.network).__name__, seed=seed, amp_level=self.amp_level,
-                                        ranks=self.ranks, **windows)
+        data = train_dataset.settings() if isinstance(train_dataset, WindowedDataset) else \
+            {"batch_size": _fixed_batch_size(train_dataset)}  # a WindowedDataset's plan is its windows' settings
+        recorded = step.settings(model=type(self.network).__name__, seed=seed, amp_level=self.amp_level,
+                                 ranks=self.ranks, **data)
         return TrainingState(settings=recorded.with_flags(settings or {}), progress=self.progress,
                              run_id=uuid.uuid4().hex)
 

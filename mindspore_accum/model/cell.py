@@ -20,8 +20,7 @@ bit for bit; this module only adds *when*.
 import logging
 from typing import Optional
 
-import mindspore as ms
-from mindspore import Tensor, amp, nn
+from mindspore import amp, nn
 
 from ..core.engine import AccumulationEngine, AccumulationStep, warn_if_longer_than_epoch
 from ..core.schedule import WindowSchedule
@@ -139,12 +138,5 @@ class GradientAccumulationCell(AccumulationStep):
         """Places the epoch's position at a restored :class:`~mindspore_accum.run.state.TrainingState`'s; returns
         the global micro-step, where the data resumes."""
         micro_batch = micro_batches_per_epoch if state.epoch_done else state.micro_batch
-        self.epoch_micro_batch.set_data(Tensor(micro_batch % micro_batches_per_epoch, ms.int32))
+        self.place_in_epoch(micro_batch)
         return (state.epoch - 1) * micro_batches_per_epoch + micro_batch
-
-    def settings(self, **more):
-        """The engine's settings and the window's, with ``more`` (a front end's): what a resume must match."""
-        if self._windows_from_data:  # the data's plan: the front end records it (WindowedDataset.settings)
-            return self.engine.settings(**more)
-        return self.engine.settings(mini_steps=self.mini_steps, remainder=self.remainder,
-                                    micro_batches_per_epoch=self.micro_batches_per_epoch, **more)
