@@ -32,7 +32,7 @@ from mindspore.train import Callback, LossMonitor
 from ..run.checkpoint import save_network_checkpoint
 from ..run.files import position_name, position_pattern, prune
 from ..run.signals import NonFiniteError
-from ..run.state import TRAIN_CELL, TRAIN_PREFIX, Progress, TrainingState, save_training_state
+from ..run.state import TRAIN_CELL, Progress, StateDirectory, TrainingState
 from .callbacks import ran_to_epoch_end
 
 __all__ = ["TrainCellCheckpoint", "NetworkCheckpoint", "EpochSizeCheck", "ResumableLossMonitor"]
@@ -63,8 +63,8 @@ class TrainCellCheckpoint(Callback):
 
     def __init__(self, directory, settings, every=None, keep=5, stop=None):
         super().__init__()
-        self.directory, self.settings, self.every, self.keep = os.fspath(directory), settings, every, keep
-        self.stop, self.saved_path = stop, None
+        self.states = StateDirectory(directory, keep, kind=TRAIN_CELL)
+        self.settings, self.every, self.stop, self.saved_path = settings, every, stop, None
         self._last = 0
 
     def on_train_begin(self, run_context):
@@ -83,13 +83,9 @@ class TrainCellCheckpoint(Callback):
 
     def _save(self, params):
         epoch, step = _position(params)
-        path = os.path.join(self.directory, position_name(TRAIN_PREFIX, epoch, step))
-        os.makedirs(self.directory, exist_ok=True)
-        save_training_state(params.train_network, TrainingState(
+        return self.states.save(params.train_network, TrainingState(
             settings=self.settings, epoch=epoch, micro_batch=step, kind=TRAIN_CELL,
-            progress=Progress(total_micro_steps=params.cur_step_num)), path)
-        prune(self.directory, position_pattern(TRAIN_PREFIX), self.keep, kept=path)
-        return path
+            progress=Progress(total_micro_steps=params.cur_step_num)))
 
 
 class NetworkCheckpoint(Callback):

@@ -333,18 +333,21 @@ def find_resume_file(path, kind):
 
 
 class StateDirectory:
-    """Where training states go: ``state-<epoch>_<micro-batch>.ckpt``, the newest ``keep`` kept.
+    """Where training states go: ``state-<epoch>_<micro-batch>.ckpt`` (the train Cell's: ``train-...``), the newest
+    ``keep`` kept.
 
     Args:
         directory: created if needed; must be writable (checked now, not
             after an hour of training).
         keep: how many state files to keep; older ones are deleted after each
             successful write, as MindSpore's ``keep_checkpoint_max`` does.
+        kind: :data:`DRIVER` or :data:`TRAIN_CELL`, whose files it names.
     """
 
-    def __init__(self, directory, keep=5):
+    def __init__(self, directory, keep=5, kind=DRIVER):
         self.directory = os.fspath(directory)
         self.keep = check_positive_int("keep_checkpoints", keep, example=5)
+        self.prefix = TRAIN_PREFIX if kind == TRAIN_CELL else STATE_PREFIX
         check_writable_directory(self.directory, "training-state directory")
         #: The last state this object wrote, or None.
         self.last_path = None
@@ -358,9 +361,9 @@ class StateDirectory:
         return files_in(directory, STATE_PATTERN)
 
     def save(self, trainer, state):
-        """Writes ``state`` as ``state-<epoch>_<micro-batch>.ckpt``, then deletes all but the newest ``keep``."""
-        path = os.path.join(self.directory, position_name(STATE_PREFIX, state.epoch, state.micro_batch))
+        """Writes ``state`` as ``<prefix>-<epoch>_<micro-batch>.ckpt``, then deletes all but the newest ``keep``."""
+        path = os.path.join(self.directory, position_name(self.prefix, state.epoch, state.micro_batch))
         save_training_state(trainer, state, path)
         self.last_path = path
-        prune(self.directory, STATE_PATTERN, self.keep, kept=path)
+        prune(self.directory, position_pattern(self.prefix), self.keep, kept=path)
         return path
