@@ -31,10 +31,12 @@ logger = logging.getLogger(__name__)
 
 #: Where :meth:`GradientAccumulation.train_process` writes by default, as in the tutorial.
 DEFAULT_CKPT_PATH = "gradient_accumulation.ckpt"
-#: The entry of a training-state checkpoint that holds its JSON record (see :mod:`.training_state`).
+#: The entry of a training-state checkpoint that holds its JSON record (see :mod:`.state`).
 TRAINING_STATE_KEY = "mindspore_accum_training_state"
 #: The entry of 0.4's train-Cell checkpoint that held its global micro-step; 0.5 writes a training state instead.
 STEP_KEY = "step_num"
+#: 0.4's train-Cell checkpoint: the Cell's Parameters under their own names, with ``step_num``.
+OLD_TRAIN_CELL = "train-Cell checkpoint of mindspore-accum 0.4"
 #: The two kinds of training state, by the engine that writes one and so resumes it (its record's ``kind``).
 DRIVER, TRAIN_CELL = "training state", "train-Cell checkpoint"
 RESUMED_BY = {DRIVER: "train.py (the driver)", TRAIN_CELL: "train_model.py (Model.train)"}
@@ -106,10 +108,6 @@ def kind_of(saved):
             return DRIVER
         return kind if kind in RESUMED_BY else DRIVER
     return OLD_TRAIN_CELL if STEP_KEY in saved else "model checkpoint"
-
-
-#: 0.4's train-Cell checkpoint: the Cell's Parameters under their own names, with ``step_num``.
-OLD_TRAIN_CELL = "train-Cell checkpoint of mindspore-accum 0.4"
 
 
 def not_resumable(path, kind, wanted):

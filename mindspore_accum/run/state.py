@@ -3,7 +3,7 @@
 The model checkpoint (:mod:`.checkpoint`) holds the bare network for eval.py.
 A training-state checkpoint holds, beside it, the trainer's
 ``state_parameters()`` in groups (``network/``, ``optimizer/``, ``buffer/``,
-``scaler/``, with EMA ``ema/``, and the train Cell's ``step/``) and a JSON record, :class:`TrainingState`,
+``scaler/`` and, with EMA, ``ema/``) and a JSON record, :class:`TrainingState`,
 whose ``settings`` are the run's :class:`~mindspore_accum.run.settings.RunSettings`. It is an ordinary
 MindSpore checkpoint, written atomically with a CRC. The driver writes it as ``state-*.ckpt``, the
 Model path's train Cell as ``train/train-*.ckpt``; its ``kind`` says which, and so which engine resumes it.
