@@ -52,7 +52,9 @@ RESUMES = {DRIVER: (DRIVER,), TRAIN_CELL: (TRAIN_CELL, DRIVER)}
 #: Train-Cell checkpoints (the Model path's) are ``train-<epoch>_<micro-step of the epoch>.ckpt``, in
 #: ``<ckpt_path>/train/``.
 TRAIN_PREFIX = "train"
-_PATTERNS = {DRIVER: STATE_PATTERN, TRAIN_CELL: position_pattern(TRAIN_PREFIX)}
+#: Each kind's file prefix, and so the glob of its files.
+_PREFIXES = {DRIVER: STATE_PREFIX, TRAIN_CELL: TRAIN_PREFIX}
+_PATTERNS = {kind: position_pattern(prefix) for kind, prefix in _PREFIXES.items()}
 
 #: Optimizer tensors that are settings, not state: restoring them would silently
 #: replace the values this run was given (--lr, --momentum, the schedule), so
@@ -238,7 +240,7 @@ def read_training_state(path: PathLike, kind: str = DRIVER) -> Tuple["TrainingSt
 
 def _newest_intact_beside(path):
     """The newest other state file in ``path``'s directory that reads whole, or None."""
-    pattern = _PATTERNS[TRAIN_CELL] if os.path.basename(path).startswith(TRAIN_PREFIX) else STATE_PATTERN
+    pattern = _PATTERNS[TRAIN_CELL if os.path.basename(path).startswith(TRAIN_PREFIX + "-") else DRIVER]
     for other in reversed(files_in(os.path.dirname(os.path.abspath(path)), pattern)):
         if os.path.abspath(other) == os.path.abspath(path):
             continue
@@ -347,7 +349,7 @@ class StateDirectory:
     def __init__(self, directory, keep=5, kind=DRIVER):
         self.directory = os.fspath(directory)
         self.keep = check_positive_int("keep_checkpoints", keep, example=5)
-        self.prefix = TRAIN_PREFIX if kind == TRAIN_CELL else STATE_PREFIX
+        self.prefix = _PREFIXES[kind]
         check_writable_directory(self.directory, "training-state directory")
         #: The last state this object wrote, or None.
         self.last_path = None
