@@ -624,7 +624,7 @@ def test_resume_from_a_directory_takes_the_furthest_state_not_the_last_written(t
     """Item 9: after `cp -r` every file has a fresh time, and the resume went back to epoch 1. Reference: the
     positions in the names. Control: by write time, the epoch-1 state would be picked."""
     from mindspore_accum.run.files import files_in
-    from mindspore_accum.run.state import find_training_state
+    from mindspore_accum.run.state import DRIVER, find_resume_file
     result = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 2, "--ckpt_path", "m.ckpt",
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -632,7 +632,7 @@ def test_resume_from_a_directory_takes_the_furthest_state_not_the_last_written(t
     first, second = states / "state-1_8.ckpt", states / "state-2_8.ckpt"
     os.utime(second, (1, 1))  # as a copy may leave them: the furthest state is now the oldest written
     assert max(files_in(states), key=os.path.getmtime) == str(first), "the control needs epoch 1 written last"
-    assert find_training_state(str(states)) == str(second)
+    assert find_resume_file(str(states), DRIVER) == str(second)
     resumed = run_script("train.py", "--data_path", tiny_mnist, *QUICK, "--epochs", 3, "--ckpt_path", "m.ckpt",
                          "--resume", states, cwd=tmp_path)
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout and "state-2_8.ckpt" in resumed.stdout, \

@@ -4,26 +4,16 @@ They follow MindSpore's tutorial "应用梯度累积算法" (r1.0) and share one
 :class:`AccumulationBuffer`:
 
 * :class:`TrainForwardBackward` - loss and gradients of one micro-batch, added
-  into ``grad_mean`` with ``AssignAdd``;
+  into ``grad_mean`` by :class:`AddToWindow`;
 * :class:`TrainOptim` - one optimizer update from ``grad_mean``;
 * :class:`TrainClear` - zero ``grad_mean`` and the window's counters.
 
-The normalisation rule (the tutorial's fault was to sum):
-each micro-batch adds ``w * (g - grad_mean)`` with ``w = b / (n + b)``, where
-``g`` is the gradient of the micro-batch's *mean* loss, ``b`` its number of
-samples and ``n`` the samples already in the window. After the window,
-``grad_mean`` is therefore ``sum_i b_i * g_i / sum_i b_i``: exactly the gradient
-of the mean loss over the concatenated window, weighted by samples, not by
-micro-batch count. This is the sample-weighted form of the running mean that
-optax's ``MultiSteps`` uses, so the tutorial's ``grad_sum`` is ``grad_mean`` here.
-
-The window's loss is kept the same way in ``window_loss``, so that the update
-stage can reduce it across ranks with the gradient.
-
-Two consequences worth having: the buffer never holds ``mini_steps`` times the
-gradient (no float32 overflow risk from summing), and a window of a single
-micro-batch gives ``w = 1`` and ``grad_mean = g`` to the bit, so ``mini_steps=1``
-is bit-identical to ``nn.TrainOneStepCell``.
+Where the tutorial summed, :class:`AddToWindow` keeps a weighted running mean
+(``w = b / (n + b)``): the gradient of the concatenated window's mean loss,
+never ``mini_steps`` times a gradient, and ``nn.TrainOneStepCell`` to the bit
+when ``mini_steps=1``. docs/design.md derives it ("The normalisation rule").
+The window's loss is kept the same way, so that the update stage reduces it
+across ranks with the gradient.
 """
 
 from typing import Iterable, Optional

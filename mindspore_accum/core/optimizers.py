@@ -104,7 +104,11 @@ def weight_decay_of(optimizer):
 
 
 def learning_rate_of(optimizer, just_applied=False):
-    """The rate the optimizer's next update uses (``just_applied``: the last one's), or None if unreadable."""
+    """The rate the optimizer's next update uses (``just_applied``: the last one's), or None if unreadable.
+
+    A list of rates is read at the optimizer's step count, which counts applied updates; a
+    ``LearningRateSchedule`` Cell gives None.
+    """
     if isinstance(optimizer, RatePerUpdate):
         step = int(np.asarray(optimizer.state_step.asnumpy()).reshape(-1)[0]) - int(just_applied)
         return float(optimizer.rates.asnumpy()[min(max(step, 0), optimizer.last)])

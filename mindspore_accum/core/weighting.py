@@ -9,12 +9,8 @@ returns beside its loss as ``(loss, items)``. Right for per-token losses over
 padded sequences (causal and masked LM, sequence labelling), where a
 micro-batch's loss is a mean over *its* valid tokens and the window's must be
 the mean over *all* the window's valid tokens. docs/weighting.md has the
-formula and what other tools do.
-
-Either way the buffer keeps the running mean ``grad_mean += w (g - grad_mean)``
-with ``w = n / (N + n)``, ``n`` the micro-batch's count and ``N`` the
-window's so far; the count is kept in ``AccumulationBuffer.window_items``
-(a name kept so that earlier states load), which then counts items.
+formula and what other tools do. Either way ``AccumulationBuffer.window_items``
+holds the window's count, of samples or items.
 """
 
 import mindspore as ms

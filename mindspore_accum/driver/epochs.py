@@ -25,7 +25,7 @@ from ..run.checkpoint import save_network_checkpoint
 from ..run.signals import NonFiniteError, StopSignals, TrainingInterrupted
 from ..run.state import StateDirectory, TrainingState
 
-__all__ = ["EpochLoop", "UpdateRecord", "current_learning_rate"]
+__all__ = ["EpochLoop", "UpdateRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +70,6 @@ class UpdateRecord:
     skipped: bool = False
     loss_scale: float = None
     items: int = None
-
-
-def current_learning_rate(optimizer, just_applied=False):
-    """The learning rate the optimizer's next update uses, as a float; None for a ``LearningRateSchedule`` Cell.
-
-    A list of rates is read at the optimizer's step count, which counts applied updates. With
-    ``just_applied``, the rate of the update just applied: one step back. (See
-    :func:`~mindspore_accum.core.optimizers.learning_rate_of`.)
-    """
-    return learning_rate_of(optimizer, just_applied)
 
 
 def _batch_size(inputs):
@@ -223,7 +213,7 @@ class EpochLoop:
         applied, micro_batches, items, loss = bool(figures[0]), int(figures[1]), int(round(float(figures[2]))), \
             float(figures[3])
         state = self.state
-        lr = current_learning_rate(self.driver.optimizer, just_applied=applied)
+        lr = learning_rate_of(self.driver.optimizer, just_applied=applied)
         flushed = self.windowed is None and micro_batches < self.schedule.mini_steps
         # Samples weighting counts rows, so the buffer's count (over all ranks, once reduced) is the window's samples.
         samples = items if self.driver.weighting == "samples" else state.window_samples * self.driver.ranks

@@ -26,10 +26,11 @@ from ..run.lock import own_outputs
 from ..run.save_config import SaveConfig
 from ..run.signals import StopSignals
 from ..run.state import (
+    DRIVER,
     Progress,
     StateDirectory,
     TrainingState,
-    find_training_state,
+    find_resume_file,
     read_training_state,
     restore_training_state,
 )
@@ -271,7 +272,7 @@ class GradientAccumulation:
 
     def _resume(self, path, epoch, expected):
         """Loads the state at ``path`` (checked against ``expected``) and its counters; returns its position."""
-        path = find_training_state(path)
+        path = find_resume_file(path, DRIVER)
         loaded = read_training_state(path)
         saved = loaded[0]
         epochs_started = saved.epoch if saved.micro_batch or saved.epoch_done else saved.epoch - 1

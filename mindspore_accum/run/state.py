@@ -35,7 +35,7 @@ from .files import (
 from .settings import RunSettings
 
 __all__ = ["TrainingState", "Progress", "StateDirectory", "save_training_state", "read_training_state",
-           "restore_training_state", "find_training_state", "find_resume_file", "STATE_PREFIX", "TRAIN_PREFIX",
+           "restore_training_state", "find_resume_file", "STATE_PREFIX", "TRAIN_PREFIX",
            "DRIVER", "TRAIN_CELL"]
 
 logger = logging.getLogger(__name__)
@@ -228,8 +228,9 @@ def read_training_state(path: PathLike, kind: str = DRIVER) -> Tuple["TrainingSt
             raise
         raise CheckpointError(f"{error}; the newest intact state beside it is {intact}: resume with --resume "
                               f"{intact}") from None
-    if kind_of(saved) not in RESUMES[kind]:
-        raise not_resumable(path, kind_of(saved), kind)
+    found = kind_of(saved)
+    if found not in RESUMES[kind]:
+        raise not_resumable(path, found, kind)
     record = saved.pop(TRAINING_STATE_KEY)
     try:
         state = TrainingState.from_json(record)
@@ -300,11 +301,6 @@ def _describe(values):
     if values.size == 1:
         return f"{float(values[0]):g}"
     return f"(a schedule of {values.size} rates, {float(values[0]):g} to {float(values[-1]):g})"
-
-
-def find_training_state(path):
-    """``path`` itself if it is a file; for a directory, its state file of the furthest position."""
-    return find_resume_file(path, DRIVER)
 
 
 def find_resume_file(path, kind):
