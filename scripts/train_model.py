@@ -105,11 +105,11 @@ def build_cell(config, data):
 def resume(cell, config, data, settings):
     """Loads a training state (the train Cell's, or the driver's) if it fits; returns the global micro-step and the
     dataset positioned there."""
-    state = restore_training_state(cell, config.resume, TrainingState(settings=settings, kind=TRAIN_CELL))
-    step = cell.resume_at(state, data.micro_batches)
+    step = cell.resume_at(config.resumed, data.micro_batches)  # the position resolve.py read: checked before loading
     if step >= config.epochs * data.micro_batches:
         raise ValueError(f"--resume {config.resume!r} is already at micro-step {step}, the end of --epochs "
                          f"{config.epochs}: pass a larger --epochs")
+    restore_training_state(cell, config.resume, TrainingState(settings=settings, kind=TRAIN_CELL))
     return step, dataset_from(data.dataset, step, data.micro_batches)  # a global batch: equal epochs
 
 
