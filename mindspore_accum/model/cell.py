@@ -97,7 +97,7 @@ class GradientAccumulationCell(AccumulationStep):
     loss scaler's state - so ``ModelCheckpoint`` of the train network, loaded
     into a fresh Cell with ``load_param_into_net``, continues mid-window exactly.
     :meth:`state_parameters` are the driver's, so a training state of either engine resumes it
-    (:meth:`resume_at` then places ``epoch_micro_batch``).
+    (:meth:`resume_at` places ``epoch_micro_batch`` at the state's position).
     """
 
     def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, mini_steps: int = 4, *,
@@ -135,8 +135,8 @@ class GradientAccumulationCell(AccumulationStep):
         return self.engine.state_parameters(self.forward_backward.network)
 
     def resume_at(self, state, micro_batches_per_epoch):
-        """Places the epoch's position at a restored :class:`~mindspore_accum.run.state.TrainingState`'s; returns
-        the global micro-step, where the data resumes."""
+        """Places the epoch's position at a :class:`~mindspore_accum.run.state.TrainingState`'s (before or after its
+        tensors are restored: they do not hold it); returns the global micro-step, where the data resumes."""
         micro_batch = micro_batches_per_epoch if state.epoch_done else state.micro_batch
         self.place_in_epoch(micro_batch)
         return (state.epoch - 1) * micro_batches_per_epoch + micro_batch
